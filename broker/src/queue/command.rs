@@ -1,0 +1,260 @@
+//! What goes into the Raft log, and what applying it returns.
+//!
+//! Every command travels inside an [`Envelope`] that carries the proposing leader's
+//! clock. The core never reads a clock itself, so applying the same log gives the same
+//! state on every replica and in every test.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::job::{Job, JobState, Retention};
+use super::stats::QueueStats;
+
+/// One log entry's application payload: a command stamped with the leader's time.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Leader wall-clock Unix ms when it proposed the command. The core never lets its
+    /// own clock run backwards, whatever this says.
+    pub now_ms: u64,
+    /// The command.
+    pub cmd: Command,
+}
+
+/// A state change, decided by the leader and applied identically by every replica.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Command {
+    /// Adds jobs (one or a batch): all land in the same entry, so a batch is all or nothing.
+    Enqueue(Vec<NewJob>),
+    /// Leases up to `max_jobs` ready jobs from `queues`, first queue first.
+    Lease {
+        /// Queues in the worker's priority order.
+        queues: Vec<String>,
+        /// Who is leasing.
+        worker_id: String,
+        /// At most this many jobs (already validated, >= 1).
+        max_jobs: u32,
+        /// Lease length (already resolved from the server default).
+        visibility_timeout_ms: u64,
+    },
+    /// Completes a leased job.
+    Ack {
+        /// Job id.
+        job_id: String,
+        /// Fencing token from the lease.
+        lease_id: u64,
+        /// Result kept for the result TTL.
+        result: Bytes,
+    },
+    /// Fails a leased job.
+    Nack {
+        /// Job id.
+        job_id: String,
+        /// Fencing token from the lease.
+        lease_id: u64,
+        /// Error text kept as `last_error`.
+        error: String,
+        /// Explicit delay before the retry; `None` means exponential backoff.
+        retry_after_ms: Option<u64>,
+        /// Dead-letter now.
+        dead_letter: bool,
+        /// Backoff policy in force on the proposing node.
+        backoff: Backoff,
+    },
+    /// Extends a lease and records progress.
+    Extend {
+        /// Job id.
+        job_id: String,
+        /// Fencing token from the lease.
+        lease_id: u64,
+        /// New lease length from now.
+        visibility_timeout_ms: u64,
+        /// Progress 0-100, if reported.
+        progress: Option<u32>,
+        /// Progress text, if reported.
+        progress_message: Option<String>,
+    },
+    /// Cancels a job that has not finished.
+    Cancel {
+        /// Job id.
+        job_id: String,
+    },
+    /// Brings a dead or cancelled job back to ready with fresh attempts.
+    Retry {
+        /// Job id.
+        job_id: String,
+    },
+    /// Retries every dead job of a queue.
+    Redrive {
+        /// Queue name.
+        queue: String,
+    },
+    /// Stops serving leases from a queue.
+    Pause {
+        /// Queue name.
+        queue: String,
+    },
+    /// Serves leases from a paused queue again.
+    Resume {
+        /// Queue name.
+        queue: String,
+    },
+    /// Does nothing but advance time: due jobs become ready, expired leases are
+    /// redelivered, finished jobs past their TTL are removed. The leader proposes it
+    /// when something is due and no other traffic arrives.
+    Tick,
+}
+
+/// Exponential backoff policy, carried in `Nack` so replicas agree without sharing flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backoff {
+    /// First retry delay.
+    pub base_ms: u64,
+    /// Cap on any delay.
+    pub max_ms: u64,
+}
+
+/// A job as proposed: the proposer has validated it and resolved every default.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NewJob {
+    /// Public id chosen by the proposer.
+    pub id: String,
+    /// Queue name.
+    pub queue: String,
+    /// Job type.
+    pub job_type: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// Headers.
+    pub headers: BTreeMap<String, String>,
+    /// Priority.
+    pub priority: i32,
+    /// When it becomes ready.
+    pub due: Due,
+    /// Allowed deliveries (>= 1).
+    pub max_attempts: u32,
+    /// Dedup key ("" for none).
+    pub idempotency_key: String,
+    /// How long the dedup key holds.
+    pub dedup_window_ms: u64,
+    /// Retention of the finished job.
+    pub retention: Retention,
+    /// Webhook target ("" for none).
+    pub webhook_url: String,
+}
+
+/// When a new job becomes ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Due {
+    /// This long after the leader's time in the entry.
+    After(u64),
+    /// At this Unix ms (in the past means now).
+    At(u64),
+}
+
+/// Successful result of applying a command.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Outcome {
+    /// One result per enqueued job, in order.
+    Enqueued(Vec<Enqueued>),
+    /// Jobs leased (possibly none).
+    Leased(Vec<LeasedJob>),
+    /// Job completed.
+    Acked,
+    /// Job failed: where it went.
+    Nacked {
+        /// Scheduled, Ready or Dead.
+        state: JobState,
+        /// When it runs again (0 when dead).
+        run_at_ms: u64,
+    },
+    /// New lease deadline.
+    Extended {
+        /// Leader-clock Unix ms.
+        deadline_ms: u64,
+    },
+    /// The job after a cancel or retry.
+    Job(Box<Job>),
+    /// A queue after pause or resume.
+    Queue(QueueStats),
+    /// Jobs moved by a redrive.
+    Redriven(u64),
+    /// A tick (or membership/blank entry) applied.
+    Ticked,
+}
+
+/// Result of one enqueue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enqueued {
+    /// The job's id (the first job's id for a duplicate).
+    pub job_id: String,
+    /// True when the idempotency key matched an earlier job and nothing was stored.
+    pub duplicate: bool,
+}
+
+/// A job handed to a worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeasedJob {
+    /// Job id.
+    pub job_id: String,
+    /// Fencing token.
+    pub lease_id: u64,
+    /// Queue.
+    pub queue: String,
+    /// Job type.
+    pub job_type: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// Delivery number (1 first).
+    pub attempt: u32,
+    /// Allowed deliveries.
+    pub max_attempts: u32,
+    /// Lease deadline.
+    pub deadline_ms: u64,
+    /// Headers.
+    pub headers: BTreeMap<String, String>,
+    /// Priority.
+    pub priority: i32,
+}
+
+/// A command that applied but could not do what it asked. Deterministic: every
+/// replica returns the same error for the same entry, and the state is unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CoreError {
+    /// No job with that id (never existed, or removed by retention).
+    #[error("job {0} not found")]
+    JobNotFound(String),
+    /// The lease id is not the job's current lease.
+    #[error("lease {lease_id} is not the current lease of job {job_id} (it expired and the job was redelivered, or the job already finished: {state})")]
+    StaleLease {
+        /// Job id.
+        job_id: String,
+        /// The lease id presented.
+        lease_id: String,
+        /// The job's state now.
+        state: JobState,
+    },
+    /// The job was cancelled while leased.
+    #[error("job {0} was cancelled; stop working on it")]
+    Cancelled(String),
+    /// The command does not apply to a job in this state.
+    #[error("job {job_id} is {state}; {expected}")]
+    WrongState {
+        /// Job id.
+        job_id: String,
+        /// The job's state now.
+        state: JobState,
+        /// What the command needs, in words.
+        expected: String,
+    },
+}
+
+/// What applying one entry returns.
+pub type Reply = Result<Outcome, CoreError>;
+
+/// Renders a lease id as it appears on the wire: 16 lower-case hex digits.
+pub fn format_lease_id(id: u64) -> String {
+    format!("{id:016x}")
+}

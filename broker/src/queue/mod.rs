@@ -1,0 +1,41 @@
+//! The queue core: a pure, deterministic state machine.
+//!
+//! No tokio, no tonic, no redb, no clock. Commands come in (with the leader's time
+//! inside), outcomes come out. The Raft state machine in `raft/state_machine.rs` calls
+//! [`State::apply`] for each committed entry; tests call it directly.
+//!
+//! Where to find a rule:
+//! - `command.rs`: what is in the log and what applying it returns
+//! - `job.rs`: a job and its states
+//! - `state.rs`: the state, its indexes, `apply`, and reads
+//! - `lease.rs`: lease, ack, nack, extend, lease expiry
+//! - `retry.rs`: backoff delay after a nack
+//! - `schedule.rs`: what time passing does
+//! - `retention.rs`: removal of finished jobs and old dedup keys
+//! - `admin.rs`: cancel, retry, redrive, pause, resume
+//! - `worker.rs`: the worker registry
+//! - `stats.rs`: per-queue counts
+
+pub mod admin;
+pub mod command;
+pub mod job;
+pub mod lease;
+pub mod retention;
+pub mod retry;
+pub mod schedule;
+pub mod state;
+pub mod stats;
+pub mod worker;
+
+#[cfg(test)]
+mod tests;
+
+pub use command::{
+    format_lease_id, Backoff, Command, CoreError, Due, Enqueued, Envelope, LeasedJob, NewJob,
+    Outcome, Reply,
+};
+pub use job::{Job, JobState, Lease, Retention};
+pub use lease::parse_lease_id;
+pub use state::State;
+pub use stats::QueueStats;
+pub use worker::WorkerInfo;

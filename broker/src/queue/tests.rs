@@ -1,0 +1,427 @@
+//! Behaviour tests and a property test of the pure core.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::*;
+
+const BACKOFF: Backoff = Backoff {
+    base_ms: 1_000,
+    max_ms: 3_600_000,
+};
+const RETENTION: Retention = Retention {
+    result_ttl_ms: 86_400_000,
+    failure_ttl_ms: 7 * 86_400_000,
+};
+
+fn new_job(id: &str, queue: &str, priority: i32) -> NewJob {
+    NewJob {
+        id: id.into(),
+        queue: queue.into(),
+        job_type: "t".into(),
+        payload: bytes::Bytes::from(format!("payload-{id}")),
+        headers: BTreeMap::new(),
+        priority,
+        due: Due::After(0),
+        max_attempts: 3,
+        idempotency_key: String::new(),
+        dedup_window_ms: 86_400_000,
+        retention: RETENTION,
+        webhook_url: String::new(),
+    }
+}
+
+fn at(now_ms: u64, cmd: Command) -> Envelope {
+    Envelope { now_ms, cmd }
+}
+
+fn lease_cmd(queues: &[&str], max_jobs: u32, vis: u64) -> Command {
+    Command::Lease {
+        queues: queues.iter().map(|s| s.to_string()).collect(),
+        worker_id: "w1".into(),
+        max_jobs,
+        visibility_timeout_ms: vis,
+    }
+}
+
+fn leased(reply: Reply) -> Vec<LeasedJob> {
+    match reply {
+        Ok(Outcome::Leased(v)) => v,
+        other => panic!("expected Leased, got {other:?}"),
+    }
+}
+
+#[test]
+fn serves_higher_priority_first_then_fifo() {
+    let mut s = State::new();
+    let jobs = vec![
+        new_job("a", "q", 0),
+        new_job("b", "q", 5),
+        new_job("c", "q", 0),
+        new_job("d", "q", 5),
+    ];
+    s.apply(&at(1, Command::Enqueue(jobs))).unwrap();
+    let got: Vec<String> = leased(s.apply(&at(2, lease_cmd(&["q"], 10, 1000))))
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
+    assert_eq!(got, ["b", "d", "a", "c"]);
+}
+
+#[test]
+fn expired_lease_is_redelivered_with_new_lease_id_and_stale_ack_is_refused() {
+    let mut s = State::new();
+    s.apply(&at(0, Command::Enqueue(vec![new_job("a", "q", 0)])))
+        .unwrap();
+    let first = leased(s.apply(&at(10, lease_cmd(&["q"], 1, 100))))
+        .pop()
+        .unwrap();
+    assert_eq!(first.attempt, 1);
+    // Deadline 110 passes; a tick at 111 redelivers.
+    s.apply(&at(111, Command::Tick)).unwrap();
+    assert_eq!(s.job("a").unwrap().state, JobState::Ready);
+    assert_eq!(s.job("a").unwrap().expirations, 1);
+    let second = leased(s.apply(&at(112, lease_cmd(&["q"], 1, 100))))
+        .pop()
+        .unwrap();
+    assert_eq!(second.attempt, 2);
+    assert_ne!(first.lease_id, second.lease_id);
+    let stale = s.apply(&at(
+        113,
+        Command::Ack {
+            job_id: "a".into(),
+            lease_id: first.lease_id,
+            result: Default::default(),
+        },
+    ));
+    assert!(matches!(stale, Err(CoreError::StaleLease { .. })), "{stale:?}");
+    assert_eq!(s.job("a").unwrap().state, JobState::Leased);
+    s.apply(&at(
+        114,
+        Command::Ack {
+            job_id: "a".into(),
+            lease_id: second.lease_id,
+            result: "ok".into(),
+        },
+    ))
+    .unwrap();
+    assert_eq!(s.job("a").unwrap().state, JobState::Succeeded);
+    assert_eq!(&s.job("a").unwrap().result[..], b"ok");
+}
+
+#[test]
+fn nack_backs_off_then_dies_when_attempts_are_used_up() {
+    let mut s = State::new();
+    s.apply(&at(0, Command::Enqueue(vec![new_job("a", "q", 0)])))
+        .unwrap();
+    let mut now = 0;
+    for attempt in 1..=3u32 {
+        now += 10_000;
+        let l = leased(s.apply(&at(now, lease_cmd(&["q"], 1, 1000))))
+            .pop()
+            .unwrap_or_else(|| panic!("attempt {attempt} leasable"));
+        assert_eq!(l.attempt, attempt);
+        let r = s
+            .apply(&at(
+                now,
+                Command::Nack {
+                    job_id: "a".into(),
+                    lease_id: l.lease_id,
+                    error: format!("boom {attempt}"),
+                    retry_after_ms: None,
+                    dead_letter: false,
+                    backoff: BACKOFF,
+                },
+            ))
+            .unwrap();
+        match (attempt, r) {
+            (1 | 2, Outcome::Nacked { state, run_at_ms }) => {
+                assert_eq!(state, JobState::Scheduled);
+                let delay = run_at_ms - now;
+                let base = 1000 * (1 << (attempt - 1));
+                assert!(delay >= base * 8 / 10 && delay <= base * 12 / 10, "{delay}");
+            }
+            (3, Outcome::Nacked { state, .. }) => assert_eq!(state, JobState::Dead),
+            other => panic!("{other:?}"),
+        }
+    }
+    let job = s.job("a").unwrap();
+    assert_eq!(job.last_error, "boom 3");
+    assert_eq!(s.queue_stats("q").unwrap().dead, 1);
+}
+
+#[test]
+fn delayed_job_is_scheduled_until_due() {
+    let mut s = State::new();
+    let mut j = new_job("a", "q", 0);
+    j.due = Due::After(5_000);
+    s.apply(&at(1_000, Command::Enqueue(vec![j]))).unwrap();
+    assert_eq!(s.job("a").unwrap().state, JobState::Scheduled);
+    assert!(leased(s.apply(&at(5_999, lease_cmd(&["q"], 1, 1000)))).is_empty());
+    assert_eq!(s.next_wakeup_ms(), Some(6_000));
+    s.apply(&at(6_000, Command::Tick)).unwrap();
+    assert_eq!(s.job("a").unwrap().state, JobState::Ready);
+}
+
+#[test]
+fn idempotency_key_dedups_within_window_and_batch() {
+    let mut s = State::new();
+    let mut a = new_job("a", "q", 0);
+    a.idempotency_key = "k".into();
+    a.dedup_window_ms = 1_000;
+    let mut b = new_job("b", "q", 0);
+    b.idempotency_key = "k".into();
+    let r = s.apply(&at(0, Command::Enqueue(vec![a, b.clone()]))).unwrap();
+    let Outcome::Enqueued(res) = r else { panic!() };
+    assert_eq!(res[0].job_id, "a");
+    assert!(!res[0].duplicate);
+    assert_eq!(res[1].job_id, "a");
+    assert!(res[1].duplicate);
+    assert_eq!(s.job_count(), 1);
+    // After the window a new job is created.
+    let Outcome::Enqueued(res) = s.apply(&at(1_001, Command::Enqueue(vec![b]))).unwrap() else {
+        panic!()
+    };
+    assert_eq!(res[0].job_id, "b");
+    assert!(!res[0].duplicate);
+}
+
+#[test]
+fn paused_queue_serves_nothing_and_lease_falls_through_to_next_queue() {
+    let mut s = State::new();
+    s.apply(&at(
+        0,
+        Command::Enqueue(vec![new_job("a", "q1", 0), new_job("b", "q2", 0)]),
+    ))
+    .unwrap();
+    s.apply(&at(0, Command::Pause { queue: "q1".into() })).unwrap();
+    let got = leased(s.apply(&at(1, lease_cmd(&["q1", "q2"], 5, 1000))));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].job_id, "b");
+    assert!(s.queue_stats("q1").unwrap().paused);
+    s.apply(&at(2, Command::Resume { queue: "q1".into() })).unwrap();
+    assert_eq!(leased(s.apply(&at(3, lease_cmd(&["q1"], 5, 1000)))).len(), 1);
+}
+
+#[test]
+fn cancel_leased_job_makes_its_ack_fail_with_cancelled() {
+    let mut s = State::new();
+    s.apply(&at(0, Command::Enqueue(vec![new_job("a", "q", 0)])))
+        .unwrap();
+    let l = leased(s.apply(&at(1, lease_cmd(&["q"], 1, 1000)))).pop().unwrap();
+    s.apply(&at(2, Command::Cancel { job_id: "a".into() })).unwrap();
+    let r = s.apply(&at(
+        3,
+        Command::Extend {
+            job_id: "a".into(),
+            lease_id: l.lease_id,
+            visibility_timeout_ms: 1000,
+            progress: None,
+            progress_message: None,
+        },
+    ));
+    assert_eq!(r.unwrap_err(), CoreError::Cancelled("a".into()));
+    // Retry brings it back with fresh attempts.
+    s.apply(&at(4, Command::Retry { job_id: "a".into() })).unwrap();
+    let job = s.job("a").unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Ready, 0));
+}
+
+#[test]
+fn retention_removes_finished_jobs_in_bounded_steps() {
+    let mut s = State::new();
+    let n = state::MAX_TIME_MOVES_PER_ENTRY + 5;
+    let jobs: Vec<NewJob> = (0..n)
+        .map(|i| {
+            let mut j = new_job(&format!("j{i}"), "q", 0);
+            j.retention.result_ttl_ms = 10;
+            j
+        })
+        .collect();
+    s.apply(&at(0, Command::Enqueue(jobs))).unwrap();
+    let leases = leased(s.apply(&at(1, lease_cmd(&["q"], n as u32, 1_000_000))));
+    for l in leases {
+        s.apply(&at(
+            2,
+            Command::Ack {
+                job_id: l.job_id,
+                lease_id: l.lease_id,
+                result: Default::default(),
+            },
+        ))
+        .unwrap();
+    }
+    s.apply(&at(100, Command::Tick)).unwrap();
+    assert_eq!(s.job_count(), 5, "one entry removes at most the bound");
+    s.apply(&at(101, Command::Tick)).unwrap();
+    assert_eq!(s.job_count(), 0);
+    assert!(s.queue_stats("q").is_none(), "empty queue is forgotten");
+    assert!(s.job("j0").is_none());
+}
+
+#[test]
+fn time_never_runs_backwards() {
+    let mut s = State::new();
+    s.apply(&at(1_000, Command::Tick)).unwrap();
+    s.apply(&at(500, Command::Enqueue(vec![new_job("a", "q", 0)])))
+        .unwrap();
+    assert_eq!(s.job("a").unwrap().created_at_ms, 1_000);
+}
+
+// ---------------- property test ----------------
+
+#[derive(Clone, Debug)]
+enum Op {
+    Enqueue { queue: u8, priority: i8, delay: u16, key: Option<u8> },
+    Lease { queue: u8, max: u8, vis: u16 },
+    Ack { pick: u16, stale: bool },
+    Nack { pick: u16, dead: bool, retry_after: Option<u16> },
+    Extend { pick: u16, vis: u16 },
+    Cancel { pick: u16 },
+    Retry { pick: u16 },
+    Redrive { queue: u8 },
+    Pause { queue: u8, paused: bool },
+    Tick,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..3u8, -2..3i8, prop_oneof![Just(0u16), 0..3000u16], proptest::option::of(0..4u8))
+            .prop_map(|(queue, priority, delay, key)| Op::Enqueue { queue, priority, delay, key }),
+        3 => (0..3u8, 1..4u8, 1..3000u16).prop_map(|(queue, max, vis)| Op::Lease { queue, max, vis }),
+        2 => (any::<u16>(), any::<bool>()).prop_map(|(pick, stale)| Op::Ack { pick, stale }),
+        2 => (any::<u16>(), any::<bool>(), proptest::option::of(0..2000u16))
+            .prop_map(|(pick, dead, retry_after)| Op::Nack { pick, dead, retry_after }),
+        1 => (any::<u16>(), 1..3000u16).prop_map(|(pick, vis)| Op::Extend { pick, vis }),
+        1 => any::<u16>().prop_map(|pick| Op::Cancel { pick }),
+        1 => any::<u16>().prop_map(|pick| Op::Retry { pick }),
+        1 => (0..3u8).prop_map(|queue| Op::Redrive { queue }),
+        1 => (0..3u8, any::<bool>()).prop_map(|(queue, paused)| Op::Pause { queue, paused }),
+        2 => Just(Op::Tick),
+    ]
+}
+
+fn check_invariants(s: &State) {
+    // Each job is in exactly one per-queue state set, matching its state, and in the
+    // right time index.
+    let mut seen = BTreeSet::new();
+    for (name, q) in &s.queues {
+        for st in JobState::ALL {
+            for seq in &q.by_state[st.index()] {
+                assert!(seen.insert(*seq), "job {seq} in two state sets");
+                let job = &s.jobs[seq];
+                assert_eq!(job.state, st);
+                assert_eq!(&job.queue, name);
+            }
+        }
+        // Stats equal a recount.
+        let stats = q.stats(name);
+        let count = |st| s.jobs.values().filter(|j| &j.queue == name && j.state == st).count() as u64;
+        assert_eq!(stats.ready, count(JobState::Ready));
+        assert_eq!(stats.scheduled, count(JobState::Scheduled));
+        assert_eq!(stats.leased, count(JobState::Leased));
+        assert_eq!(stats.succeeded, count(JobState::Succeeded));
+        assert_eq!(stats.dead, count(JobState::Dead));
+        assert_eq!(stats.cancelled, count(JobState::Cancelled));
+        assert_eq!(q.ready.len() as u64, stats.ready);
+    }
+    assert_eq!(seen.len(), s.jobs.len(), "every job is indexed once");
+    let mut lease_ids = BTreeSet::new();
+    for job in s.jobs.values() {
+        assert!(job.attempt <= job.max_attempts, "attempts exceed max: {job:?}");
+        assert_eq!(job.lease.is_some(), job.state == JobState::Leased);
+        if let Some(l) = &job.lease {
+            assert!(lease_ids.insert(l.id), "lease id reused while held");
+            assert!(s.leases.contains(&(l.deadline_ms, job.seq)));
+        }
+        if job.state == JobState::Scheduled {
+            assert!(s.scheduled.contains(&(job.run_at_ms, job.seq)));
+        }
+        if job.state.is_terminal() {
+            assert!(s.expiring.contains(&(job.expires_at_ms, job.seq)));
+        }
+        assert_eq!(s.ids.get(&job.id), Some(&job.seq));
+    }
+    assert_eq!(s.leases.len(), lease_ids.len(), "no job leased twice at once");
+    assert_eq!(
+        s.scheduled.len() + s.leases.len() + s.expiring.len()
+            + s.queues.values().map(|q| q.ready.len()).sum::<usize>(),
+        s.jobs.len()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn random_command_sequences_keep_invariants(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut s = State::new();
+        let mut now = 0u64;
+        let mut n = 0u32;
+        let mut leases: Vec<LeasedJob> = Vec::new();
+        let mut ids: Vec<String> = Vec::new();
+        let mut replica = State::new();
+        let queue = |q: u8| format!("q{q}");
+        for op in ops {
+            now += 97;
+            let cmd = match op {
+                Op::Enqueue { queue: q, priority, delay, key } => {
+                    n += 1;
+                    let id = format!("j{n}");
+                    ids.push(id.clone());
+                    let mut j = new_job(&id, &queue(q), priority.into());
+                    j.due = Due::After(delay.into());
+                    j.idempotency_key = key.map(|k| format!("k{k}")).unwrap_or_default();
+                    j.dedup_window_ms = 2_000;
+                    j.retention = Retention { result_ttl_ms: 1_500, failure_ttl_ms: 2_500 };
+                    Command::Enqueue(vec![j])
+                }
+                Op::Lease { queue: q, max, vis } => Command::Lease {
+                    queues: vec![queue(q), queue((q + 1) % 3)],
+                    worker_id: format!("w{q}"),
+                    max_jobs: max.into(),
+                    visibility_timeout_ms: vis.into(),
+                },
+                Op::Ack { pick, stale } if !leases.is_empty() => {
+                    let l = &leases[pick as usize % leases.len()];
+                    Command::Ack { job_id: l.job_id.clone(), lease_id: l.lease_id + u64::from(stale), result: "r".into() }
+                }
+                Op::Nack { pick, dead, retry_after } if !leases.is_empty() => {
+                    let l = &leases[pick as usize % leases.len()];
+                    Command::Nack {
+                        job_id: l.job_id.clone(), lease_id: l.lease_id, error: "e".into(),
+                        retry_after_ms: retry_after.map(u64::from), dead_letter: dead, backoff: BACKOFF,
+                    }
+                }
+                Op::Extend { pick, vis } if !leases.is_empty() => {
+                    let l = &leases[pick as usize % leases.len()];
+                    Command::Extend { job_id: l.job_id.clone(), lease_id: l.lease_id, visibility_timeout_ms: vis.into(), progress: Some(50), progress_message: None }
+                }
+                Op::Cancel { pick } if !ids.is_empty() => Command::Cancel { job_id: ids[pick as usize % ids.len()].clone() },
+                Op::Retry { pick } if !ids.is_empty() => Command::Retry { job_id: ids[pick as usize % ids.len()].clone() },
+                Op::Redrive { queue: q } => Command::Redrive { queue: queue(q) },
+                Op::Pause { queue: q, paused: true } => Command::Pause { queue: queue(q) },
+                Op::Pause { queue: q, paused: false } => Command::Resume { queue: queue(q) },
+                _ => Command::Tick,
+            };
+            let env = at(now, cmd);
+            let before = s.clone();
+            let reply = s.apply(&env);
+            // A replica applying the same entries reaches the same state and reply.
+            let reply2 = replica.apply(&env);
+            prop_assert_eq!(format!("{reply:?}"), format!("{reply2:?}"));
+            prop_assert_eq!(&s, &replica);
+            if let Ok(Outcome::Leased(got)) = &reply {
+                leases.extend(got.iter().cloned());
+            }
+            if reply.is_err() {
+                // A refused command changes nothing but the time-driven moves it made
+                // first; check by replaying time alone on the previous state.
+                let mut timed = before;
+                timed.apply(&at(now, Command::Tick)).unwrap();
+                prop_assert_eq!(&timed, &s);
+            }
+            check_invariants(&s);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! taskraft worker SDK (grows in the SDK issue).
