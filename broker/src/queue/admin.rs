@@ -2,8 +2,8 @@
 
 use super::command::{CoreError, Outcome, Reply};
 use super::job::JobState;
-use super::stats::QueueStats;
 use super::state::State;
+use super::stats::QueueStats;
 
 impl State {
     pub(crate) fn cancel(&mut self, job_id: &str) -> Reply {

@@ -50,7 +50,10 @@ mod tests {
     #[test]
     fn delay_is_capped_and_deterministic() {
         assert!(backoff_delay_ms(POLICY, 40, 7) <= POLICY.max_ms);
-        assert_eq!(backoff_delay_ms(POLICY, 3, 9), backoff_delay_ms(POLICY, 3, 9));
+        assert_eq!(
+            backoff_delay_ms(POLICY, 3, 9),
+            backoff_delay_ms(POLICY, 3, 9)
+        );
         let distinct: std::collections::BTreeSet<u64> =
             (0..50).map(|s| backoff_delay_ms(POLICY, 1, s)).collect();
         assert!(distinct.len() > 10, "jitter spreads retries");

@@ -95,7 +95,10 @@ fn expired_lease_is_redelivered_with_new_lease_id_and_stale_ack_is_refused() {
             result: Default::default(),
         },
     ));
-    assert!(matches!(stale, Err(CoreError::StaleLease { .. })), "{stale:?}");
+    assert!(
+        matches!(stale, Err(CoreError::StaleLease { .. })),
+        "{stale:?}"
+    );
     assert_eq!(s.job("a").unwrap().state, JobState::Leased);
     s.apply(&at(
         114,
@@ -172,7 +175,9 @@ fn idempotency_key_dedups_within_window_and_batch() {
     a.dedup_window_ms = 1_000;
     let mut b = new_job("b", "q", 0);
     b.idempotency_key = "k".into();
-    let r = s.apply(&at(0, Command::Enqueue(vec![a, b.clone()]))).unwrap();
+    let r = s
+        .apply(&at(0, Command::Enqueue(vec![a, b.clone()])))
+        .unwrap();
     let Outcome::Enqueued(res) = r else { panic!() };
     assert_eq!(res[0].job_id, "a");
     assert!(!res[0].duplicate);
@@ -195,13 +200,18 @@ fn paused_queue_serves_nothing_and_lease_falls_through_to_next_queue() {
         Command::Enqueue(vec![new_job("a", "q1", 0), new_job("b", "q2", 0)]),
     ))
     .unwrap();
-    s.apply(&at(0, Command::Pause { queue: "q1".into() })).unwrap();
+    s.apply(&at(0, Command::Pause { queue: "q1".into() }))
+        .unwrap();
     let got = leased(s.apply(&at(1, lease_cmd(&["q1", "q2"], 5, 1000))));
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].job_id, "b");
     assert!(s.queue_stats("q1").unwrap().paused);
-    s.apply(&at(2, Command::Resume { queue: "q1".into() })).unwrap();
-    assert_eq!(leased(s.apply(&at(3, lease_cmd(&["q1"], 5, 1000)))).len(), 1);
+    s.apply(&at(2, Command::Resume { queue: "q1".into() }))
+        .unwrap();
+    assert_eq!(
+        leased(s.apply(&at(3, lease_cmd(&["q1"], 5, 1000)))).len(),
+        1
+    );
 }
 
 #[test]
@@ -209,8 +219,11 @@ fn cancel_leased_job_makes_its_ack_fail_with_cancelled() {
     let mut s = State::new();
     s.apply(&at(0, Command::Enqueue(vec![new_job("a", "q", 0)])))
         .unwrap();
-    let l = leased(s.apply(&at(1, lease_cmd(&["q"], 1, 1000)))).pop().unwrap();
-    s.apply(&at(2, Command::Cancel { job_id: "a".into() })).unwrap();
+    let l = leased(s.apply(&at(1, lease_cmd(&["q"], 1, 1000))))
+        .pop()
+        .unwrap();
+    s.apply(&at(2, Command::Cancel { job_id: "a".into() }))
+        .unwrap();
     let r = s.apply(&at(
         3,
         Command::Extend {
@@ -223,7 +236,8 @@ fn cancel_leased_job_makes_its_ack_fail_with_cancelled() {
     ));
     assert_eq!(r.unwrap_err(), CoreError::Cancelled("a".into()));
     // Retry brings it back with fresh attempts.
-    s.apply(&at(4, Command::Retry { job_id: "a".into() })).unwrap();
+    s.apply(&at(4, Command::Retry { job_id: "a".into() }))
+        .unwrap();
     let job = s.job("a").unwrap();
     assert_eq!((job.state, job.attempt), (JobState::Ready, 0));
 }
@@ -273,15 +287,43 @@ fn time_never_runs_backwards() {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Enqueue { queue: u8, priority: i8, delay: u16, key: Option<u8> },
-    Lease { queue: u8, max: u8, vis: u16 },
-    Ack { pick: u16, stale: bool },
-    Nack { pick: u16, dead: bool, retry_after: Option<u16> },
-    Extend { pick: u16, vis: u16 },
-    Cancel { pick: u16 },
-    Retry { pick: u16 },
-    Redrive { queue: u8 },
-    Pause { queue: u8, paused: bool },
+    Enqueue {
+        queue: u8,
+        priority: i8,
+        delay: u16,
+        key: Option<u8>,
+    },
+    Lease {
+        queue: u8,
+        max: u8,
+        vis: u16,
+    },
+    Ack {
+        pick: u16,
+        stale: bool,
+    },
+    Nack {
+        pick: u16,
+        dead: bool,
+        retry_after: Option<u16>,
+    },
+    Extend {
+        pick: u16,
+        vis: u16,
+    },
+    Cancel {
+        pick: u16,
+    },
+    Retry {
+        pick: u16,
+    },
+    Redrive {
+        queue: u8,
+    },
+    Pause {
+        queue: u8,
+        paused: bool,
+    },
     Tick,
 }
 
@@ -317,7 +359,12 @@ fn check_invariants(s: &State) {
         }
         // Stats equal a recount.
         let stats = q.stats(name);
-        let count = |st| s.jobs.values().filter(|j| &j.queue == name && j.state == st).count() as u64;
+        let count = |st| {
+            s.jobs
+                .values()
+                .filter(|j| &j.queue == name && j.state == st)
+                .count() as u64
+        };
         assert_eq!(stats.ready, count(JobState::Ready));
         assert_eq!(stats.scheduled, count(JobState::Scheduled));
         assert_eq!(stats.leased, count(JobState::Leased));
@@ -329,7 +376,10 @@ fn check_invariants(s: &State) {
     assert_eq!(seen.len(), s.jobs.len(), "every job is indexed once");
     let mut lease_ids = BTreeSet::new();
     for job in s.jobs.values() {
-        assert!(job.attempt <= job.max_attempts, "attempts exceed max: {job:?}");
+        assert!(
+            job.attempt <= job.max_attempts,
+            "attempts exceed max: {job:?}"
+        );
         assert_eq!(job.lease.is_some(), job.state == JobState::Leased);
         if let Some(l) = &job.lease {
             assert!(lease_ids.insert(l.id), "lease id reused while held");
@@ -343,9 +393,15 @@ fn check_invariants(s: &State) {
         }
         assert_eq!(s.ids.get(&job.id), Some(&job.seq));
     }
-    assert_eq!(s.leases.len(), lease_ids.len(), "no job leased twice at once");
     assert_eq!(
-        s.scheduled.len() + s.leases.len() + s.expiring.len()
+        s.leases.len(),
+        lease_ids.len(),
+        "no job leased twice at once"
+    );
+    assert_eq!(
+        s.scheduled.len()
+            + s.leases.len()
+            + s.expiring.len()
             + s.queues.values().map(|q| q.ready.len()).sum::<usize>(),
         s.jobs.len()
     );

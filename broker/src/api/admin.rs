@@ -1,0 +1,301 @@
+//! `taskraft.v1.Admin`: cluster status, queue stats and settings, dead-job handling,
+//! membership, workers.
+
+use std::sync::Arc;
+
+use taskraft_proto::v1 as pb;
+use taskraft_proto::v1::admin_server::Admin;
+use tonic::{Request, Response, Status};
+
+use super::convert::{job_to_pb, state_from_pb, stats_to_pb};
+use super::validate::{self as v, MAX_PAGE};
+use crate::error::BrokerError;
+use crate::queue::{Command, Outcome, QueueStats};
+use crate::raft::RaftNode;
+
+/// The Admin service of one node.
+pub struct AdminService {
+    node: Arc<RaftNode>,
+}
+
+impl AdminService {
+    /// Serves `node`.
+    pub fn new(node: Arc<RaftNode>) -> Self {
+        Self { node }
+    }
+
+    async fn queue_cmd(&self, cmd: Command) -> Result<Response<pb::QueueStats>, Status> {
+        match self.node.propose(cmd).await? {
+            Outcome::Queue(s) => Ok(Response::new(stats_to_pb(s))),
+            other => Err(BrokerError::Internal(format!("unexpected outcome {other:?}")).into()),
+        }
+    }
+
+    async fn job_cmd(&self, cmd: Command) -> Result<Response<pb::Job>, Status> {
+        match self.node.propose(cmd).await? {
+            Outcome::Job(j) => Ok(Response::new(job_to_pb(&j))),
+            other => Err(BrokerError::Internal(format!("unexpected outcome {other:?}")).into()),
+        }
+    }
+}
+
+/// Cluster status as this node sees it.
+pub fn cluster_status(node: &RaftNode) -> pb::ClusterStatus {
+    let m = node.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let matched = |id: u64| -> u64 {
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten())
+            .map_or(0, |l| l.index)
+    };
+    let nodes = membership
+        .nodes()
+        .map(|(id, n)| pb::ClusterNode {
+            id: *id,
+            addr: n.addr.clone(),
+            role: if Some(*id) == m.current_leader {
+                "leader"
+            } else if voters.contains(id) {
+                "follower"
+            } else {
+                "learner"
+            }
+            .into(),
+            matched_index: matched(*id),
+        })
+        .collect();
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    // The leader knows the commit index as the highest index a majority of voters
+    // hold; a follower reports what it has applied (a lower bound of the commit index).
+    let commit_index = match &m.replication {
+        Some(rep) if m.current_leader == Some(m.id) => {
+            let mut idx: Vec<u64> = voters
+                .iter()
+                .map(|id| {
+                    if *id == m.id {
+                        m.last_log_index.unwrap_or(0)
+                    } else {
+                        rep.get(id).cloned().flatten().map_or(0, |l| l.index)
+                    }
+                })
+                .collect();
+            idx.sort_unstable_by(|a, b| b.cmp(a));
+            idx.get(voters.len() / 2)
+                .copied()
+                .unwrap_or(applied)
+                .max(applied)
+        }
+        _ => applied,
+    };
+    pb::ClusterStatus {
+        leader_id: m.current_leader.unwrap_or(0),
+        term: m.current_term,
+        nodes,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        commit_index,
+        applied_index: applied,
+        node_id: m.id,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn get_cluster_status(
+        &self,
+        _req: Request<pb::GetClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        Ok(Response::new(cluster_status(&self.node)))
+    }
+
+    #[tracing::instrument(skip_all, fields(queue = %req.get_ref().queue))]
+    async fn get_queue_stats(
+        &self,
+        req: Request<pb::GetQueueStatsRequest>,
+    ) -> Result<Response<pb::QueueStats>, Status> {
+        let q = req.into_inner().queue;
+        v::queue_name("queue", &q)?;
+        self.node.read_barrier().await?;
+        // A queue with no jobs and no settings has all-zero counts.
+        let stats = self
+            .node
+            .shared
+            .read()
+            .state
+            .queue_stats(&q)
+            .unwrap_or(QueueStats {
+                queue: q,
+                ..Default::default()
+            });
+        Ok(Response::new(stats_to_pb(stats)))
+    }
+
+    async fn list_queues(
+        &self,
+        _req: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        self.node.read_barrier().await?;
+        let queues = self
+            .node
+            .shared
+            .read()
+            .state
+            .all_queue_stats()
+            .into_iter()
+            .map(stats_to_pb)
+            .collect();
+        Ok(Response::new(pb::ListQueuesResponse { queues }))
+    }
+
+    #[tracing::instrument(skip_all, fields(queue = %req.get_ref().queue))]
+    async fn pause_queue(
+        &self,
+        req: Request<pb::PauseQueueRequest>,
+    ) -> Result<Response<pb::QueueStats>, Status> {
+        let queue = req.into_inner().queue;
+        v::queue_name("queue", &queue)?;
+        self.queue_cmd(Command::Pause { queue }).await
+    }
+
+    #[tracing::instrument(skip_all, fields(queue = %req.get_ref().queue))]
+    async fn resume_queue(
+        &self,
+        req: Request<pb::ResumeQueueRequest>,
+    ) -> Result<Response<pb::QueueStats>, Status> {
+        let queue = req.into_inner().queue;
+        v::queue_name("queue", &queue)?;
+        self.queue_cmd(Command::Resume { queue }).await
+    }
+
+    #[tracing::instrument(skip_all, fields(queue = %req.get_ref().queue))]
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let r = req.into_inner();
+        v::queue_name("queue", &r.queue)?;
+        if pb::JobState::try_from(r.state).is_err() {
+            return Err(
+                BrokerError::invalid("state", format!("{} is not a JobState", r.state)).into(),
+            );
+        }
+        if r.limit > MAX_PAGE {
+            return Err(BrokerError::invalid(
+                "limit",
+                format!("{} is over the limit of {MAX_PAGE}", r.limit),
+            )
+            .into());
+        }
+        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(r.page_token.parse::<u64>().map_err(|_| {
+                BrokerError::invalid("page_token", "not a token returned by ListJobs")
+            })?)
+        };
+        self.node.read_barrier().await?;
+        let data = self.node.shared.read();
+        let (jobs, next) = data
+            .state
+            .list_jobs(&r.queue, state_from_pb(r.state), after, limit);
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs.into_iter().map(job_to_pb).collect(),
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id))]
+    async fn retry_job(
+        &self,
+        req: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let job_id = req.into_inner().job_id;
+        v::job_id(&job_id)?;
+        self.job_cmd(Command::Retry { job_id }).await
+    }
+
+    #[tracing::instrument(skip_all, fields(queue = %req.get_ref().queue))]
+    async fn redrive_dead_jobs(
+        &self,
+        req: Request<pb::RedriveDeadJobsRequest>,
+    ) -> Result<Response<pb::RedriveDeadJobsResponse>, Status> {
+        let queue = req.into_inner().queue;
+        v::queue_name("queue", &queue)?;
+        match self.node.propose(Command::Redrive { queue }).await? {
+            Outcome::Redriven(count) => Ok(Response::new(pb::RedriveDeadJobsResponse { count })),
+            other => Err(BrokerError::Internal(format!("unexpected outcome {other:?}")).into()),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = req.get_ref().node_id))]
+    async fn add_node(
+        &self,
+        req: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let r = req.into_inner();
+        if r.node_id == 0 {
+            return Err(BrokerError::invalid("node_id", "node ids start at 1").into());
+        }
+        if r.addr.parse::<std::net::SocketAddr>().is_err() && !r.addr.contains(':') {
+            return Err(
+                BrokerError::invalid("addr", format!("{:?} is not host:port", r.addr)).into(),
+            );
+        }
+        self.node.add_node(r.node_id, r.addr).await?;
+        Ok(Response::new(cluster_status(&self.node)))
+    }
+
+    #[tracing::instrument(skip_all, fields(node_id = req.get_ref().node_id))]
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let r = req.into_inner();
+        let members: Vec<u64> = self
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        if !members.contains(&r.node_id) {
+            return Err(BrokerError::NotFound(format!(
+                "node {} is not a member (members: {members:?})",
+                r.node_id
+            ))
+            .into());
+        }
+        if members.len() == 1 {
+            return Err(
+                BrokerError::FailedPrecondition("cannot remove the last node".into()).into(),
+            );
+        }
+        self.node.remove_node(r.node_id).await?;
+        Ok(Response::new(cluster_status(&self.node)))
+    }
+
+    async fn list_workers(
+        &self,
+        _req: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        self.node.read_barrier().await?;
+        let data = self.node.shared.read();
+        let workers = data
+            .state
+            .workers()
+            .map(|(id, w)| pb::Worker {
+                worker_id: id.clone(),
+                queues: w.queues.clone(),
+                jobs_in_hand: w.jobs_in_hand,
+                last_seen_ms: w.last_seen_ms,
+                leased_total: w.leased_total,
+            })
+            .collect();
+        Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+}

@@ -1,0 +1,365 @@
+//! `taskraft.v1.Broker`: enqueue, lease, ack, nack, extend, get, cancel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use taskraft_proto::v1 as pb;
+use taskraft_proto::v1::broker_server::Broker;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use super::convert::{job_to_pb, leased_to_pb, state_to_pb};
+use super::validate::{
+    self as v, MAX_ATTEMPTS, MAX_BATCH, MAX_DELAY_MS, MAX_HEADERS, MAX_LEASE_JOBS, MAX_NAME,
+    MAX_TEXT,
+};
+use super::ApiSettings;
+use crate::error::BrokerError;
+use crate::queue::{Command, Due, NewJob, Outcome};
+use crate::raft::RaftNode;
+
+/// The Broker service of one node.
+pub struct BrokerService {
+    node: Arc<RaftNode>,
+    settings: ApiSettings,
+}
+
+impl BrokerService {
+    /// Serves `node` with `settings`.
+    pub fn new(node: Arc<RaftNode>, settings: ApiSettings) -> Self {
+        Self { node, settings }
+    }
+
+    fn new_job(&self, r: pb::EnqueueRequest, index: Option<usize>) -> Result<NewJob, BrokerError> {
+        let at = |e: BrokerError| match (index, e) {
+            (Some(i), BrokerError::InvalidArgument { field, message }) => {
+                BrokerError::InvalidArgument {
+                    field,
+                    message: format!("jobs[{i}]: {message}"),
+                }
+            }
+            (_, e) => e,
+        };
+        (|| {
+            v::queue_name("queue", &r.queue)?;
+            v::blob("payload", r.payload.len(), self.settings.max_payload)?;
+            v::text("job_type", &r.job_type, MAX_NAME)?;
+            v::text("idempotency_key", &r.idempotency_key, MAX_NAME)?;
+            v::webhook_url(&r.webhook_url)?;
+            if r.max_attempts > MAX_ATTEMPTS {
+                return Err(BrokerError::invalid(
+                    "max_attempts",
+                    format!("{} is over the limit of {MAX_ATTEMPTS}", r.max_attempts),
+                ));
+            }
+            if r.delay_ms > MAX_DELAY_MS {
+                return Err(BrokerError::invalid(
+                    "delay_ms",
+                    format!(
+                        "{} ms is over the limit of {MAX_DELAY_MS} ms (366 days)",
+                        r.delay_ms
+                    ),
+                ));
+            }
+            if r.delay_ms > 0 && r.run_at_ms > 0 {
+                return Err(BrokerError::invalid(
+                    "run_at_ms",
+                    "set delay_ms or run_at_ms, not both",
+                ));
+            }
+            if r.headers.len() > MAX_HEADERS {
+                return Err(BrokerError::invalid(
+                    "headers",
+                    format!("{} headers; at most {MAX_HEADERS}", r.headers.len()),
+                ));
+            }
+            for (k, val) in &r.headers {
+                v::text("headers", k, MAX_NAME)?;
+                v::text("headers", val, MAX_TEXT)?;
+            }
+            Ok(())
+        })()
+        .map_err(at)?;
+        Ok(NewJob {
+            id: uuid::Uuid::now_v7().to_string(),
+            queue: r.queue,
+            job_type: r.job_type,
+            payload: r.payload,
+            headers: r.headers.into_iter().collect(),
+            priority: r.priority,
+            due: if r.run_at_ms > 0 {
+                Due::At(r.run_at_ms)
+            } else {
+                Due::After(r.delay_ms)
+            },
+            max_attempts: if r.max_attempts == 0 {
+                self.settings.max_attempts
+            } else {
+                r.max_attempts
+            },
+            idempotency_key: r.idempotency_key,
+            dedup_window_ms: self.settings.dedup_window.as_millis() as u64,
+            retention: self.settings.retention,
+            webhook_url: r.webhook_url,
+        })
+    }
+
+    async fn enqueue_jobs(
+        &self,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<pb::EnqueueResponse>, BrokerError> {
+        match self.node.propose(Command::Enqueue(jobs)).await? {
+            Outcome::Enqueued(res) => Ok(res
+                .into_iter()
+                .map(|e| pb::EnqueueResponse {
+                    job_id: e.job_id,
+                    duplicate: e.duplicate,
+                })
+                .collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn visibility(&self, ms: u64) -> Result<u64, BrokerError> {
+        v::timeout_ms(
+            "visibility_timeout_ms",
+            ms,
+            self.settings.visibility_timeout.as_millis() as u64,
+        )
+    }
+}
+
+fn unexpected(o: Outcome) -> BrokerError {
+    BrokerError::Internal(format!("unexpected outcome {o:?}"))
+}
+
+#[tonic::async_trait]
+impl Broker for BrokerService {
+    #[tracing::instrument(skip_all, fields(queue = %req.get_ref().queue, job_id))]
+    async fn enqueue(
+        &self,
+        req: Request<pb::EnqueueRequest>,
+    ) -> Result<Response<pb::EnqueueResponse>, Status> {
+        let job = self.new_job(req.into_inner(), None)?;
+        let mut res = self.enqueue_jobs(vec![job]).await?;
+        let one = res
+            .pop()
+            .ok_or_else(|| BrokerError::Internal("no enqueue result".into()))?;
+        tracing::Span::current().record("job_id", one.job_id.as_str());
+        Ok(Response::new(one))
+    }
+
+    #[tracing::instrument(skip_all, fields(jobs = req.get_ref().jobs.len()))]
+    async fn enqueue_batch(
+        &self,
+        req: Request<pb::EnqueueBatchRequest>,
+    ) -> Result<Response<pb::EnqueueBatchResponse>, Status> {
+        let jobs = req.into_inner().jobs;
+        if jobs.is_empty() {
+            return Err(BrokerError::invalid("jobs", "the batch is empty").into());
+        }
+        if jobs.len() > MAX_BATCH {
+            return Err(BrokerError::invalid(
+                "jobs",
+                format!("{} jobs; at most {MAX_BATCH} per batch", jobs.len()),
+            )
+            .into());
+        }
+        let jobs = jobs
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| self.new_job(r, Some(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let results = self.enqueue_jobs(jobs).await?;
+        Ok(Response::new(pb::EnqueueBatchResponse { results }))
+    }
+
+    #[tracing::instrument(skip_all, fields(worker_id = %req.get_ref().worker_id, queues = ?req.get_ref().queues, leased))]
+    async fn lease(
+        &self,
+        req: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
+        let caller_timeout = crate::deadline::grpc_timeout(req.metadata());
+        let r = req.into_inner();
+        if r.queues.is_empty() {
+            return Err(BrokerError::invalid("queues", "name at least one queue").into());
+        }
+        for q in &r.queues {
+            v::queue_name("queues", q)?;
+        }
+        v::text("worker_id", &r.worker_id, MAX_NAME)?;
+        if r.max_jobs > MAX_LEASE_JOBS {
+            return Err(BrokerError::invalid(
+                "max_jobs",
+                format!("{} is over the limit of {MAX_LEASE_JOBS}", r.max_jobs),
+            )
+            .into());
+        }
+        let visibility = self.visibility(r.visibility_timeout_ms)?;
+        let wait = v::timeout_ms("wait_ms", r.wait_ms, 0)?;
+        let mut wait = Duration::from_millis(wait);
+        if let Some(t) = caller_timeout {
+            // Answer (possibly empty) a little before the caller gives up.
+            wait = wait.min(
+                t.saturating_sub(t / 10)
+                    .saturating_sub(Duration::from_millis(50)),
+            );
+        }
+        let deadline = Instant::now() + wait;
+        let cmd = Command::Lease {
+            queues: r.queues.clone(),
+            worker_id: if r.worker_id.is_empty() {
+                "anonymous".into()
+            } else {
+                r.worker_id
+            },
+            max_jobs: r.max_jobs.max(1),
+            visibility_timeout_ms: visibility,
+        };
+        let shared = &self.node.shared;
+        loop {
+            let notified = shared.applied.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if shared.read().state.has_leasable(&r.queues) {
+                match self.node.propose(cmd.clone()).await? {
+                    Outcome::Leased(jobs) if !jobs.is_empty() || Instant::now() >= deadline => {
+                        tracing::Span::current().record("leased", jobs.len());
+                        return Ok(Response::new(pb::LeaseResponse {
+                            jobs: jobs.into_iter().map(leased_to_pb).collect(),
+                        }));
+                    }
+                    Outcome::Leased(_) => {}
+                    other => return Err(unexpected(other).into()),
+                }
+            } else if Instant::now() >= deadline {
+                return Ok(Response::new(pb::LeaseResponse { jobs: Vec::new() }));
+            }
+            // Wake on the next apply, or re-check at least every second (due jobs and
+            // expired leases are moved by the leader's ticks, which also notify).
+            let _ = tokio::time::timeout_at(
+                deadline.min(Instant::now() + Duration::from_secs(1)),
+                notified,
+            )
+            .await;
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id))]
+    async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let r = req.into_inner();
+        v::job_id(&r.job_id)?;
+        let lease_id = v::lease_id(&r.lease_id)?;
+        v::blob("result", r.result.len(), self.settings.max_payload)?;
+        self.node
+            .propose(Command::Ack {
+                job_id: r.job_id,
+                lease_id,
+                result: r.result,
+            })
+            .await?;
+        Ok(Response::new(pb::AckResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id))]
+    async fn nack(
+        &self,
+        req: Request<pb::NackRequest>,
+    ) -> Result<Response<pb::NackResponse>, Status> {
+        let r = req.into_inner();
+        v::job_id(&r.job_id)?;
+        let lease_id = v::lease_id(&r.lease_id)?;
+        v::text("error", &r.error, MAX_TEXT)?;
+        if r.retry_after_ms > MAX_DELAY_MS {
+            return Err(BrokerError::invalid(
+                "retry_after_ms",
+                format!(
+                    "{} ms is over the limit of {MAX_DELAY_MS} ms",
+                    r.retry_after_ms
+                ),
+            )
+            .into());
+        }
+        let out = self
+            .node
+            .propose(Command::Nack {
+                job_id: r.job_id,
+                lease_id,
+                error: r.error,
+                retry_after_ms: (r.retry_after_ms > 0).then_some(r.retry_after_ms),
+                dead_letter: r.dead_letter,
+                backoff: self.settings.backoff,
+            })
+            .await?;
+        match out {
+            Outcome::Nacked { state, run_at_ms } => Ok(Response::new(pb::NackResponse {
+                state: state_to_pb(state) as i32,
+                run_at_ms,
+            })),
+            other => Err(unexpected(other).into()),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id))]
+    async fn extend_lease(
+        &self,
+        req: Request<pb::ExtendLeaseRequest>,
+    ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
+        let r = req.into_inner();
+        v::job_id(&r.job_id)?;
+        let lease_id = v::lease_id(&r.lease_id)?;
+        let visibility = self.visibility(r.visibility_timeout_ms)?;
+        if r.progress > 100 {
+            return Err(
+                BrokerError::invalid("progress", format!("{} is over 100", r.progress)).into(),
+            );
+        }
+        v::text("progress_message", &r.progress_message, MAX_TEXT)?;
+        let report = r.progress > 0 || !r.progress_message.is_empty();
+        let out = self
+            .node
+            .propose(Command::Extend {
+                job_id: r.job_id,
+                lease_id,
+                visibility_timeout_ms: visibility,
+                progress: report.then_some(r.progress),
+                progress_message: report.then_some(r.progress_message),
+            })
+            .await?;
+        match out {
+            Outcome::Extended { deadline_ms } => Ok(Response::new(pb::ExtendLeaseResponse {
+                lease_deadline_ms: deadline_ms,
+            })),
+            other => Err(unexpected(other).into()),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id))]
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let r = req.into_inner();
+        v::job_id(&r.job_id)?;
+        self.node.read_barrier().await?;
+        let data = self.node.shared.read();
+        let job = data.state.job(&r.job_id).ok_or_else(|| {
+            BrokerError::Core(crate::queue::CoreError::JobNotFound(r.job_id.clone()))
+        })?;
+        Ok(Response::new(job_to_pb(job)))
+    }
+
+    #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id))]
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let r = req.into_inner();
+        v::job_id(&r.job_id)?;
+        match self
+            .node
+            .propose(Command::Cancel { job_id: r.job_id })
+            .await?
+        {
+            Outcome::Job(job) => Ok(Response::new(job_to_pb(&job))),
+            other => Err(unexpected(other).into()),
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! openraft glue: types, the redb log store, the state machine, the peer network
+//! (client side in `network.rs`, server side in `service.rs`) and [`node::RaftNode`], which
+//! the API calls to propose commands and to read linearizably.
+
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod service;
+pub mod state_machine;
+pub mod types;
+
+pub use node::{wall_clock_ms, NodeOptions, RaftNode};

@@ -1,0 +1,178 @@
+//! Client side of the peer service: openraft's network, plus the connection pool the
+//! node uses to forward writes and read-index requests to the leader.
+//!
+//! Raft messages travel postcard-encoded inside `taskraft.raft.v1.RaftMessage`.
+//! openraft 0.9 keeps one append in flight per follower, so `max_payload_entries`
+//! (entries per append) is what lets replication keep up under load.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use openraft::error::{NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use taskraft_proto::raft::raft_peer_client::RaftPeerClient;
+use taskraft_proto::raft::RaftMessage;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use super::types::{NodeId, TypeConfig};
+use crate::storage::{decode, encode};
+
+/// Largest peer message (appends of big batches, snapshot chunks).
+pub const MAX_PEER_MESSAGE: usize = 512 * 1024 * 1024;
+
+/// A peer client that carries the cluster token.
+pub type PeerClient = RaftPeerClient<InterceptedService<Channel, TokenInjector>>;
+
+/// Adds `authorization: Bearer <token>` to peer calls when the cluster has a token.
+#[derive(Clone)]
+pub struct TokenInjector(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for TokenInjector {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Lazily connected clients, one per peer address.
+pub struct PeerPool {
+    token: TokenInjector,
+    clients: Mutex<HashMap<String, PeerClient>>,
+}
+
+impl PeerPool {
+    /// A pool whose clients send `token` (if any).
+    pub fn new(token: Option<&str>) -> anyhow::Result<Arc<Self>> {
+        let token = match token {
+            Some(t) => Some(format!("Bearer {t}").parse()?),
+            None => None,
+        };
+        Ok(Arc::new(Self {
+            token: TokenInjector(token),
+            clients: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// A client for `addr` (host:port); connects on first use.
+    pub fn client(&self, addr: &str) -> Result<PeerClient, String> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let client = RaftPeerClient::with_interceptor(channel, self.token.clone())
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+        clients.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+/// openraft's network factory.
+pub struct Network {
+    pool: Arc<PeerPool>,
+}
+
+impl Network {
+    /// A factory that connects through `pool`.
+    pub fn new(pool: Arc<PeerPool>) -> Self {
+        Self { pool }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            client: self.pool.client(&node.addr).ok(),
+        }
+    }
+}
+
+/// A connection to one peer.
+pub struct PeerConnection {
+    target: NodeId,
+    client: Option<PeerClient>,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: Method,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        E: serde::de::DeserializeOwned + std::error::Error,
+    {
+        let Some(client) = self.client.as_mut() else {
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other("bad peer address"),
+            )));
+        };
+        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(RaftMessage { data: data.into() });
+        request.set_timeout(option.hard_ttl());
+        let reply = match method {
+            Method::Append => client.append_entries(request).await,
+            Method::Vote => client.vote(request).await,
+            Method::Snapshot => client.install_snapshot(request).await,
+        }
+        .map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))?
+        .into_inner();
+        let res: Result<Resp, RaftError<NodeId, E>> =
+            decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+enum Method {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        self.call(Method::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<openraft::error::InstallSnapshotError>>
+    {
+        self.call(Method::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.call(Method::Vote, &rpc, &option).await
+    }
+}

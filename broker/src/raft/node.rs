@@ -1,0 +1,415 @@
+//! [`RaftNode`]: what the API layer sees of Raft. It proposes commands (forwarding them
+//! to the leader when this node is a follower), makes reads linearizable, reports
+//! cluster status, and changes membership.
+//!
+//! This is the only place that reads the wall clock for the queue: the leader stamps
+//! `now_ms` into each [`Envelope`] when it proposes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::log_store::LogStore;
+use super::network::{Network, PeerPool};
+use super::state_machine::{Shared, StateMachineStore};
+use super::types::{NodeId, Raft};
+use crate::error::BrokerError;
+use crate::queue::{Command, Envelope, Outcome, Reply};
+use crate::storage::{decode, encode, open_db};
+use taskraft_proto::raft::RaftMessage;
+
+/// How a node starts its Raft side.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// This node's id.
+    pub id: NodeId,
+    /// Address peers and forwarding nodes reach this node at (host:port).
+    pub advertise: String,
+    /// Where the redb files live.
+    pub data_dir: PathBuf,
+    /// The initial cluster (id -> address). Empty: a one-node cluster of this node.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Bearer token peers send each other, if the cluster has one.
+    pub token: Option<String>,
+    /// How long a write or linearizable read may wait for a leader and a quorum.
+    pub request_timeout: Duration,
+    /// Take a snapshot (and purge the log behind it) every this many entries.
+    pub snapshot_every: u64,
+    /// Raft heartbeat interval.
+    pub heartbeat: Duration,
+}
+
+/// Errors a leader sends back to a forwarding follower.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerError {
+    /// The receiver is not the leader (any more).
+    NotLeader,
+    /// The write did not complete in time or the cluster cannot serve.
+    Unavailable(String),
+}
+
+/// A running Raft node and the shared queue state it applies into.
+pub struct RaftNode {
+    /// This node's id.
+    pub id: NodeId,
+    /// The openraft handle.
+    pub raft: Raft,
+    /// The applied queue state (read side).
+    pub shared: Arc<Shared>,
+    /// The log store (for size reporting).
+    pub log: LogStore,
+    pool: Arc<PeerPool>,
+    request_timeout: Duration,
+}
+
+/// Leader wall-clock time in Unix ms.
+pub fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl RaftNode {
+    /// Opens storage, starts Raft, and forms the initial cluster when this node is
+    /// part of it and nothing was stored yet.
+    pub async fn start(opts: NodeOptions) -> anyhow::Result<Arc<Self>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&opts.data_dir)
+            .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
+        let log_db = Arc::new(open_db(&opts.data_dir.join("raft-log.redb"))?);
+        let sm_db = Arc::new(open_db(&opts.data_dir.join("snapshot.redb"))?);
+        let log = LogStore::new(log_db)?;
+        let sm = StateMachineStore::new(sm_db)?;
+        let shared = sm.shared();
+        let pool = PeerPool::new(opts.token.as_deref())?;
+
+        let hb = opts.heartbeat.as_millis() as u64;
+        let config = openraft::Config {
+            cluster_name: "taskraft".into(),
+            heartbeat_interval: hb,
+            election_timeout_min: hb * 6,
+            election_timeout_max: hb * 12,
+            max_payload_entries: 4096,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
+            max_in_snapshot_log_to_keep: 1000,
+            install_snapshot_timeout: 30_000,
+            snapshot_max_chunk_size: 8 * 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()
+        .context("raft config")?;
+        let raft = Raft::new(
+            opts.id,
+            Arc::new(config),
+            Network::new(pool.clone()),
+            log.clone(),
+            sm,
+        )
+        .await
+        .context("starting raft")?;
+
+        let node = Arc::new(Self {
+            id: opts.id,
+            raft,
+            shared,
+            log,
+            pool,
+            request_timeout: opts.request_timeout,
+        });
+        node.form_cluster(&opts).await?;
+        Ok(node)
+    }
+
+    /// A fresh node that belongs to the initial membership initializes it. Every member
+    /// may do so with the same membership; openraft refuses (harmlessly) once a node has
+    /// a log or a vote, so restarts and late starters simply rejoin.
+    async fn form_cluster(&self, opts: &NodeOptions) -> anyhow::Result<()> {
+        if self.raft.is_initialized().await? {
+            return Ok(());
+        }
+        let members: BTreeMap<NodeId, BasicNode> = if opts.peers.is_empty() {
+            BTreeMap::from([(opts.id, BasicNode::new(&opts.advertise))])
+        } else if opts.peers.contains_key(&opts.id) {
+            opts.peers
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect()
+        } else {
+            tracing::info!(
+                node_id = opts.id,
+                "not in --peers: waiting to be added with Admin.AddNode"
+            );
+            return Ok(());
+        };
+        match self.raft.initialize(members).await {
+            Ok(()) => tracing::info!(node_id = opts.id, "initialized cluster membership"),
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                tracing::info!(node_id = opts.id, reason = %e, "cluster already formed")
+            }
+            Err(e) => return Err(anyhow::anyhow!("initializing cluster: {e}")),
+        }
+        Ok(())
+    }
+
+    /// The leader as this node knows it.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// True when this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    fn node_addr(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Waits (until `deadline`) for some leader to be known.
+    async fn wait_for_leader(&self, deadline: Instant) -> Result<NodeId, BrokerError> {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(l) = rx.borrow_and_update().current_leader {
+                return Ok(l);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(BrokerError::Unavailable("raft is shutting down".into())),
+                Err(_) => {
+                    return Err(BrokerError::Unavailable(format!(
+                        "no leader within {:?}: is a majority of the cluster up, and is node {} a member?",
+                        self.request_timeout, self.id
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Proposes a command and returns its outcome once it is committed and applied.
+    /// Followers forward it to the leader.
+    pub async fn propose(&self, cmd: Command) -> Result<Outcome, BrokerError> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let leader = self.wait_for_leader(deadline).await?;
+            let attempt = if leader == self.id {
+                self.propose_local(cmd.clone(), deadline).await
+            } else {
+                self.forward(leader, &cmd, deadline).await
+            };
+            match attempt {
+                Ok(reply) => return reply.map_err(BrokerError::Core),
+                Err(PeerError::NotLeader) => {
+                    // Not proposed anywhere: safe to retry once leadership settles.
+                    if Instant::now() >= deadline {
+                        return Err(BrokerError::Unavailable(
+                            "leadership kept changing; retry".into(),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(PeerError::Unavailable(msg)) => return Err(BrokerError::Unavailable(msg)),
+            }
+        }
+    }
+
+    /// Proposes on this node, which believes it leads.
+    pub async fn propose_local(&self, cmd: Command, deadline: Instant) -> Result<Reply, PeerError> {
+        let env = Envelope {
+            now_ms: wall_clock_ms(),
+            cmd,
+        };
+        match tokio::time::timeout_at(deadline, self.raft.client_write(env)).await {
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(PeerError::NotLeader)
+            }
+            Ok(Err(e)) => Err(PeerError::Unavailable(format!("write failed: {e}"))),
+            Err(_) => Err(PeerError::Unavailable(
+                "write not confirmed in time (no quorum?); it may still apply, so retry with an idempotency key".into(),
+            )),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        cmd: &Command,
+        deadline: Instant,
+    ) -> Result<Reply, PeerError> {
+        let addr = self.node_addr(leader).ok_or(PeerError::NotLeader)?;
+        let mut client = self.pool.client(&addr).map_err(PeerError::Unavailable)?;
+        let data = encode(cmd).map_err(|e| PeerError::Unavailable(e.to_string()))?;
+        let mut req = tonic::Request::new(RaftMessage { data: data.into() });
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let reply = client.propose(req).await.map_err(|s| {
+            PeerError::Unavailable(format!(
+                "forwarding to leader {leader} at {addr} failed: {}",
+                s.message()
+            ))
+        })?;
+        decode::<Result<Reply, PeerError>>(&reply.into_inner().data)
+            .map_err(|e| PeerError::Unavailable(e.to_string()))?
+    }
+
+    /// Returns once this node's applied state includes every write committed before the
+    /// call (a linearizable read barrier). Followers ask the leader for its read index.
+    pub async fn read_barrier(&self) -> Result<(), BrokerError> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let leader = self.wait_for_leader(deadline).await?;
+            let index = if leader == self.id {
+                self.leader_read_index(deadline).await
+            } else {
+                self.remote_read_index(leader, deadline).await
+            };
+            match index {
+                Ok(index) => return self.wait_applied(index, deadline).await,
+                Err(PeerError::NotLeader) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(PeerError::NotLeader) => {
+                    return Err(BrokerError::Unavailable(
+                        "leadership kept changing; retry".into(),
+                    ))
+                }
+                Err(PeerError::Unavailable(m)) => return Err(BrokerError::Unavailable(m)),
+            }
+        }
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the index a read
+    /// must observe.
+    pub async fn leader_read_index(&self, deadline: Instant) -> Result<u64, PeerError> {
+        match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                Err(PeerError::NotLeader)
+            }
+            Ok(Err(e)) => Err(PeerError::Unavailable(format!("read barrier failed: {e}"))),
+            Err(_) => Err(PeerError::Unavailable(
+                "leader could not confirm a quorum in time".into(),
+            )),
+        }
+    }
+
+    async fn remote_read_index(&self, leader: NodeId, deadline: Instant) -> Result<u64, PeerError> {
+        let addr = self.node_addr(leader).ok_or(PeerError::NotLeader)?;
+        let mut client = self.pool.client(&addr).map_err(PeerError::Unavailable)?;
+        let mut req = tonic::Request::new(RaftMessage::default());
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let reply = client.read_index(req).await.map_err(|s| {
+            PeerError::Unavailable(format!(
+                "read index from leader {leader} failed: {}",
+                s.message()
+            ))
+        })?;
+        decode::<Result<u64, PeerError>>(&reply.into_inner().data)
+            .map_err(|e| PeerError::Unavailable(e.to_string()))?
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), BrokerError> {
+        let mut rx = self.shared.applied_index.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= index {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(BrokerError::Unavailable(format!(
+                        "node {} did not catch up to index {index} in time",
+                        self.id
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Adds a node as a learner, waits for it to catch up, then makes it a voter.
+    pub async fn add_node(&self, id: NodeId, addr: String) -> Result<(), BrokerError> {
+        let r = self.raft.add_learner(id, BasicNode::new(addr), true).await;
+        self.membership_result(r)?;
+        let r = self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await;
+        self.membership_result(r)
+    }
+
+    /// Removes a node from the voters and the cluster.
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), BrokerError> {
+        let r = self
+            .raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            .await;
+        self.membership_result(r)?;
+        let r = self
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await;
+        self.membership_result(r)
+    }
+
+    fn membership_result<T>(
+        &self,
+        r: Result<T, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>,
+    ) -> Result<(), BrokerError> {
+        match r {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(BrokerError::Unavailable(format!(
+                    "node {} is not the leader (leader: {:?}); membership changes run on the leader",
+                    self.id, f.leader_id
+                )))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(BrokerError::FailedPrecondition(e.to_string()))
+            }
+            Err(e) => Err(BrokerError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Sends a peer (forwarding) client to `id`'s address, for membership calls that
+    /// must run on the leader.
+    pub fn leader_addr(&self) -> Option<String> {
+        self.leader().and_then(|l| self.node_addr(l))
+    }
+
+    /// Proposes a `Tick` whenever something is due and this node leads, so that due
+    /// jobs, expired leases and retention move without other traffic.
+    pub async fn run_ticker(self: Arc<Self>, period: Duration) {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if !self.is_leader() {
+                continue;
+            }
+            let due = self
+                .shared
+                .read()
+                .state
+                .next_wakeup_ms()
+                .is_some_and(|t| t <= wall_clock_ms());
+            if due {
+                let deadline = Instant::now() + self.request_timeout;
+                if let Err(e) = self.propose_local(Command::Tick, deadline).await {
+                    tracing::debug!(error = ?e, "tick not applied");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Server side of the peer service (`taskraft.raft.v1.RaftPeer`): hands Raft messages
+//! to openraft, and serves forwarded writes and read-index requests on the leader.
+
+use std::sync::Arc;
+
+use taskraft_proto::raft::raft_peer_server::RaftPeer;
+use taskraft_proto::raft::RaftMessage;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use super::node::{PeerError, RaftNode};
+use crate::queue::Command;
+use crate::storage::{decode, encode};
+
+/// The peer service of one node.
+pub struct PeerService {
+    node: Arc<RaftNode>,
+}
+
+impl PeerService {
+    /// Serves `node`.
+    pub fn new(node: Arc<RaftNode>) -> Self {
+        Self { node }
+    }
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    let data = encode(value).map_err(|e| Status::internal(format!("encoding peer reply: {e}")))?;
+    Ok(Response::new(RaftMessage { data: data.into() }))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
+    decode(&req.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable peer message: {e}")))
+}
+
+fn deadline_of<T>(req: &Request<T>) -> Instant {
+    Instant::now()
+        + crate::deadline::grpc_timeout(req.metadata()).unwrap_or(std::time::Duration::from_secs(5))
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc = parse(req)?;
+        reply(&self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc = parse(req)?;
+        reply(&self.node.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let rpc = parse(req)?;
+        reply(&self.node.raft.install_snapshot(rpc).await)
+    }
+
+    async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let deadline = deadline_of(&req);
+        let cmd: Command = parse(req)?;
+        let res = if self.node.is_leader() {
+            self.node.propose_local(cmd, deadline).await
+        } else {
+            Err(PeerError::NotLeader)
+        };
+        reply(&res)
+    }
+
+    async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let deadline = deadline_of(&req);
+        let res = if self.node.is_leader() {
+            self.node.leader_read_index(deadline).await
+        } else {
+            Err(PeerError::NotLeader)
+        };
+        reply(&res)
+    }
+}

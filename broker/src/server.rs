@@ -1,0 +1,197 @@
+//! Binds the listeners, starts the Raft node and the gRPC and HTTP servers, and owns
+//! every task. [`run`] serves until the shutdown future resolves (ctrl-c / SIGTERM in
+//! `main`, a oneshot in tests), then drains in-flight calls and stops Raft.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use taskraft_proto::raft::raft_peer_server::RaftPeerServer;
+use taskraft_proto::v1::admin_server::AdminServer;
+use taskraft_proto::v1::broker_server::BrokerServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic_health::ServingStatus;
+
+use crate::api::admin::AdminService;
+use crate::api::auth::Auth;
+use crate::api::broker::BrokerService;
+use crate::config::Config;
+use crate::raft::network::MAX_PEER_MESSAGE;
+use crate::raft::service::PeerService;
+use crate::raft::{NodeOptions, RaftNode};
+
+/// A node that is serving.
+pub struct Running {
+    /// Bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// The Raft node.
+    pub node: Arc<RaftNode>,
+    stop: Option<oneshot::Sender<()>>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    http: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Starts a node and returns once it is listening.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding gRPC address {}", config.listen))?;
+    let grpc_addr = listener.local_addr()?;
+    let http_listener = TcpListener::bind(config.http)
+        .await
+        .with_context(|| format!("binding HTTP address {}", config.http))?;
+    let http_addr = http_listener.local_addr()?;
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| grpc_addr.to_string());
+
+    let node = RaftNode::start(NodeOptions {
+        id: config.id,
+        advertise: advertise.clone(),
+        data_dir: config.data_dir.clone(),
+        peers: config.peers.clone(),
+        token: config.token.clone(),
+        request_timeout: config.request_timeout,
+        snapshot_every: config.snapshot_every,
+        heartbeat: config.heartbeat,
+    })
+    .await?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(taskraft_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building reflection service")?;
+
+    let auth = Auth::new(config.token.as_deref());
+    let max_msg = (64 * 1024 * 1024).max(config.api.max_payload * 2);
+    let broker = BrokerServer::new(BrokerService::new(node.clone(), config.api.clone()))
+        .max_decoding_message_size(max_msg)
+        .max_encoding_message_size(max_msg);
+    let admin = AdminServer::new(AdminService::new(node.clone()))
+        .max_decoding_message_size(max_msg)
+        .max_encoding_message_size(max_msg);
+    let peer = RaftPeerServer::new(PeerService::new(node.clone()))
+        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_encoding_message_size(MAX_PEER_MESSAGE);
+
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(InterceptedService::new(broker, auth.clone()))
+            .add_service(InterceptedService::new(admin, auth.clone()))
+            .add_service(InterceptedService::new(peer, auth))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stop_rx.await;
+                let _ = http_stop_tx.send(true);
+            }),
+    );
+    let router = crate::http::router(node.clone());
+    let http = tokio::spawn(async move {
+        let mut rx = http_stop_rx;
+        axum::serve(http_listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })
+            .await
+    });
+
+    let background = vec![
+        tokio::spawn(node.clone().run_ticker(Duration::from_millis(200))),
+        tokio::spawn(report_health(node.clone(), health)),
+    ];
+    tracing::info!(node_id = config.id, %grpc_addr, %http_addr, advertise = %advertise, data_dir = %config.data_dir.display(), "taskraft node serving");
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        node,
+        stop: Some(stop_tx),
+        grpc,
+        http,
+        background,
+    })
+}
+
+/// Health is SERVING while the node knows a leader (it can then serve every call,
+/// forwarding writes when it is a follower).
+async fn report_health(node: Arc<RaftNode>, health: tonic_health::server::HealthReporter) {
+    let mut rx = node.raft.metrics();
+    let mut last = None;
+    loop {
+        let ready = rx.borrow_and_update().current_leader.is_some();
+        if last != Some(ready) {
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health
+                .set_service_status("taskraft.v1.Broker", status)
+                .await;
+            health.set_service_status("taskraft.v1.Admin", status).await;
+            last = Some(ready);
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Running {
+    /// Stops accepting calls, waits for in-flight ones, and stops Raft.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        for t in &self.background {
+            t.abort();
+        }
+        let grpc = (&mut self.grpc).await;
+        let http = (&mut self.http).await;
+        let _ = self.node.raft.shutdown().await;
+        grpc.context("gRPC server task")?.context("gRPC server")?;
+        http.context("HTTP server task")?.context("HTTP server")?;
+        tracing::info!(node_id = self.node.id, "node stopped");
+        Ok(())
+    }
+
+    /// Resolves if a server task ends on its own (a fault): the process should exit
+    /// rather than linger as a half-working node.
+    pub async fn failed(&mut self) -> anyhow::Error {
+        tokio::select! {
+            r = &mut self.grpc => anyhow::anyhow!("gRPC server stopped: {r:?}"),
+            r = &mut self.http => anyhow::anyhow!("HTTP server stopped: {r:?}"),
+        }
+    }
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut running = start(config).await?;
+    tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutdown requested: draining in-flight calls");
+            running.shutdown().await
+        }
+        e = running.failed() => Err(e),
+    }
+}

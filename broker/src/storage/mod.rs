@@ -1,0 +1,51 @@
+//! Embedded storage on redb: table definitions and the one codec used for everything
+//! that reaches disk or the wire between peers (postcard, a compact serde format).
+//!
+//! Two database files live in the data dir:
+//! - `raft-log.redb`: the Raft log, the vote and the committed pointer. Every append is
+//!   one write transaction with `Durability::Immediate` (fsync before the callback).
+//! - `snapshot.redb`: the latest state-machine snapshot (written when openraft builds or
+//!   installs one).
+//!
+//! We do not use sled: its `flush` is not power-loss durable (it calls
+//! `sync_file_range`, not fsync), it has had no release since 2021, and openraft dropped
+//! its sled store.
+
+use std::path::Path;
+
+use openraft::{AnyError, StorageError, StorageIOError};
+use redb::{Database, TableDefinition};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Raft log entries by index.
+pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// Small Raft metadata: `vote`, `committed`, `last_purged`.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The current snapshot: `meta` and `data`.
+pub const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+/// Opens (or creates) a redb database file.
+pub fn open_db(path: &Path) -> anyhow::Result<Database> {
+    use anyhow::Context;
+    Database::create(path).with_context(|| format!("opening redb database {}", path.display()))
+}
+
+/// Encodes a value for disk or the peer wire.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(value)
+}
+
+/// Decodes a value written by [`encode`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// Wraps any storage failure as an openraft read error.
+pub fn read_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    StorageIOError::read(AnyError::error(e.to_string())).into()
+}
+
+/// Wraps any storage failure as an openraft write error.
+pub fn write_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    StorageIOError::write(AnyError::error(e.to_string())).into()
+}
