@@ -1,1 +1,377 @@
-//! Test fixtures shared by the end-to-end tests.
+//! Fixtures for the end-to-end tests: nodes started in-process (on `127.0.0.1:0`) or
+//! as real `taskraft serve` processes that can be SIGKILLed, and gRPC clients.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use taskraft_broker::config::Config;
+use taskraft_broker::server::{self, Running};
+use taskraft_proto::v1 as pb;
+use taskraft_proto::v1::admin_client::AdminClient;
+use taskraft_proto::v1::broker_client::BrokerClient;
+use tonic::transport::Channel;
+
+/// Generous bound for anything that should happen "soon" (startup, elections).
+pub const SOON: Duration = Duration::from_secs(30);
+
+/// Public API clients of one node.
+#[derive(Clone)]
+pub struct Clients {
+    /// Broker service.
+    pub broker: BrokerClient<Channel>,
+    /// Admin service.
+    pub admin: AdminClient<Channel>,
+}
+
+/// Connects to a node's gRPC address, retrying until it accepts.
+pub async fn connect(addr: SocketAddr) -> Clients {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        match Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+        {
+            Ok(ch) => {
+                return Clients {
+                    broker: BrokerClient::new(ch.clone()).max_decoding_message_size(64 << 20),
+                    admin: AdminClient::new(ch).max_decoding_message_size(64 << 20),
+                }
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot connect to {addr}: {e}"),
+        }
+    }
+}
+
+/// A node running inside the test process.
+pub struct InProcNode {
+    /// The running server (None after `stop`).
+    pub running: Option<Running>,
+    /// Its data dir (kept for restarts).
+    pub dir: tempfile::TempDir,
+    /// Config it was started with.
+    pub config: Config,
+}
+
+impl InProcNode {
+    /// Starts a one-node cluster with default settings.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a one-node cluster after `tweak` adjusts the config.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::ephemeral(dir.path());
+        tweak(&mut config);
+        let running = server::start(config.clone()).await.expect("node starts");
+        let node = Self {
+            running: Some(running),
+            dir,
+            config,
+        };
+        node.wait_ready().await;
+        node
+    }
+
+    /// gRPC address.
+    pub fn addr(&self) -> SocketAddr {
+        self.running.as_ref().expect("running").grpc_addr
+    }
+
+    /// HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.running.as_ref().expect("running").http_addr
+    }
+
+    /// Clients of this node.
+    pub async fn clients(&self) -> Clients {
+        connect(self.addr()).await
+    }
+
+    /// Waits until the node leads (a one-node cluster elects itself).
+    pub async fn wait_ready(&self) {
+        let node = self.running.as_ref().expect("running").node.clone();
+        let deadline = tokio::time::Instant::now() + SOON;
+        while !node.is_leader() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node never became leader"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Graceful stop, keeping the data dir.
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    /// Starts again on the same data dir (new ports).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let running = server::start(self.config.clone())
+            .await
+            .expect("node restarts");
+        self.running = Some(running);
+        self.wait_ready().await;
+    }
+}
+
+/// A free loopback port (bound and released; a tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Path of the `taskraft` binary built alongside the tests, building it if needed.
+pub fn taskraft_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TASKRAFT_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-exe> -> target/<profile>/taskraft
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    let bin = profile_dir.join("taskraft");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "taskraft-broker", "--bin", "taskraft"])
+            .status()
+            .expect("running cargo build for the taskraft binary");
+        assert!(status.success(), "building the taskraft binary failed");
+    }
+    assert!(
+        bin.exists(),
+        "taskraft binary not found at {}",
+        bin.display()
+    );
+    bin
+}
+
+/// A `taskraft serve` process.
+pub struct ProcessNode {
+    child: Option<Child>,
+    /// gRPC address (fixed across restarts).
+    pub addr: SocketAddr,
+    /// HTTP address (fixed across restarts).
+    pub http: SocketAddr,
+    /// Data dir.
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl ProcessNode {
+    /// Starts `taskraft serve` on fresh loopback ports with `extra` flags.
+    pub async fn spawn(data_dir: &Path, extra: &[&str]) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::spawn_at(data_dir, addr, http, extra).await
+    }
+
+    /// Starts `taskraft serve` on the given addresses.
+    pub async fn spawn_at(
+        data_dir: &Path,
+        addr: SocketAddr,
+        http: SocketAddr,
+        extra: &[&str],
+    ) -> Self {
+        let mut args = vec![
+            "serve".to_string(),
+            "--listen".into(),
+            addr.to_string(),
+            "--http".into(),
+            http.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut node = Self {
+            child: None,
+            addr,
+            http,
+            data_dir: data_dir.to_path_buf(),
+            args,
+            log: data_dir.with_extension("log"),
+        };
+        node.launch();
+        node
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(taskraft_bin())
+            .args(&self.args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning taskraft serve");
+        self.child = Some(child);
+    }
+
+    /// The node's log so far (for assertion messages).
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let start = s.len().saturating_sub(4000);
+        s[s.floor_char_boundary_compat(start)..].to_string()
+    }
+
+    /// Waits until `/readyz` says the node knows a leader.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            if http_get(self.http, "/readyz")
+                .await
+                .is_some_and(|(code, _)| code == 200)
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node at {} never became ready; log:\n{}",
+                self.addr,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Clients of this node.
+    pub async fn clients(&self) -> Clients {
+        connect(self.addr).await
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(ok.success(), "kill -TERM failed");
+        c.wait().expect("wait")
+    }
+
+    /// Starts the process again with the same flags and data dir.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.launch();
+    }
+}
+
+impl Drop for ProcessNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+trait FloorCharBoundary {
+    fn floor_char_boundary_compat(&self, i: usize) -> usize;
+}
+
+impl FloorCharBoundary for str {
+    fn floor_char_boundary_compat(&self, mut i: usize) -> usize {
+        while i > 0 && !self.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a raw TCP stream: (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// An enqueue request with the usual defaults.
+pub fn job(queue: &str, payload: &str) -> pb::EnqueueRequest {
+    pb::EnqueueRequest {
+        queue: queue.into(),
+        payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+        job_type: "test".into(),
+        ..Default::default()
+    }
+}
+
+/// A lease request for one queue.
+pub fn lease(
+    queue: &str,
+    max_jobs: u32,
+    visibility_timeout_ms: u64,
+    wait_ms: u64,
+) -> pb::LeaseRequest {
+    pb::LeaseRequest {
+        queues: vec![queue.into()],
+        worker_id: "test-worker".into(),
+        max_jobs,
+        visibility_timeout_ms,
+        wait_ms,
+    }
+}
+
+/// Queue stats through the Admin API.
+pub async fn stats(c: &mut Clients, queue: &str) -> pb::QueueStats {
+    c.admin
+        .get_queue_stats(pb::GetQueueStatsRequest {
+            queue: queue.into(),
+        })
+        .await
+        .expect("stats")
+        .into_inner()
+}
+
+/// One job through GetJob.
+pub async fn get_job(c: &mut Clients, id: &str) -> pb::Job {
+    c.broker
+        .get_job(pb::GetJobRequest { job_id: id.into() })
+        .await
+        .expect("get_job")
+        .into_inner()
+}

@@ -1,0 +1,463 @@
+//! The core job API through gRPC on a real in-process node: ordering, long polls,
+//! leases and fencing, nack, batches, validation, auth, health.
+
+use std::time::Duration;
+
+use taskraft_proto::v1 as pb;
+use taskraft_tests::*;
+use tonic::Code;
+
+#[tokio::test]
+async fn serves_by_priority_then_fifo() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    for (p, prio) in [("a", 0), ("b", 5), ("c", 0), ("d", 9), ("e", 5)] {
+        let mut j = job("q", p);
+        j.priority = prio;
+        c.broker.enqueue(j).await.unwrap();
+    }
+    let got = c
+        .broker
+        .lease(lease("q", 10, 30_000, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let order: Vec<&[u8]> = got.iter().map(|j| &j.payload[..]).collect();
+    assert_eq!(order, [&b"d"[..], b"b", b"e", b"a", b"c"]);
+    assert!(got.iter().all(|j| j.attempt == 1 && j.lease_id.len() == 16));
+}
+
+#[tokio::test]
+async fn long_poll_returns_as_soon_as_a_job_arrives() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    let mut producer = c.clone();
+    let started = tokio::time::Instant::now();
+    let poll = tokio::spawn(async move { c.broker.lease(lease("lp", 1, 30_000, 20_000)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    producer.broker.enqueue(job("lp", "hello")).await.unwrap();
+    let got = poll.await.unwrap().unwrap().into_inner().jobs;
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], b"hello");
+    // Far less than the 20 s wait: it woke on the enqueue.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn long_poll_with_nothing_returns_empty_after_wait() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    let started = tokio::time::Instant::now();
+    let got = c
+        .broker
+        .lease(lease("empty", 1, 30_000, 300))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert!(got.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn expired_lease_is_redelivered_with_new_lease_id_and_stale_ack_is_fenced() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    let id = c
+        .broker
+        .enqueue(job("exp", "x"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let first = c
+        .broker
+        .lease(lease("exp", 1, 300, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .remove(0);
+    assert_eq!(first.attempt, 1);
+    // No traffic at all: the leader's tick expires the lease and the job is ready again.
+    let second = c
+        .broker
+        .lease(lease("exp", 1, 30_000, 10_000))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .remove(0);
+    assert_eq!(second.job_id, id);
+    assert_eq!(second.attempt, 2);
+    assert_ne!(second.lease_id, first.lease_id);
+    let job = get_job(&mut c, &id).await;
+    assert_eq!(job.expirations, 1);
+
+    let stale = c
+        .broker
+        .ack(pb::AckRequest {
+            job_id: id.clone(),
+            lease_id: first.lease_id.clone(),
+            result: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    assert!(
+        stale.message().contains("not the current lease"),
+        "{}",
+        stale.message()
+    );
+    assert_eq!(
+        get_job(&mut c, &id).await.state,
+        pb::JobState::Leased as i32
+    );
+    c.broker
+        .ack(pb::AckRequest {
+            job_id: id.clone(),
+            lease_id: second.lease_id,
+            result: "done".into(),
+        })
+        .await
+        .unwrap();
+    let job = get_job(&mut c, &id).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32);
+    assert_eq!(&job.result[..], b"done");
+}
+
+#[tokio::test]
+async fn extend_keeps_the_lease_past_its_first_deadline() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    c.broker.enqueue(job("ext", "x")).await.unwrap();
+    let l = c
+        .broker
+        .lease(lease("ext", 1, 800, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .remove(0);
+    let ext = c
+        .broker
+        .extend_lease(pb::ExtendLeaseRequest {
+            job_id: l.job_id.clone(),
+            lease_id: l.lease_id.clone(),
+            visibility_timeout_ms: 60_000,
+            progress: 40,
+            progress_message: "halfway-ish".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ext.lease_deadline_ms > l.lease_deadline_ms);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let job = get_job(&mut c, &l.job_id).await;
+    assert_eq!(job.state, pb::JobState::Leased as i32);
+    assert_eq!(
+        (job.progress, job.progress_message.as_str()),
+        (40, "halfway-ish")
+    );
+    c.broker
+        .ack(pb::AckRequest {
+            job_id: l.job_id,
+            lease_id: l.lease_id,
+            result: Default::default(),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn nack_with_retry_after_schedules_the_retry() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    c.broker.enqueue(job("nk", "x")).await.unwrap();
+    let l = c
+        .broker
+        .lease(lease("nk", 1, 30_000, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .remove(0);
+    let r = c
+        .broker
+        .nack(pb::NackRequest {
+            job_id: l.job_id.clone(),
+            lease_id: l.lease_id.clone(),
+            error: "transient".into(),
+            retry_after_ms: 500,
+            dead_letter: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.state, pb::JobState::Scheduled as i32);
+    let job = get_job(&mut c, &l.job_id).await;
+    assert_eq!(job.state, pb::JobState::Scheduled as i32);
+    assert_eq!(job.last_error, "transient");
+    assert!(c
+        .broker
+        .lease(lease("nk", 1, 30_000, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .is_empty());
+    let again = c
+        .broker
+        .lease(lease("nk", 1, 30_000, 10_000))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .remove(0);
+    assert_eq!((again.job_id, again.attempt), (l.job_id, 2));
+}
+
+#[tokio::test]
+async fn batch_enqueue_is_all_or_nothing() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    let jobs: Vec<_> = (0..100).map(|i| job("batch", &format!("p{i}"))).collect();
+    let res = c
+        .broker
+        .enqueue_batch(pb::EnqueueBatchRequest { jobs })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(res.results.len(), 100);
+    assert_eq!(stats(&mut c, "batch").await.ready, 100);
+
+    let mut jobs: Vec<_> = (0..10).map(|i| job("batch2", &format!("p{i}"))).collect();
+    jobs[7].queue = "bad queue".into();
+    let err = c
+        .broker
+        .enqueue_batch(pb::EnqueueBatchRequest { jobs })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("jobs[7]"), "{}", err.message());
+    assert_eq!(
+        stats(&mut c, "batch2").await.ready,
+        0,
+        "nothing of a refused batch is stored"
+    );
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_the_right_code_and_names_the_field() {
+    let node = InProcNode::start_with(|c| c.api.max_payload = 1024).await;
+    let mut c = node.clients().await;
+    let b = &mut c.broker;
+    let mut cases: Vec<(String, tonic::Status, Code, &str)> = Vec::new();
+    macro_rules! case {
+        ($name:expr, $call:expr, $code:expr, $needle:expr) => {
+            cases.push(($name.to_string(), $call.await.unwrap_err(), $code, $needle));
+        };
+    }
+    case!(
+        "empty queue",
+        b.enqueue(job("", "x")),
+        Code::InvalidArgument,
+        "queue"
+    );
+    case!(
+        "bad queue chars",
+        b.enqueue(job("a/b", "x")),
+        Code::InvalidArgument,
+        "queue"
+    );
+    case!(
+        "long queue",
+        b.enqueue(job(&"q".repeat(129), "x")),
+        Code::InvalidArgument,
+        "128"
+    );
+    case!(
+        "payload too big",
+        b.enqueue(job("q", &"x".repeat(2000))),
+        Code::InvalidArgument,
+        "payload"
+    );
+    let mut both = job("q", "x");
+    both.delay_ms = 5;
+    both.run_at_ms = 5;
+    case!(
+        "delay and run_at",
+        b.enqueue(both),
+        Code::InvalidArgument,
+        "run_at_ms"
+    );
+    case!(
+        "no queues",
+        b.lease(pb::LeaseRequest::default()),
+        Code::InvalidArgument,
+        "queues"
+    );
+    case!(
+        "too many jobs",
+        b.lease(lease("q", 1001, 0, 0)),
+        Code::InvalidArgument,
+        "max_jobs"
+    );
+    case!(
+        "visibility over 12h",
+        b.lease(lease("q", 1, 13 * 3600 * 1000, 0)),
+        Code::InvalidArgument,
+        "visibility_timeout_ms"
+    );
+    case!(
+        "wait over 12h",
+        b.lease(lease("q", 1, 0, 13 * 3600 * 1000)),
+        Code::InvalidArgument,
+        "wait_ms"
+    );
+    case!(
+        "malformed lease id",
+        b.ack(pb::AckRequest {
+            job_id: "0198".into(),
+            lease_id: "nope".into(),
+            result: Default::default()
+        }),
+        Code::InvalidArgument,
+        "lease_id"
+    );
+    case!(
+        "malformed job id",
+        b.ack(pb::AckRequest {
+            job_id: "bad id!".into(),
+            lease_id: "0000000000000001".into(),
+            result: Default::default()
+        }),
+        Code::InvalidArgument,
+        "job_id"
+    );
+    case!(
+        "unknown job",
+        b.get_job(pb::GetJobRequest {
+            job_id: "01900000-0000-7000-8000-000000000000".into()
+        }),
+        Code::NotFound,
+        "not found"
+    );
+    case!(
+        "ack of unknown job",
+        b.ack(pb::AckRequest {
+            job_id: "01900000-0000-7000-8000-000000000000".into(),
+            lease_id: "0000000000000001".into(),
+            result: Default::default()
+        }),
+        Code::NotFound,
+        "not found"
+    );
+    case!(
+        "progress over 100",
+        b.extend_lease(pb::ExtendLeaseRequest {
+            job_id: "x".into(),
+            lease_id: "0000000000000001".into(),
+            progress: 101,
+            ..Default::default()
+        }),
+        Code::InvalidArgument,
+        "progress"
+    );
+    case!(
+        "empty batch",
+        b.enqueue_batch(pb::EnqueueBatchRequest::default()),
+        Code::InvalidArgument,
+        "jobs"
+    );
+    case!(
+        "bad state filter",
+        c.admin.list_jobs(pb::ListJobsRequest {
+            queue: "q".into(),
+            state: 42,
+            ..Default::default()
+        }),
+        Code::InvalidArgument,
+        "state"
+    );
+    for (name, status, code, needle) in &cases {
+        assert_eq!(status.code(), *code, "{name}: {status:?}");
+        assert!(
+            status.message().contains(needle),
+            "{name}: message {:?} should name {needle:?}",
+            status.message()
+        );
+    }
+    // And the node keeps serving.
+    let mut c = node.clients().await;
+    c.broker.enqueue(job("still-up", "x")).await.unwrap();
+}
+
+#[tokio::test]
+async fn token_is_required_when_configured_and_health_stays_open() {
+    let node = InProcNode::start_with(|c| c.token = Some("s3cret".into())).await;
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", node.addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut anon = taskraft_proto::v1::broker_client::BrokerClient::new(ch.clone());
+    let err = anon.enqueue(job("q", "x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let with = |token: &'static str| {
+        taskraft_proto::v1::broker_client::BrokerClient::with_interceptor(
+            ch.clone(),
+            move |mut r: tonic::Request<()>| {
+                r.metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
+                Ok(r)
+            },
+        )
+    };
+    let err = with("wrong").enqueue(job("q", "x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    with("s3cret").enqueue(job("q", "x")).await.unwrap();
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+    let resp = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test]
+async fn cluster_status_and_http_probes_answer() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    c.broker.enqueue(job("s", "x")).await.unwrap();
+    let st = c
+        .admin
+        .get_cluster_status(pb::GetClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.leader_id, 1);
+    assert_eq!(st.nodes.len(), 1);
+    assert_eq!(st.nodes[0].role, "leader");
+    assert!(
+        st.applied_index >= 2 && st.commit_index >= st.applied_index,
+        "{st:?}"
+    );
+    let (code, _) = http_get(node.http_addr(), "/healthz").await.unwrap();
+    assert_eq!(code, 200);
+    let (code, body) = http_get(node.http_addr(), "/readyz").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+}
