@@ -375,3 +375,189 @@ pub async fn get_job(c: &mut Clients, id: &str) -> pb::Job {
         .expect("get_job")
         .into_inner()
 }
+
+/// Several nodes in this process that form one cluster through `--peers`-style config.
+pub struct InProcCluster {
+    /// Running nodes by position (node id = position + 1); `None` while stopped.
+    pub nodes: Vec<Option<Running>>,
+    /// Their configs (kept for restarts).
+    pub configs: Vec<Config>,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcCluster {
+    /// Starts `n` nodes on fresh loopback ports, all listing each other as peers.
+    pub async fn start(n: u64, tweak: impl Fn(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peers: std::collections::BTreeMap<u64, String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64 + 1, format!("127.0.0.1:{p}")))
+            .collect();
+        let configs: Vec<Config> = (0..n)
+            .map(|i| {
+                let mut c = Config::ephemeral(dir.path().join(format!("node-{}", i + 1)));
+                c.id = i + 1;
+                c.listen = format!("127.0.0.1:{}", ports[i as usize]).parse().unwrap();
+                c.peers = peers.clone();
+                c.advertise = Some(peers[&(i + 1)].clone());
+                c.request_timeout = Duration::from_secs(3);
+                tweak(&mut c);
+                c
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        for c in &configs {
+            nodes.push(Some(server::start(c.clone()).await.expect("node starts")));
+        }
+        Self {
+            nodes,
+            configs,
+            _dir: dir,
+        }
+    }
+
+    /// The running node with this id.
+    pub fn node(&self, id: u64) -> &Running {
+        self.nodes[id as usize - 1]
+            .as_ref()
+            .expect("node is running")
+    }
+
+    /// Clients of node `id`.
+    pub async fn clients(&self, id: u64) -> Clients {
+        connect(self.node(id).grpc_addr).await
+    }
+
+    /// Ids of running nodes.
+    pub fn running_ids(&self) -> Vec<u64> {
+        (1..=self.nodes.len() as u64)
+            .filter(|id| self.nodes[*id as usize - 1].is_some())
+            .collect()
+    }
+
+    /// Waits until the running nodes in `among` agree on a leader that is one of them.
+    pub async fn wait_leader_among(&self, among: &[u64]) -> u64 {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            let leaders: Vec<Option<u64>> = among
+                .iter()
+                .map(|id| self.node(*id).node.leader())
+                .collect();
+            if let Some(Some(l)) = leaders.first() {
+                if among.contains(l)
+                    && leaders.iter().all(|x| *x == Some(*l))
+                    && self.node(*l).node.is_leader()
+                {
+                    return *l;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no agreed leader among {among:?}: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until all running nodes agree on a leader.
+    pub async fn wait_leader(&self) -> u64 {
+        self.wait_leader_among(&self.running_ids()).await
+    }
+
+    /// Stops node `id` gracefully (its data dir stays).
+    pub async fn stop(&mut self, id: u64) {
+        if let Some(r) = self.nodes[id as usize - 1].take() {
+            r.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    /// Starts node `id` again on its data dir and ports.
+    pub async fn restart(&mut self, id: u64) {
+        self.stop(id).await;
+        let r = server::start(self.configs[id as usize - 1].clone())
+            .await
+            .expect("node restarts");
+        self.nodes[id as usize - 1] = Some(r);
+    }
+
+    /// Cuts every link to and from node `id` (messages are dropped both ways).
+    pub fn isolate(&self, id: u64) {
+        let addr = self.configs[id as usize - 1].peers[&id].clone();
+        for other in self.running_ids() {
+            if other == id {
+                self.node(other).node.pool.isolate();
+            } else {
+                self.node(other).node.pool.cut_link(&addr);
+            }
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        for id in self.running_ids() {
+            self.node(id).node.pool.heal();
+        }
+    }
+
+    /// Applied index of node `id`.
+    pub fn applied(&self, id: u64) -> u64 {
+        *self.node(id).node.shared.applied_index.borrow()
+    }
+}
+
+/// `n` `taskraft serve` processes forming one cluster through `--peers`.
+pub struct ProcessCluster {
+    /// Nodes by position (id = position + 1).
+    pub nodes: Vec<ProcessNode>,
+    _dir: tempfile::TempDir,
+}
+
+impl ProcessCluster {
+    /// Spawns `n` processes with `extra` flags each.
+    pub async fn spawn(n: u64, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addrs: Vec<SocketAddr> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
+            .collect();
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = (i + 1).to_string();
+            let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut args = vec!["--id", id.as_str(), "--peers", peers.as_str()];
+            args.extend_from_slice(extra);
+            nodes.push(
+                ProcessNode::spawn_at(
+                    &dir.path().join(format!("node-{}", i + 1)),
+                    *addr,
+                    http,
+                    &args,
+                )
+                .await,
+            );
+        }
+        Self { nodes, _dir: dir }
+    }
+
+    /// Node with id `id`.
+    pub fn node(&mut self, id: u64) -> &mut ProcessNode {
+        &mut self.nodes[id as usize - 1]
+    }
+
+    /// Asks node `id` for cluster status.
+    pub async fn status(&self, id: u64) -> Option<pb::ClusterStatus> {
+        let mut c = connect(self.nodes[id as usize - 1].addr).await;
+        c.admin
+            .get_cluster_status(pb::GetClusterStatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+}

@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// Snapshot (and purge the log) every this many entries.
     #[arg(long, env = "TASKRAFT_SNAPSHOT_EVERY", default_value_t = 20_000)]
     pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower catches up from
+    /// the log instead of a full snapshot.
+    #[arg(long, env = "TASKRAFT_KEEP_LOGS", default_value_t = 1000)]
+    pub keep_logs: u64,
     /// Raft heartbeat interval; elections start after 6-12 missed heartbeats.
     #[arg(long, env = "TASKRAFT_HEARTBEAT", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
@@ -98,6 +102,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Snapshot interval in entries.
     pub snapshot_every: u64,
+    /// Entries kept behind a snapshot.
+    pub keep_logs: u64,
     /// Raft heartbeat.
     pub heartbeat: Duration,
 }
@@ -164,6 +170,7 @@ impl ServeArgs {
             },
             request_timeout: self.request_timeout,
             snapshot_every: self.snapshot_every,
+            keep_logs: self.keep_logs,
             heartbeat: self.heartbeat,
         })
     }
@@ -183,6 +190,7 @@ impl Config {
             api: ApiSettings::default(),
             request_timeout: Duration::from_secs(5),
             snapshot_every: 20_000,
+            keep_logs: 1000,
             heartbeat: Duration::from_millis(100),
         }
     }

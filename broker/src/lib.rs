@@ -13,6 +13,7 @@
 pub mod api;
 pub mod config;
 pub mod deadline;
+pub mod dev;
 pub mod error;
 pub mod http;
 pub mod queue;

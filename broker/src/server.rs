@@ -63,6 +63,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         token: config.token.clone(),
         request_timeout: config.request_timeout,
         snapshot_every: config.snapshot_every,
+        keep_logs: config.keep_logs,
         heartbeat: config.heartbeat,
     })
     .await?;
@@ -82,7 +83,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let broker = BrokerServer::new(BrokerService::new(node.clone(), config.api.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
-    let admin = AdminServer::new(AdminService::new(node.clone()))
+    let admin = AdminServer::new(AdminService::new(node.clone(), config.token.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
     let peer = RaftPeerServer::new(PeerService::new(node.clone()))
@@ -177,9 +178,11 @@ impl Running {
     /// Resolves if a server task ends on its own (a fault): the process should exit
     /// rather than linger as a half-working node.
     pub async fn failed(&mut self) -> anyhow::Error {
+        let node = self.node.clone();
         tokio::select! {
             r = &mut self.grpc => anyhow::anyhow!("gRPC server stopped: {r:?}"),
             r = &mut self.http => anyhow::anyhow!("HTTP server stopped: {r:?}"),
+            e = node.fatal() => anyhow::anyhow!("raft stopped: {e}"),
         }
     }
 }

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use taskraft_proto::v1 as pb;
+use taskraft_proto::v1::admin_client::AdminClient;
 use taskraft_proto::v1::admin_server::Admin;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::convert::{job_to_pb, state_from_pb, stats_to_pb};
@@ -16,12 +19,35 @@ use crate::raft::RaftNode;
 /// The Admin service of one node.
 pub struct AdminService {
     node: Arc<RaftNode>,
+    token: Option<String>,
 }
 
 impl AdminService {
-    /// Serves `node`.
-    pub fn new(node: Arc<RaftNode>) -> Self {
-        Self { node }
+    /// Serves `node`; `token` is sent when a membership call is forwarded to the leader.
+    pub fn new(node: Arc<RaftNode>, token: Option<String>) -> Self {
+        Self { node, token }
+    }
+
+    /// Membership changes run on the leader: a follower passes the call on through the
+    /// leader's public Admin service, so an operator can use any node.
+    async fn leader_admin(
+        &self,
+    ) -> Result<Option<AdminClient<InterceptedService<Channel, BearerToken>>>, BrokerError> {
+        if self.node.is_leader() {
+            return Ok(None);
+        }
+        let addr = self.node.leader_addr().ok_or_else(|| {
+            BrokerError::Unavailable("no leader known; membership changes need a leader".into())
+        })?;
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| BrokerError::Internal(format!("leader address {addr:?}: {e}")))?
+            .connect()
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("cannot reach leader at {addr}: {e}")))?;
+        Ok(Some(AdminClient::with_interceptor(
+            channel,
+            BearerToken(self.token.clone()),
+        )))
     }
 
     async fn queue_cmd(&self, cmd: Command) -> Result<Response<pb::QueueStats>, Status> {
@@ -243,6 +269,9 @@ impl Admin for AdminService {
                 BrokerError::invalid("addr", format!("{:?} is not host:port", r.addr)).into(),
             );
         }
+        if let Some(mut leader) = self.leader_admin().await? {
+            return leader.add_node(r).await;
+        }
         self.node.add_node(r.node_id, r.addr).await?;
         Ok(Response::new(cluster_status(&self.node)))
     }
@@ -275,6 +304,9 @@ impl Admin for AdminService {
                 BrokerError::FailedPrecondition("cannot remove the last node".into()).into(),
             );
         }
+        if let Some(mut leader) = self.leader_admin().await? {
+            return leader.remove_node(r).await;
+        }
         self.node.remove_node(r.node_id).await?;
         Ok(Response::new(cluster_status(&self.node)))
     }
@@ -297,5 +329,21 @@ impl Admin for AdminService {
             })
             .collect();
         Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+}
+
+/// Adds the cluster token to forwarded calls.
+#[derive(Clone)]
+pub struct BearerToken(Option<String>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(t) = &self.0 {
+            let v = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| Status::internal("token is not valid metadata"))?;
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
     }
 }

@@ -216,6 +216,12 @@ impl Broker for BrokerService {
             max_jobs: r.max_jobs.max(1),
             visibility_timeout_ms: visibility,
         };
+        // A follower's applied state may trail the leader's: catch up to the leader's
+        // commit index first so a job enqueued just before is seen. Later wake-ups come
+        // from this node's own applies.
+        if !self.node.is_leader() {
+            self.node.read_barrier().await?;
+        }
         let shared = &self.node.shared;
         loop {
             let notified = shared.applied.notified();

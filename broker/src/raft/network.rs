@@ -5,7 +5,8 @@
 //! openraft 0.9 keeps one append in flight per follower, so `max_payload_entries`
 //! (entries per append) is what lets replication keep up under load.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::error::{NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -43,9 +44,14 @@ impl tonic::service::Interceptor for TokenInjector {
 }
 
 /// Lazily connected clients, one per peer address.
+///
+/// It doubles as the test router: links to chosen addresses (or all links) can be cut,
+/// so that fault tests can isolate a node without touching the kernel's network.
 pub struct PeerPool {
     token: TokenInjector,
     clients: Mutex<HashMap<String, PeerClient>>,
+    cut: Mutex<HashSet<String>>,
+    isolated: AtomicBool,
 }
 
 impl PeerPool {
@@ -58,11 +64,44 @@ impl PeerPool {
         Ok(Arc::new(Self {
             token: TokenInjector(token),
             clients: Mutex::new(HashMap::new()),
+            cut: Mutex::new(HashSet::new()),
+            isolated: AtomicBool::new(false),
         }))
+    }
+
+    /// Drops every outgoing message to `addr` until [`PeerPool::heal`] (fault tests).
+    pub fn cut_link(&self, addr: &str) {
+        self.cut
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr.to_string());
+    }
+
+    /// Drops every outgoing message until [`PeerPool::heal`] (fault tests).
+    pub fn isolate(&self) {
+        self.isolated.store(true, Ordering::SeqCst);
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        self.isolated.store(false, Ordering::SeqCst);
+        self.cut.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn is_cut(&self, addr: &str) -> bool {
+        self.isolated.load(Ordering::SeqCst)
+            || self
+                .cut
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(addr)
     }
 
     /// A client for `addr` (host:port); connects on first use.
     pub fn client(&self, addr: &str) -> Result<PeerClient, String> {
+        if self.is_cut(addr) {
+            return Err(format!("link to {addr} is cut"));
+        }
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
@@ -98,7 +137,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
         PeerConnection {
             target,
-            client: self.pool.client(&node.addr).ok(),
+            addr: node.addr.clone(),
+            pool: self.pool.clone(),
         }
     }
 }
@@ -106,7 +146,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 /// A connection to one peer.
 pub struct PeerConnection {
     target: NodeId,
-    client: Option<PeerClient>,
+    addr: String,
+    pool: Arc<PeerPool>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
@@ -123,11 +164,10 @@ impl PeerConnection {
         Resp: serde::de::DeserializeOwned,
         E: serde::de::DeserializeOwned + std::error::Error,
     {
-        let Some(client) = self.client.as_mut() else {
-            return Err(RPCError::Unreachable(Unreachable::new(
-                &std::io::Error::other("bad peer address"),
-            )));
-        };
+        let mut client = self
+            .pool
+            .client(&self.addr)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftMessage { data: data.into() });
         request.set_timeout(option.hard_ttl());

@@ -41,6 +41,8 @@ pub struct NodeOptions {
     pub request_timeout: Duration,
     /// Take a snapshot (and purge the log behind it) every this many entries.
     pub snapshot_every: u64,
+    /// Entries kept behind a snapshot.
+    pub keep_logs: u64,
     /// Raft heartbeat interval.
     pub heartbeat: Duration,
 }
@@ -64,8 +66,17 @@ pub struct RaftNode {
     pub shared: Arc<Shared>,
     /// The log store (for size reporting).
     pub log: LogStore,
-    pool: Arc<PeerPool>,
+    /// Peer connections (also the test router that can cut links).
+    pub pool: Arc<PeerPool>,
     request_timeout: Duration,
+}
+
+/// True when a peer call failed before the request could reach the peer (connection
+/// refused, link cut), so retrying it elsewhere cannot apply it twice.
+fn never_sent(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable
+        && (s.message().contains("tcp connect error")
+            || s.message().contains("error trying to connect"))
 }
 
 /// Leader wall-clock time in Unix ms.
@@ -97,7 +108,7 @@ impl RaftNode {
             election_timeout_max: hb * 12,
             max_payload_entries: 4096,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: opts.keep_logs,
             install_snapshot_timeout: 30_000,
             snapshot_max_chunk_size: 8 * 1024 * 1024,
             ..Default::default()
@@ -182,8 +193,21 @@ impl RaftNode {
     async fn wait_for_leader(&self, deadline: Instant) -> Result<NodeId, BrokerError> {
         let mut rx = self.raft.metrics();
         loop {
-            if let Some(l) = rx.borrow_and_update().current_leader {
-                return Ok(l);
+            {
+                let m = rx.borrow_and_update();
+                if let Some(l) = m.current_leader {
+                    return Ok(l);
+                }
+                if m.membership_config
+                    .membership()
+                    .get_node(&self.id)
+                    .is_none()
+                {
+                    return Err(BrokerError::Unavailable(format!(
+                        "node {} is not a member of a cluster yet: add it with Admin.AddNode on a cluster member",
+                        self.id
+                    )));
+                }
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
@@ -250,15 +274,20 @@ impl RaftNode {
         deadline: Instant,
     ) -> Result<Reply, PeerError> {
         let addr = self.node_addr(leader).ok_or(PeerError::NotLeader)?;
-        let mut client = self.pool.client(&addr).map_err(PeerError::Unavailable)?;
+        let mut client = self.pool.client(&addr).map_err(|_| PeerError::NotLeader)?;
         let data = encode(cmd).map_err(|e| PeerError::Unavailable(e.to_string()))?;
         let mut req = tonic::Request::new(RaftMessage { data: data.into() });
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let reply = client.propose(req).await.map_err(|s| {
-            PeerError::Unavailable(format!(
-                "forwarding to leader {leader} at {addr} failed: {}",
-                s.message()
-            ))
+            if never_sent(&s) {
+                // The leader is gone and nothing was sent: wait for the next one.
+                PeerError::NotLeader
+            } else {
+                PeerError::Unavailable(format!(
+                    "forwarding to leader {leader} at {addr} failed: {}; the write may or may not have applied",
+                    s.message()
+                ))
+            }
         })?;
         decode::<Result<Reply, PeerError>>(&reply.into_inner().data)
             .map_err(|e| PeerError::Unavailable(e.to_string()))?
@@ -307,14 +336,18 @@ impl RaftNode {
 
     async fn remote_read_index(&self, leader: NodeId, deadline: Instant) -> Result<u64, PeerError> {
         let addr = self.node_addr(leader).ok_or(PeerError::NotLeader)?;
-        let mut client = self.pool.client(&addr).map_err(PeerError::Unavailable)?;
+        let mut client = self.pool.client(&addr).map_err(|_| PeerError::NotLeader)?;
         let mut req = tonic::Request::new(RaftMessage::default());
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let reply = client.read_index(req).await.map_err(|s| {
-            PeerError::Unavailable(format!(
-                "read index from leader {leader} failed: {}",
-                s.message()
-            ))
+            if never_sent(&s) {
+                PeerError::NotLeader
+            } else {
+                PeerError::Unavailable(format!(
+                    "read index from leader {leader} failed: {}",
+                    s.message()
+                ))
+            }
         })?;
         decode::<Result<u64, PeerError>>(&reply.into_inner().data)
             .map_err(|e| PeerError::Unavailable(e.to_string()))?
@@ -349,18 +382,37 @@ impl RaftNode {
         self.membership_result(r)
     }
 
-    /// Removes a node from the voters and the cluster.
+    /// Removes a node from the voters and the cluster in one membership change
+    /// (`retain = false` drops it as a learner too).
     pub async fn remove_node(&self, id: NodeId) -> Result<(), BrokerError> {
-        let r = self
+        let is_voter = self
             .raft
-            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-            .await;
-        self.membership_result(r)?;
-        let r = self
-            .raft
-            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-            .await;
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        let r = self.raft.change_membership(change, false).await;
         self.membership_result(r)
+    }
+
+    /// Resolves when the Raft core has stopped with a fatal error.
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Err(e) = &rx.borrow_and_update().running_state {
+                return e.to_string();
+            }
+            if rx.changed().await.is_err() {
+                return "raft metrics channel closed".into();
+            }
+        }
     }
 
     fn membership_result<T>(

@@ -1,0 +1,277 @@
+//! Three (or more) nodes in one process replicating through Raft over real gRPC:
+//! forwarding, linearizable reads, leases across failover, partitions, membership and
+//! catch-up by snapshot.
+
+use std::time::Duration;
+
+use taskraft_proto::v1 as pb;
+use taskraft_tests::*;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_serves_any_call_and_reads_are_linearizable() {
+    let cluster = InProcCluster::start(3, |_| {}).await;
+    let leader = cluster.wait_leader().await;
+    let followers: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+
+    let mut f1 = cluster.clients(followers[0]).await;
+    let mut f2 = cluster.clients(followers[1]).await;
+    let mut l = cluster.clients(leader).await;
+    // Enqueue on a follower, read back at once on the other follower.
+    let id = f1
+        .broker
+        .enqueue(job("any", "x"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    assert_eq!(
+        get_job(&mut f2, &id).await.state,
+        pb::JobState::Ready as i32
+    );
+    let leased = f2
+        .broker
+        .lease(lease("any", 1, 30_000, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .remove(0);
+    l.broker
+        .ack(pb::AckRequest {
+            job_id: id.clone(),
+            lease_id: leased.lease_id,
+            result: "ok".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        get_job(&mut f1, &id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+    assert_eq!(stats(&mut f2, "any").await.succeeded, 1);
+
+    for id in 1..=3 {
+        let st = cluster
+            .clients(id)
+            .await
+            .admin
+            .get_cluster_status(pb::GetClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.leader_id, leader);
+        assert_eq!(st.nodes.len(), 3);
+        assert_eq!(st.nodes.iter().filter(|n| n.role == "leader").count(), 1);
+        assert!(st.applied_index > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_failover_and_expired_ones_are_redelivered_by_the_new_leader() {
+    let mut cluster = InProcCluster::start(3, |_| {}).await;
+    let old = cluster.wait_leader().await;
+    let other = (1..=3).find(|i| *i != old).unwrap();
+    let mut c = cluster.clients(other).await;
+    c.broker.enqueue(job("fo", "long")).await.unwrap();
+    let long = c
+        .broker
+        .lease(lease("fo", 1, 120_000, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .remove(0);
+    c.broker.enqueue(job("fo", "short")).await.unwrap();
+    let short = c
+        .broker
+        .lease(lease("fo", 1, 1_500, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .remove(0);
+
+    cluster.stop(old).await;
+    let survivors: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
+    let new = cluster.wait_leader_among(&survivors).await;
+    assert_ne!(new, old);
+    let mut c = cluster.clients(new).await;
+    // The lease taken under the old leader is still valid on the new one.
+    c.broker
+        .ack(pb::AckRequest {
+            job_id: long.job_id.clone(),
+            lease_id: long.lease_id.clone(),
+            result: Default::default(),
+        })
+        .await
+        .unwrap();
+    // The short one expires and the new leader redelivers it.
+    let again = c
+        .broker
+        .lease(lease("fo", 1, 30_000, 15_000))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .remove(0);
+    assert_eq!(
+        (again.job_id.as_str(), again.attempt),
+        (short.job_id.as_str(), 2)
+    );
+    let stale = c
+        .broker
+        .ack(pb::AckRequest {
+            job_id: short.job_id.clone(),
+            lease_id: short.lease_id.clone(),
+            result: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_cannot_commit_while_the_majority_continues() {
+    let cluster = InProcCluster::start(3, |_| {}).await;
+    let old = cluster.wait_leader().await;
+    let mut old_c = cluster.clients(old).await;
+    let before = old_c
+        .broker
+        .enqueue(job("part", "before"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+
+    cluster.isolate(old);
+    let majority: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
+    // The minority side cannot commit: the write fails with UNAVAILABLE in bounded time.
+    let started = tokio::time::Instant::now();
+    let err = old_c
+        .broker
+        .enqueue(job("part", "minority"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let new = cluster.wait_leader_among(&majority).await;
+    let mut c = cluster.clients(new).await;
+    let after = c
+        .broker
+        .enqueue(job("part", "majority"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+
+    cluster.heal();
+    // The old leader steps down, catches up, and serves the majority's writes.
+    let leader = cluster.wait_leader().await;
+    assert_ne!(leader, old);
+    let mut old_c = cluster.clients(old).await;
+    assert_eq!(
+        get_job(&mut old_c, &after).await.state,
+        pb::JobState::Ready as i32
+    );
+    assert_eq!(
+        get_job(&mut old_c, &before).await.state,
+        pb::JobState::Ready as i32
+    );
+    // What the minority wrote never committed: only "before" and "majority" exist.
+    assert_eq!(stats(&mut old_c, "part").await.ready, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_node_joins_by_snapshot_and_any_node_can_be_removed() {
+    let mut cluster = InProcCluster::start(3, |c| {
+        c.snapshot_every = 50;
+        c.keep_logs = 10;
+    })
+    .await;
+    let leader = cluster.wait_leader().await;
+    let mut c = cluster.clients(leader).await;
+    let mut ids = Vec::new();
+    for i in 0..300 {
+        ids.push(
+            c.broker
+                .enqueue(job("join", &format!("p{i}")))
+                .await
+                .unwrap()
+                .into_inner()
+                .job_id,
+        );
+    }
+
+    // Node 4 lists the cluster's peers (not itself): it forms nothing and waits.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = taskraft_broker::config::Config::ephemeral(dir.path());
+    cfg.id = 4;
+    cfg.peers = cluster.configs[0].peers.clone();
+    cfg.request_timeout = Duration::from_secs(3);
+    let n4 = taskraft_broker::server::start(cfg).await.unwrap();
+    let mut c4 = connect(n4.grpc_addr).await;
+    let err = c4.broker.enqueue(job("join", "x")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("not a member"), "{}", err.message());
+
+    // Added through a follower, it catches up (the log behind the snapshot is purged).
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let st = cluster
+        .clients(follower)
+        .await
+        .admin
+        .add_node(pb::AddNodeRequest {
+            node_id: 4,
+            addr: n4.grpc_addr.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let four = st.nodes.iter().find(|n| n.id == 4).expect("node 4 listed");
+    assert_eq!(four.role, "follower");
+    assert!(
+        n4.node.raft.metrics().borrow().snapshot.is_some(),
+        "caught up through a snapshot"
+    );
+    assert_eq!(stats(&mut c4, "join").await.ready, 300);
+    assert_eq!(get_job(&mut c4, &ids[0]).await.payload, "p0");
+
+    // Remove the leader itself: the rest elect a new one and keep serving.
+    c4.admin
+        .remove_node(pb::RemoveNodeRequest { node_id: leader })
+        .await
+        .unwrap();
+    let rest: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let deadline = tokio::time::Instant::now() + SOON;
+    let new = loop {
+        if let Some(l) = n4.node.leader().filter(|l| *l != leader) {
+            break l;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new leader after removing {leader}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(rest.contains(&new) || new == 4);
+    c4.broker
+        .enqueue(job("join", "after-remove"))
+        .await
+        .unwrap();
+    let st = c4
+        .admin
+        .get_cluster_status(pb::GetClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.nodes.len(), 3);
+    assert!(st.nodes.iter().all(|n| n.id != leader));
+    cluster.stop(leader).await;
+    n4.shutdown().await.unwrap();
+}
