@@ -1,1 +1,229 @@
-fn main() {}
+//! `taskraft-bench`: a load generator for a running taskraft node (or cluster).
+//!
+//! ```text
+//! taskraft-bench <scenario> --server 127.0.0.1:7070      drive a running node
+//! taskraft-bench all --spawn                             start a fresh node, run, kill it
+//! ```
+//!
+//! Scenarios (see README.md): `enqueue`, `enqueue-batch`, `lifecycle`, `latency`, and
+//! `all` (the first three in a row). Results print as a table, or as JSON with `--json`.
+//!
+//! # Layout
+//! - `client.rs`: connections and the bearer-token interceptor
+//! - `scenario/`: one file per scenario
+//! - `report.rs`: counts, latency histograms, table and JSON output
+//! - `spawn.rs`: the `--spawn` child node
+//!
+//! Exit status: 0 when every scenario ran and verified, 1 when a scenario had errors or
+//! failed verification, 2 when the run could not be done at all.
+
+mod client;
+mod report;
+mod scenario;
+mod spawn;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, ValueEnum};
+
+use client::Pool;
+use report::Report;
+use scenario::Params;
+
+/// Load generator for taskraft: named scenarios, jobs/s and latency percentiles.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// Which scenario to run.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// gRPC address of the node to drive.
+    #[arg(long, env = "TASKRAFT_BENCH_SERVER", default_value = "127.0.0.1:7070")]
+    server: String,
+    /// Several nodes (comma-separated); callers are spread over them. Overrides --server.
+    #[arg(long, value_delimiter = ',')]
+    servers: Vec<String>,
+    /// Start a fresh `taskraft serve` on free loopback ports with a temp data dir, run
+    /// against it, then kill it. Ignores --server/--servers.
+    #[arg(long)]
+    spawn: bool,
+    /// The `taskraft` binary for --spawn (default: next to this executable).
+    #[arg(long)]
+    taskraft_bin: Option<PathBuf>,
+    /// Extra flag for the spawned `taskraft serve` (repeatable), e.g.
+    /// `--serve-arg=--snapshot-every=100000`.
+    #[arg(long, allow_hyphen_values = true)]
+    serve_arg: Vec<String>,
+    /// Bearer token, when the node runs with --token.
+    #[arg(long, env = "TASKRAFT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Jobs per scenario [enqueue: 20000, enqueue-batch: 100000, lifecycle: 100000,
+    /// latency: rate x duration].
+    #[arg(long)]
+    jobs: Option<u64>,
+    /// Concurrent callers [enqueue: 64, enqueue-batch and lifecycle preload: 8].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Jobs per EnqueueBatch call (enqueue-batch, lifecycle preload); at most 10000.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Payload bytes per job.
+    #[arg(long, default_value_t = 64)]
+    payload_size: usize,
+    /// Workers in `lifecycle`.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Jobs per Lease call in `lifecycle` (1-1000).
+    #[arg(long, default_value_t = 100)]
+    lease_batch: u32,
+    /// Target rate of `latency`, jobs/s.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Run time of `latency` (e.g. 10s, 1m).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Safety bound on each scenario; a scenario still running then is stopped and the
+    /// run fails.
+    #[arg(long, default_value_t = 300)]
+    max_seconds: u64,
+    /// HTTP/2 connections per server.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Print JSON (an array of result rows) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Single Enqueue calls from many callers.
+    Enqueue,
+    /// EnqueueBatch calls.
+    EnqueueBatch,
+    /// Preload, then lease and ack everything with a few workers.
+    Lifecycle,
+    /// Open-loop Enqueue at a fixed rate.
+    Latency,
+    /// enqueue, enqueue-batch, lifecycle in a row.
+    All,
+}
+
+impl Scenario {
+    fn expand(self) -> Vec<Scenario> {
+        match self {
+            Scenario::All => vec![
+                Scenario::Enqueue,
+                Scenario::EnqueueBatch,
+                Scenario::Lifecycle,
+            ],
+            s => vec![s],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Enqueue => "enqueue",
+            Scenario::EnqueueBatch => "enqueue-batch",
+            Scenario::Lifecycle => "lifecycle",
+            Scenario::Latency => "latency",
+            Scenario::All => "all",
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the scenarios; Ok(false) when one had errors or failed verification.
+async fn run(cli: Cli) -> Result<bool> {
+    let params = Params {
+        jobs: cli.jobs,
+        concurrency: cli.concurrency,
+        batch: cli.batch,
+        payload_size: cli.payload_size,
+        workers: cli.workers,
+        lease_batch: cli.lease_batch,
+        rate: cli.rate,
+        duration: cli.duration,
+    };
+    // Declared before the pool so it outlives every connection.
+    let mut node = None;
+    let servers = if cli.spawn {
+        let bin = spawn::find_binary(cli.taskraft_bin.as_deref())?;
+        let n = node.insert(spawn::SpawnedNode::start(&bin, &cli.serve_arg)?);
+        n.wait_ready().await?;
+        vec![n.addr.to_string()]
+    } else if cli.servers.is_empty() {
+        vec![cli.server.clone()]
+    } else {
+        cli.servers.clone()
+    };
+    let pool = Pool::connect(&servers, cli.connections, cli.token.as_deref()).await?;
+
+    let mut reports: Vec<Report> = Vec::new();
+    let mut all_ok = true;
+    for s in cli.scenario.expand() {
+        eprintln!("running {} against {}", s.name(), servers.join(","));
+        let limit = Duration::from_secs(cli.max_seconds);
+        let rows = match tokio::time::timeout(limit, run_one(s, &pool, &params)).await {
+            Ok(rows) => rows?,
+            Err(_) => {
+                // Dropping the scenario's future aborted its callers.
+                eprintln!(
+                    "WARNING: scenario {} stopped after --max-seconds {}",
+                    s.name(),
+                    cli.max_seconds
+                );
+                all_ok = false;
+                continue;
+            }
+        };
+        for r in &rows {
+            if !cli.json {
+                eprintln!(
+                    "  {}: {} jobs in {:.2}s = {:.0} jobs/s, {} errors",
+                    r.scenario,
+                    r.tally.jobs,
+                    r.elapsed.as_secs_f64(),
+                    r.jobs_per_s(),
+                    r.tally.errors
+                );
+            }
+            all_ok &= r.verified && r.tally.errors == 0;
+        }
+        reports.extend(rows);
+    }
+
+    if cli.json {
+        let rows: Vec<_> = reports.iter().map(Report::to_json).collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        report::print_table(&reports);
+    }
+    drop(pool);
+    drop(node);
+    Ok(all_ok)
+}
+
+async fn run_one(s: Scenario, pool: &Pool, p: &Params) -> Result<Vec<Report>> {
+    Ok(match s {
+        Scenario::Enqueue => vec![scenario::enqueue::single(pool, p).await?],
+        Scenario::EnqueueBatch => vec![scenario::enqueue::batch(pool, p).await?],
+        Scenario::Lifecycle => scenario::lifecycle::run(pool, p).await?,
+        Scenario::Latency => vec![scenario::latency::run(pool, p).await?],
+        Scenario::All => unreachable!("expanded before running"),
+    })
+}

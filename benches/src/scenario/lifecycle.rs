@@ -1,0 +1,177 @@
+//! `lifecycle`: the whole path of a job. Preload `--jobs` (100,000) with batches (timed
+//! as its own row), then `--workers` (4) workers each loop
+//!
+//! ```text
+//! Lease{max_jobs: --lease-batch, wait_ms: 1000} -> Ack every leased job concurrently
+//! ```
+//!
+//! until every job is acked. Throughput is jobs / (first Lease .. last Ack); the latency
+//! columns are per Ack call. At the end `GetQueueStats` must say succeeded == N and
+//! ready == leased == 0, or the run counts as failed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures::future::join_all;
+use taskraft_proto::v1 as pb;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::{enqueue_batches, queue_name, Params};
+use crate::client::Pool;
+use crate::report::{histogram, record, Report, Tally};
+
+/// Long-poll of each Lease call.
+const LEASE_WAIT_MS: u64 = 1_000;
+/// A worker gives up after this many empty long polls in a row (jobs missing).
+const MAX_EMPTY_POLLS: u32 = 5;
+/// A worker gives up after this many failed Lease calls in a row (node gone).
+const MAX_LEASE_ERRORS: u32 = 20;
+/// Lease length: far longer than a run, so nothing is redelivered mid-run.
+const VISIBILITY_MS: u64 = 300_000;
+
+/// Runs `lifecycle`; returns the preload row and the lifecycle row.
+pub async fn run(pool: &Pool, p: &Params) -> Result<Vec<Report>> {
+    let n = p.jobs.unwrap_or(100_000);
+    let queue = queue_name("lifecycle");
+    let preload = enqueue_batches(
+        pool,
+        "lifecycle/preload",
+        &queue,
+        n,
+        p.batch,
+        p.concurrency.unwrap_or(8),
+        p.payload(),
+    )
+    .await?;
+    let expected = preload.tally.jobs;
+
+    let acked = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for i in 0..p.workers.max(1) {
+        let broker = pool.broker(i);
+        let acked = acked.clone();
+        let req = pb::LeaseRequest {
+            queues: vec![queue.clone()],
+            worker_id: format!("bench-worker-{i}"),
+            max_jobs: p.lease_batch.clamp(1, 1000),
+            visibility_timeout_ms: VISIBILITY_MS,
+            wait_ms: LEASE_WAIT_MS,
+        };
+        set.spawn(worker(broker, req, acked, expected));
+    }
+    let mut acks = Tally::default();
+    let mut leases = histogram();
+    let mut last_ack = None::<Instant>;
+    while let Some(w) = set.join_next().await {
+        let w = w?;
+        acks.merge(w.acks);
+        leases.add(&w.leases).expect("histograms share bounds");
+        last_ack = last_ack.max(w.last_ack);
+    }
+    let elapsed = last_ack.map_or_else(|| start.elapsed(), |t| t - start);
+
+    let mut report = Report::new("lifecycle", &queue, acks, elapsed, "Ack call");
+    report.notes.insert(
+        0,
+        format!(
+            "{} workers, lease batch {}; Lease call p50 {:.2} ms, p99 {:.2} ms",
+            p.workers,
+            p.lease_batch,
+            leases.value_at_quantile(0.5) as f64 / 1000.0,
+            leases.value_at_quantile(0.99) as f64 / 1000.0,
+        ),
+    );
+    let stats = pool
+        .admin()
+        .get_queue_stats(pb::GetQueueStatsRequest {
+            queue: queue.clone(),
+        })
+        .await
+        .context("GetQueueStats after the lifecycle run")?
+        .into_inner();
+    report.verified = stats.succeeded == n && stats.ready == 0 && stats.leased == 0;
+    report.notes.push(format!(
+        "verify: succeeded {} (want {n}), ready {}, leased {}, scheduled {}, dead {}",
+        stats.succeeded, stats.ready, stats.leased, stats.scheduled, stats.dead
+    ));
+    Ok(vec![preload, report])
+}
+
+/// What one worker saw.
+struct WorkerTally {
+    acks: Tally,
+    leases: hdrhistogram::Histogram<u64>,
+    last_ack: Option<Instant>,
+}
+
+/// Leases and acks until `expected` jobs are acked in total (by all workers), or the
+/// queue stays empty for `MAX_EMPTY_POLLS` long polls, or Lease keeps failing.
+async fn worker(
+    mut broker: crate::client::Broker,
+    req: pb::LeaseRequest,
+    acked: Arc<AtomicU64>,
+    expected: u64,
+) -> WorkerTally {
+    let mut w = WorkerTally {
+        acks: Tally::default(),
+        leases: histogram(),
+        last_ack: None,
+    };
+    let mut empty = 0;
+    let mut failed = 0;
+    while acked.load(Ordering::Relaxed) < expected {
+        let sent = Instant::now();
+        let jobs = match broker.lease(req.clone()).await {
+            Ok(r) => r.into_inner().jobs,
+            Err(e) => {
+                w.acks.error(format!("Lease: {e}"));
+                failed += 1;
+                if failed >= MAX_LEASE_ERRORS {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        failed = 0;
+        record(&mut w.leases, sent.elapsed());
+        if jobs.is_empty() {
+            empty += 1;
+            if empty >= MAX_EMPTY_POLLS {
+                break;
+            }
+            continue;
+        }
+        empty = 0;
+        let calls = jobs.into_iter().map(|j| {
+            let mut b = broker.clone();
+            async move {
+                let sent = Instant::now();
+                let r = b
+                    .ack(pb::AckRequest {
+                        job_id: j.job_id,
+                        lease_id: j.lease_id,
+                        result: Bytes::new(),
+                    })
+                    .await;
+                (sent.elapsed(), r)
+            }
+        });
+        for (latency, r) in join_all(calls).await {
+            match r {
+                Ok(_) => {
+                    w.acks.ok(1, latency);
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => w.acks.error(format!("Ack: {e}")),
+            }
+        }
+        w.last_ack = Some(Instant::now());
+    }
+    w
+}

@@ -1,0 +1,137 @@
+//! `--spawn`: a fresh `taskraft serve` child on free loopback ports with a temporary
+//! data dir, killed (and its data removed) when the run ends.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use taskraft_proto::v1 as pb;
+use tokio::time::Instant;
+
+use crate::client::Pool;
+
+/// How long the child may take to elect itself and serve reads.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running `taskraft serve` child.
+pub struct SpawnedNode {
+    child: Child,
+    /// Its gRPC address.
+    pub addr: SocketAddr,
+    log: PathBuf,
+    // Dropped after the child is killed (field order), removing the data dir.
+    _dir: tempfile::TempDir,
+}
+
+/// The `taskraft` binary: `--taskraft-bin`, else next to this executable.
+pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf> {
+    let bin = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()
+            .context("locating the taskraft-bench executable")?
+            .parent()
+            .context("the executable has no parent dir")?
+            .join("taskraft"),
+    };
+    if !bin.is_file() {
+        bail!(
+            "taskraft binary not found at {} (build it with `cargo build --release --bins`, or pass --taskraft-bin)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn free_addr() -> Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
+    l.local_addr().context("reading the bound port")
+}
+
+impl SpawnedNode {
+    /// Starts `bin serve` with `extra` flags appended.
+    pub fn start(bin: &Path, extra: &[String]) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("taskraft-bench-")
+            .tempdir()
+            .context("creating a temp data dir")?;
+        let addr = free_addr()?;
+        let http = free_addr()?;
+        let log = dir.path().join("serve.log");
+        let out = std::fs::File::create(&log).context("creating the serve log")?;
+        let err = out.try_clone().context("cloning the serve log handle")?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--http")
+            .arg(http.to_string())
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn");
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        eprintln!(
+            "spawned {} serve on {addr} (pid {}, data {})",
+            bin.display(),
+            child.id(),
+            dir.path().display()
+        );
+        Ok(Self {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// Waits until the node answers a linearizable read (it has elected itself).
+    pub async fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().context("polling the child")? {
+                bail!(
+                    "taskraft serve exited with {status}; log:\n{}",
+                    self.log_tail()
+                );
+            }
+            if let Ok(pool) = Pool::connect(&[self.addr.to_string()], 1, None).await {
+                let probe = pb::GetQueueStatsRequest {
+                    queue: "bench-ready-probe".into(),
+                };
+                if pool.admin().get_queue_stats(probe).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "taskraft serve at {} not ready after {READY_TIMEOUT:?}; log:\n{}",
+                    self.addr,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for SpawnedNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
