@@ -74,6 +74,9 @@ pub struct ServeArgs {
     /// Raft heartbeat interval; elections start after 6-12 missed heartbeats.
     #[arg(long, env = "TASKRAFT_HEARTBEAT", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
+    /// Key for the `X-Taskraft-Signature` HMAC of webhook bodies (unsigned when unset).
+    #[arg(long, env = "TASKRAFT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
     /// Log format.
     #[arg(long, env = "TASKRAFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -106,6 +109,8 @@ pub struct Config {
     pub keep_logs: u64,
     /// Raft heartbeat.
     pub heartbeat: Duration,
+    /// Webhook signing key.
+    pub webhook_secret: Option<String>,
 }
 
 impl ServeArgs {
@@ -172,6 +177,7 @@ impl ServeArgs {
             snapshot_every: self.snapshot_every,
             keep_logs: self.keep_logs,
             heartbeat: self.heartbeat,
+            webhook_secret: self.webhook_secret.filter(|s| !s.is_empty()),
         })
     }
 }
@@ -192,6 +198,7 @@ impl Config {
             snapshot_every: 20_000,
             keep_logs: 1000,
             heartbeat: Duration::from_millis(100),
+            webhook_secret: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`http`]: health, readiness (and later metrics and the dashboard).
 //! - [`server`]: binds, serves, owns the tasks, shuts down.
 //! - [`config`]: `taskraft serve` flags.
+//! - [`webhook`]: leader-side delivery of the webhook outbox.
 #![warn(missing_docs)]
 
 pub mod api;
@@ -21,3 +22,4 @@ pub mod raft;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod webhook;

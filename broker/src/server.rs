@@ -118,6 +118,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let background = vec![
         tokio::spawn(node.clone().run_ticker(Duration::from_millis(200))),
         tokio::spawn(report_health(node.clone(), health)),
+        tokio::spawn(crate::webhook::run(
+            node.clone(),
+            config.webhook_secret.clone(),
+        )),
     ];
     tracing::info!(node_id = config.id, %grpc_addr, %http_addr, advertise = %advertise, data_dir = %config.data_dir.display(), "taskraft node serving");
     Ok(Running {

@@ -100,6 +100,18 @@ pub enum Command {
         /// Queue name.
         queue: String,
     },
+    /// The leader delivered webhook event `id`.
+    WebhookDelivered {
+        /// Event id.
+        id: u64,
+    },
+    /// The leader failed to deliver webhook event `id`; retry later.
+    WebhookFailed {
+        /// Event id.
+        id: u64,
+        /// Why, for operators.
+        error: String,
+    },
     /// Does nothing but advance time: due jobs become ready, expired leases are
     /// redelivered, finished jobs past their TTL are removed. The leader proposes it
     /// when something is due and no other traffic arrives.

@@ -13,6 +13,7 @@
 //! - `schedule.rs`: what time passing does
 //! - `retention.rs`: removal of finished jobs and old dedup keys
 //! - `admin.rs`: cancel, retry, redrive, pause, resume
+//! - `webhook.rs`: the webhook outbox (events raised on success and death)
 //! - `worker.rs`: the worker registry
 //! - `stats.rs`: per-queue counts
 
@@ -25,6 +26,7 @@ pub mod retry;
 pub mod schedule;
 pub mod state;
 pub mod stats;
+pub mod webhook;
 pub mod worker;
 
 #[cfg(test)]
@@ -38,4 +40,5 @@ pub use job::{Job, JobState, Lease, Retention};
 pub use lease::parse_lease_id;
 pub use state::State;
 pub use stats::QueueStats;
+pub use webhook::{WebhookEvent, WebhookKind};
 pub use worker::WorkerInfo;

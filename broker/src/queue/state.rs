@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::command::{Command, CoreError, Enqueued, Envelope, NewJob, Outcome, Reply};
 use super::job::{Job, JobState};
 use super::stats::QueueStats;
+use super::webhook::WebhookEvent;
 use super::worker::WorkerInfo;
 
 /// Upper bound on jobs moved by time (due, expired, removed) in one entry, so that a
@@ -88,6 +89,9 @@ pub struct State {
     /// (expires_at_ms, queue, key) of dedup records.
     pub(crate) dedup_expiry: BTreeSet<(u64, String, String)>,
     pub(crate) workers: BTreeMap<String, WorkerInfo>,
+    pub(crate) next_webhook_id: u64,
+    /// Webhook events not yet delivered, by id.
+    pub(crate) outbox: BTreeMap<u64, WebhookEvent>,
 }
 
 impl State {
@@ -154,6 +158,14 @@ impl State {
             Command::Pause { queue } => Ok(Outcome::Queue(self.set_paused(queue, true))),
             Command::Resume { queue } => Ok(Outcome::Queue(self.set_paused(queue, false))),
             Command::Tick => Ok(Outcome::Ticked),
+            Command::WebhookDelivered { id } => {
+                self.webhook_delivered(*id);
+                Ok(Outcome::Ticked)
+            }
+            Command::WebhookFailed { id, error } => {
+                self.webhook_failed(*id, error);
+                Ok(Outcome::Ticked)
+            }
         }
     }
 
@@ -306,6 +318,7 @@ impl State {
                 job.finished_at_ms = now;
                 job.expires_at_ms = now.saturating_add(ttl);
                 self.expiring.insert((job.expires_at_ms, seq));
+                self.raise_webhook(seq, to);
             }
         }
     }

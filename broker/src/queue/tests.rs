@@ -481,3 +481,70 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn webhook_events_are_raised_on_success_and_death_and_retried_with_backoff() {
+    let mut s = State::new();
+    let mut a = new_job("a", "q", 0);
+    a.webhook_url = "http://127.0.0.1:1/hook".into();
+    let mut b = new_job("b", "q", 0);
+    b.webhook_url = "http://127.0.0.1:1/hook".into();
+    let c = new_job("c", "q", 0);
+    s.apply(&at(0, Command::Enqueue(vec![a, b, c]))).unwrap();
+    let ls = leased(s.apply(&at(1, lease_cmd(&["q"], 3, 1000))));
+    for l in &ls {
+        let cmd = if l.job_id == "b" {
+            Command::Nack {
+                job_id: l.job_id.clone(),
+                lease_id: l.lease_id,
+                error: "bad".into(),
+                retry_after_ms: None,
+                dead_letter: true,
+                backoff: BACKOFF,
+            }
+        } else {
+            Command::Ack {
+                job_id: l.job_id.clone(),
+                lease_id: l.lease_id,
+                result: "ok".into(),
+            }
+        };
+        s.apply(&at(2, cmd)).unwrap();
+    }
+    let due = s.due_webhooks(2, 10);
+    assert_eq!(due.len(), 2, "no event for the job without a webhook");
+    assert_eq!(
+        (due[0].kind, &due[0].result[..]),
+        (WebhookKind::Succeeded, &b"ok"[..])
+    );
+    assert_eq!(
+        (due[1].kind, due[1].error.as_str()),
+        (WebhookKind::Dead, "bad")
+    );
+    let id = due[0].id;
+    s.apply(&at(
+        10,
+        Command::WebhookFailed {
+            id,
+            error: "503".into(),
+        },
+    ))
+    .unwrap();
+    assert!(s.due_webhooks(1_009, 10).iter().all(|e| e.id != id));
+    assert!(s.due_webhooks(1_010, 10).iter().any(|e| e.id == id));
+    s.apply(&at(
+        1_010,
+        Command::WebhookFailed {
+            id,
+            error: "503".into(),
+        },
+    ))
+    .unwrap();
+    assert!(
+        s.due_webhooks(3_009, 10).iter().all(|e| e.id != id),
+        "second retry waits 2 s"
+    );
+    s.apply(&at(3_010, Command::WebhookDelivered { id }))
+        .unwrap();
+    assert_eq!(s.pending_webhooks(), 1);
+}

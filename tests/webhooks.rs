@@ -1,0 +1,231 @@
+//! Webhooks: a local HTTP receiver gets signed `job.succeeded` / `job.dead` events,
+//! including after a receiver outage and after a leader failover.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine as _;
+use hmac::{KeyInit, Mac};
+use taskraft_proto::v1 as pb;
+use taskraft_tests::*;
+
+#[derive(Default)]
+struct Receiver {
+    events: Mutex<Vec<(Option<String>, serde_json::Value, Vec<u8>)>>,
+    down: AtomicBool,
+    refused: AtomicUsize,
+}
+
+async fn hook(
+    State(r): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    if r.down.load(Ordering::SeqCst) {
+        r.refused.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let sig = headers
+        .get("x-taskraft-signature")
+        .map(|v| v.to_str().unwrap().to_string());
+    let json = serde_json::from_slice(&body).expect("JSON body");
+    r.events.lock().unwrap().push((sig, json, body.to_vec()));
+    StatusCode::OK
+}
+
+async fn receiver() -> (Arc<Receiver>, String) {
+    let r = Arc::new(Receiver::default());
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(r.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (r, url)
+}
+
+fn expected_signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn wait_events(r: &Receiver, n: usize) -> Vec<(Option<String>, serde_json::Value, Vec<u8>)> {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let ev = r.events.lock().unwrap().clone();
+        if ev.len() >= n {
+            return ev;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {n} webhook events arrived",
+            ev.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn hooked(queue: &str, url: &str) -> pb::EnqueueRequest {
+    let mut j = job(queue, "x");
+    j.webhook_url = url.into();
+    j
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_events_arrive_on_success_and_death_even_after_an_outage() {
+    let (r, url) = receiver().await;
+    let node = InProcNode::start_with(|c| c.webhook_secret = Some("whsec".into())).await;
+    let mut c = node.clients().await;
+
+    let ok = c
+        .broker
+        .enqueue(hooked("wh", &url))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let l = c
+        .broker
+        .lease(lease("wh", 1, 30_000, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .remove(0);
+    c.broker
+        .ack(pb::AckRequest {
+            job_id: ok.clone(),
+            lease_id: l.lease_id,
+            result: "done".into(),
+        })
+        .await
+        .unwrap();
+    let ev = wait_events(&r, 1).await;
+    let (sig, json, raw) = &ev[0];
+    assert_eq!(
+        sig.as_deref(),
+        Some(expected_signature("whsec", raw).as_str())
+    );
+    assert_eq!(json["event"], "job.succeeded");
+    assert_eq!(json["job_id"], ok.as_str());
+    assert_eq!(json["queue"], "wh");
+    assert_eq!(json["attempt"], 1);
+    let result = base64::engine::general_purpose::STANDARD
+        .decode(json["result"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(result, b"done");
+    assert!(json["timestamp_ms"].as_u64().unwrap() > 0);
+
+    // The receiver goes down; the death event is retried until it comes back.
+    r.down.store(true, Ordering::SeqCst);
+    let dead = c
+        .broker
+        .enqueue(hooked("wh", &url))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let l = c
+        .broker
+        .lease(lease("wh", 1, 30_000, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .remove(0);
+    c.broker
+        .nack(pb::NackRequest {
+            job_id: dead.clone(),
+            lease_id: l.lease_id,
+            error: "poison".into(),
+            retry_after_ms: 0,
+            dead_letter: true,
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + SOON;
+    while r.refused.load(Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no redelivery attempts during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    r.down.store(false, Ordering::SeqCst);
+    let ev = wait_events(&r, 2).await;
+    let (sig, json, raw) = &ev[1];
+    assert_eq!(
+        sig.as_deref(),
+        Some(expected_signature("whsec", raw).as_str())
+    );
+    assert_eq!(
+        (
+            json["event"].as_str(),
+            json["job_id"].as_str(),
+            json["error"].as_str()
+        ),
+        (Some("job.dead"), Some(dead.as_str()), Some("poison"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_events_are_delivered_by_the_new_leader_after_failover() {
+    let (r, url) = receiver().await;
+    r.down.store(true, Ordering::SeqCst);
+    let mut cluster = InProcCluster::start(3, |_| {}).await;
+    let leader = cluster.wait_leader().await;
+    let mut c = cluster.clients(leader).await;
+    let id = c
+        .broker
+        .enqueue(hooked("whf", &url))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let l = c
+        .broker
+        .lease(lease("whf", 1, 30_000, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs
+        .remove(0);
+    c.broker
+        .ack(pb::AckRequest {
+            job_id: id.clone(),
+            lease_id: l.lease_id,
+            result: Default::default(),
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + SOON;
+    while r.refused.load(Ordering::SeqCst) < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old leader never tried"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.stop(leader).await;
+    r.down.store(false, Ordering::SeqCst);
+    let survivors: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    cluster.wait_leader_among(&survivors).await;
+    let ev = wait_events(&r, 1).await;
+    assert_eq!(ev[0].1["job_id"], id.as_str());
+    assert_eq!(ev[0].0, None, "no secret configured: unsigned");
+}
+
+#[tokio::test]
+async fn https_and_malformed_webhook_urls_are_refused() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    for bad in ["https://example.invalid/hook", "ftp://x/y", "not a url"] {
+        let err = c.broker.enqueue(hooked("whv", bad)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}");
+        assert!(err.message().contains("webhook_url"), "{}", err.message());
+    }
+}
