@@ -439,11 +439,11 @@ pub(crate) fn ready_key(job: &Job) -> ReadyKey {
     (-i64::from(job.priority), job.seq)
 }
 
-pub(crate) fn check_lease<'a>(
-    jobs: &'a mut HashMap<u64, Job>,
+pub(crate) fn check_lease(
+    jobs: &mut HashMap<u64, Job>,
     seq: u64,
     lease_id: u64,
-) -> Result<&'a mut Job, CoreError> {
+) -> Result<&mut Job, CoreError> {
     let job = jobs.get_mut(&seq).expect("seq from ids");
     match (&job.lease, job.state) {
         (Some(l), JobState::Leased) if l.id == lease_id => Ok(job),
