@@ -422,7 +422,12 @@ impl State {
             self.leases.first().map(|k| k.0),
             self.expiring.first().map(|k| k.0),
             self.dedup_expiry.first().map(|k| k.0),
-            self.workers.values().map(|w| w.forget_at_ms()).min(),
+            // Workers holding jobs are never forgotten, so they wake nothing.
+            self.workers
+                .values()
+                .filter(|w| w.jobs_in_hand == 0)
+                .map(|w| w.forget_at_ms())
+                .min(),
         ]
         .into_iter()
         .flatten()

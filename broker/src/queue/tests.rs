@@ -275,6 +275,22 @@ fn retention_removes_finished_jobs_in_bounded_steps() {
 }
 
 #[test]
+fn a_tick_always_clears_what_next_wakeup_reports_due() {
+    let mut s = State::new();
+    s.apply(&at(0, Command::Enqueue(vec![new_job("a", "q", 0)])))
+        .unwrap();
+    leased(s.apply(&at(1, lease_cmd(&["q"], 1, 10_000_000))));
+    // The worker is idle past the forget time but holds a job: nothing is due.
+    let later = worker::WORKER_FORGET_AFTER_MS + 10;
+    s.apply(&at(later, Command::Tick)).unwrap();
+    assert!(
+        s.next_wakeup_ms().is_none_or(|t| t > later),
+        "{:?}",
+        s.next_wakeup_ms()
+    );
+}
+
+#[test]
 fn time_never_runs_backwards() {
     let mut s = State::new();
     s.apply(&at(1_000, Command::Tick)).unwrap();
@@ -478,6 +494,8 @@ proptest! {
                 prop_assert_eq!(&timed, &s);
             }
             check_invariants(&s);
+            // Everything that was due has moved: a ticker never spins on stuck work.
+            prop_assert!(s.next_wakeup_ms().is_none_or(|t| t > now), "wakeup {:?} <= now {now}", s.next_wakeup_ms());
         }
     }
 }
