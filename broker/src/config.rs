@@ -80,6 +80,14 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "TASKRAFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Record metrics (served at /metrics on the HTTP port); `--metrics false` turns
+    /// every instrument off, e.g. to measure their overhead.
+    #[arg(long, env = "TASKRAFT_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics: bool,
+    /// Export traces over OTLP/gRPC to this collector (e.g. http://127.0.0.1:4317).
+    /// Unset: nothing is exported.
+    #[arg(long, env = "TASKRAFT_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A validated configuration.
@@ -111,6 +119,8 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Webhook signing key.
     pub webhook_secret: Option<String>,
+    /// Metrics on (default) or off.
+    pub metrics: bool,
 }
 
 impl ServeArgs {
@@ -178,6 +188,7 @@ impl ServeArgs {
             keep_logs: self.keep_logs,
             heartbeat: self.heartbeat,
             webhook_secret: self.webhook_secret.filter(|s| !s.is_empty()),
+            metrics: self.metrics,
         })
     }
 }
@@ -199,6 +210,7 @@ impl Config {
             keep_logs: 1000,
             heartbeat: Duration::from_millis(100),
             webhook_secret: None,
+            metrics: true,
         }
     }
 }

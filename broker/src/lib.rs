@@ -5,9 +5,11 @@
 //! - [`raft`]: openraft glue: log store, state machine, peer network, node handle.
 //! - [`storage`]: redb tables and the codec.
 //! - [`api`]: gRPC handlers (validate, propose, map), auth, the error-to-status map.
-//! - [`http`]: health, readiness (and later metrics and the dashboard).
+//! - [`http`]: health, readiness, `/metrics`, the web dashboard and its JSON API.
+//! - [`metrics`]: OpenTelemetry instruments exported in Prometheus format.
 //! - [`server`]: binds, serves, owns the tasks, shuts down.
 //! - [`config`]: `taskraft serve` flags.
+//! - [`telemetry`]: logging, tracing and OTLP export.
 //! - [`webhook`]: leader-side delivery of the webhook outbox.
 #![warn(missing_docs)]
 
@@ -17,6 +19,7 @@ pub mod deadline;
 pub mod dev;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod queue;
 pub mod raft;
 pub mod server;

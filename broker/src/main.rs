@@ -22,7 +22,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve(args) => {
-            taskraft_broker::telemetry::init(&args.log_format);
+            taskraft_broker::telemetry::init_with(&args.log_format, args.otlp_endpoint.as_deref())?;
             let config = args.into_config()?;
             runtime.block_on(taskraft_broker::server::run(config, shutdown_signal()))
         }

@@ -79,10 +79,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .context("building reflection service")?;
 
     let auth = Auth::new(config.token.as_deref());
+    let metrics = if config.metrics {
+        crate::metrics::Metrics::new(&node).context("creating metrics")?
+    } else {
+        crate::metrics::Metrics::disabled()
+    };
+    if let Some(observer) = metrics.fsync_observer() {
+        node.log.observe_fsync(observer);
+    }
     let max_msg = (64 * 1024 * 1024).max(config.api.max_payload * 2);
-    let broker = BrokerServer::new(BrokerService::new(node.clone(), config.api.clone()))
-        .max_decoding_message_size(max_msg)
-        .max_encoding_message_size(max_msg);
+    let broker = BrokerServer::new(
+        BrokerService::new(node.clone(), config.api.clone()).with_metrics(metrics.clone()),
+    )
+    .max_decoding_message_size(max_msg)
+    .max_encoding_message_size(max_msg);
     let admin = AdminServer::new(AdminService::new(node.clone(), config.token.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
@@ -95,17 +105,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .layer(crate::metrics::RpcMetricsLayer::new(metrics.clone()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(InterceptedService::new(broker, auth.clone()))
             .add_service(InterceptedService::new(admin, auth.clone()))
-            .add_service(InterceptedService::new(peer, auth))
+            .add_service(InterceptedService::new(peer, auth.clone()))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stop_rx.await;
                 let _ = http_stop_tx.send(true);
             }),
     );
-    let router = crate::http::router(node.clone());
+    let router = crate::http::router(node.clone(), metrics.clone(), auth.clone());
     let http = tokio::spawn(async move {
         let mut rx = http_stop_rx;
         axum::serve(http_listener, router)
@@ -118,6 +129,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let background = vec![
         tokio::spawn(node.clone().run_ticker(Duration::from_millis(200))),
         tokio::spawn(report_health(node.clone(), health)),
+        tokio::spawn(metrics.run_sampler()),
         tokio::spawn(crate::webhook::run(
             node.clone(),
             config.webhook_secret.clone(),
@@ -197,7 +209,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tokio::select! {
         _ = shutdown => {
             tracing::info!("shutdown requested: draining in-flight calls");
-            running.shutdown().await
+            let r = running.shutdown().await;
+            crate::telemetry::flush();
+            r
         }
         e = running.failed() => Err(e),
     }

@@ -22,15 +22,40 @@ use crate::raft::RaftNode;
 pub struct BrokerService {
     node: Arc<RaftNode>,
     settings: ApiSettings,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl BrokerService {
     /// Serves `node` with `settings`.
     pub fn new(node: Arc<RaftNode>, settings: ApiSettings) -> Self {
-        Self { node, settings }
+        Self {
+            node,
+            settings,
+            metrics: crate::metrics::Metrics::disabled(),
+        }
     }
 
-    fn new_job(&self, r: pb::EnqueueRequest, index: Option<usize>) -> Result<NewJob, BrokerError> {
+    /// Counts jobs into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The queue of a job, for metrics when this node did not hand out its lease.
+    fn queue_of(&self, job_id: Option<String>) -> Option<String> {
+        let data = self.node.shared.read();
+        data.state.job(&job_id?).map(|j| j.queue.clone())
+    }
+
+    /// Validates one job. W3C trace context in the call's `metadata` is copied into the
+    /// job's headers (unless the caller set those keys itself), so the worker that
+    /// leases the job receives it and can continue the producer's trace.
+    fn new_job(
+        &self,
+        r: pb::EnqueueRequest,
+        index: Option<usize>,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<NewJob, BrokerError> {
         let at = |e: BrokerError| match (index, e) {
             (Some(i), BrokerError::InvalidArgument { field, message }) => {
                 BrokerError::InvalidArgument {
@@ -80,12 +105,19 @@ impl BrokerService {
             Ok(())
         })()
         .map_err(at)?;
+        let mut headers: std::collections::BTreeMap<String, String> =
+            r.headers.into_iter().collect();
+        for (k, val) in crate::telemetry::trace_headers(metadata) {
+            if val.len() <= MAX_TEXT && !headers.contains_key(k) {
+                headers.insert(k.to_string(), val.to_string());
+            }
+        }
         Ok(NewJob {
             id: uuid::Uuid::now_v7().to_string(),
             queue: r.queue,
             job_type: r.job_type,
             payload: r.payload,
-            headers: r.headers.into_iter().collect(),
+            headers,
             priority: r.priority,
             due: if r.run_at_ms > 0 {
                 Due::At(r.run_at_ms)
@@ -108,9 +140,27 @@ impl BrokerService {
         &self,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<pb::EnqueueResponse>, BrokerError> {
+        let counters: Vec<_> = if self.metrics.enabled() {
+            jobs.iter().map(|j| self.metrics.queue(&j.queue)).collect()
+        } else {
+            Vec::new()
+        };
         match self.node.propose(Command::Enqueue(jobs)).await? {
             Outcome::Enqueued(res) => Ok(res
                 .into_iter()
+                .zip(
+                    counters
+                        .into_iter()
+                        .map(Some)
+                        .chain(std::iter::repeat(None)),
+                )
+                .map(|(e, q)| {
+                    if let (false, Some(Some(q))) = (e.duplicate, q) {
+                        q.enqueued
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    e
+                })
                 .map(|e| pb::EnqueueResponse {
                     job_id: e.job_id,
                     duplicate: e.duplicate,
@@ -140,7 +190,9 @@ impl Broker for BrokerService {
         &self,
         req: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
-        let job = self.new_job(req.into_inner(), None)?;
+        crate::telemetry::set_remote_parent(req.metadata());
+        let (metadata, _, r) = req.into_parts();
+        let job = self.new_job(r, None, &metadata)?;
         let mut res = self.enqueue_jobs(vec![job]).await?;
         let one = res
             .pop()
@@ -154,7 +206,9 @@ impl Broker for BrokerService {
         &self,
         req: Request<pb::EnqueueBatchRequest>,
     ) -> Result<Response<pb::EnqueueBatchResponse>, Status> {
-        let jobs = req.into_inner().jobs;
+        crate::telemetry::set_remote_parent(req.metadata());
+        let (metadata, _, r) = req.into_parts();
+        let jobs = r.jobs;
         if jobs.is_empty() {
             return Err(BrokerError::invalid("jobs", "the batch is empty").into());
         }
@@ -168,13 +222,13 @@ impl Broker for BrokerService {
         let jobs = jobs
             .into_iter()
             .enumerate()
-            .map(|(i, r)| self.new_job(r, Some(i)))
+            .map(|(i, r)| self.new_job(r, Some(i), &metadata))
             .collect::<Result<Vec<_>, _>>()?;
         let results = self.enqueue_jobs(jobs).await?;
         Ok(Response::new(pb::EnqueueBatchResponse { results }))
     }
 
-    #[tracing::instrument(skip_all, fields(worker_id = %req.get_ref().worker_id, queues = ?req.get_ref().queues, leased))]
+    #[tracing::instrument(skip_all, fields(worker_id = %req.get_ref().worker_id, queues = ?req.get_ref().queues, leased, queue, job_id, attempt))]
     async fn lease(
         &self,
         req: Request<pb::LeaseRequest>,
@@ -230,7 +284,14 @@ impl Broker for BrokerService {
             if shared.read().state.has_leasable(&r.queues) {
                 match self.node.propose(cmd.clone()).await? {
                     Outcome::Leased(jobs) if !jobs.is_empty() || Instant::now() >= deadline => {
-                        tracing::Span::current().record("leased", jobs.len());
+                        let span = tracing::Span::current();
+                        span.record("leased", jobs.len());
+                        if let [one] = jobs.as_slice() {
+                            span.record("queue", one.queue.as_str());
+                            span.record("job_id", one.job_id.as_str());
+                            span.record("attempt", one.attempt);
+                        }
+                        self.metrics.leased(&self.node, &jobs);
                         return Ok(Response::new(pb::LeaseResponse {
                             jobs: jobs.into_iter().map(leased_to_pb).collect(),
                         }));
@@ -251,12 +312,14 @@ impl Broker for BrokerService {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id))]
+    #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id, queue))]
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        crate::telemetry::set_remote_parent(req.metadata());
         let r = req.into_inner();
         v::job_id(&r.job_id)?;
         let lease_id = v::lease_id(&r.lease_id)?;
         v::blob("result", r.result.len(), self.settings.max_payload)?;
+        let lookup = self.metrics.enabled().then(|| r.job_id.clone());
         self.node
             .propose(Command::Ack {
                 job_id: r.job_id,
@@ -264,14 +327,18 @@ impl Broker for BrokerService {
                 result: r.result,
             })
             .await?;
+        if let Some(q) = self.metrics.acked(lease_id, || self.queue_of(lookup)) {
+            tracing::Span::current().record("queue", q.queue());
+        }
         Ok(Response::new(pb::AckResponse {}))
     }
 
-    #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id))]
+    #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id, queue))]
     async fn nack(
         &self,
         req: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
+        crate::telemetry::set_remote_parent(req.metadata());
         let r = req.into_inner();
         v::job_id(&r.job_id)?;
         let lease_id = v::lease_id(&r.lease_id)?;
@@ -286,6 +353,7 @@ impl Broker for BrokerService {
             )
             .into());
         }
+        let lookup = self.metrics.enabled().then(|| r.job_id.clone());
         let out = self
             .node
             .propose(Command::Nack {
@@ -298,10 +366,18 @@ impl Broker for BrokerService {
             })
             .await?;
         match out {
-            Outcome::Nacked { state, run_at_ms } => Ok(Response::new(pb::NackResponse {
-                state: state_to_pb(state) as i32,
-                run_at_ms,
-            })),
+            Outcome::Nacked { state, run_at_ms } => {
+                if let Some(q) = self
+                    .metrics
+                    .nacked(lease_id, state, || self.queue_of(lookup))
+                {
+                    tracing::Span::current().record("queue", q.queue());
+                }
+                Ok(Response::new(pb::NackResponse {
+                    state: state_to_pb(state) as i32,
+                    run_at_ms,
+                }))
+            }
             other => Err(unexpected(other).into()),
         }
     }

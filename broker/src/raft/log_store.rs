@@ -18,10 +18,14 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::storage::{decode, encode, read_err, write_err, LOG, META};
 
+/// Called with the duration of each append's commit (its fsync), for metrics.
+pub type FsyncObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
+
 /// Log store handle; clones share the database.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    fsync_observer: Arc<std::sync::OnceLock<FsyncObserver>>,
 }
 
 impl LogStore {
@@ -31,7 +35,15 @@ impl LogStore {
         txn.open_table(LOG)?;
         txn.open_table(META)?;
         txn.commit()?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            fsync_observer: Arc::default(),
+        })
+    }
+
+    /// Reports every later append's commit duration to `observer` (set once).
+    pub fn observe_fsync(&self, observer: FsyncObserver) {
+        let _ = self.fsync_observer.set(observer);
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -151,6 +163,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .collect::<Result<_, _>>()
             .map_err(write_err)?;
         let db = self.db.clone();
+        let observer = self.fsync_observer.get().cloned();
         let res = tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
             {
@@ -160,7 +173,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
             // Durability::Immediate (the default): commit returns after fsync.
+            let started = std::time::Instant::now();
             txn.commit()?;
+            if let Some(observe) = observer {
+                observe(started.elapsed());
+            }
             Ok(())
         })
         .await

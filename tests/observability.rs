@@ -1,0 +1,558 @@
+//! Observability and operations on a real in-process node: Prometheus metrics that
+//! follow jobs, gRPC reflection, W3C trace context carried from producer to worker,
+//! the token on the dashboard's JSON API, and the dashboard itself in headless
+//! Chromium (rendering queues, retrying a dead job).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use taskraft_proto::v1 as pb;
+use taskraft_tests::*;
+use tonic::metadata::MetadataValue;
+
+/// One sample of `name` whose labels include every `labels` pair, from Prometheus text.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A small HTTP/1.1 request over a raw TCP stream: (status code, body).
+async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+async fn metrics_text(node: &InProcNode) -> String {
+    let (code, body) = http(node.http_addr(), "GET", "/metrics", None).await;
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn metrics_follow_jobs_through_enqueue_lease_ack_and_nack() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    for i in 0..10 {
+        c.broker
+            .enqueue(job("obs", &format!("j{i}")))
+            .await
+            .unwrap();
+    }
+    let leased = c
+        .broker
+        .lease(lease("obs", 4, 30_000, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(leased.len(), 4);
+    for j in &leased[..2] {
+        c.broker
+            .ack(pb::AckRequest {
+                job_id: j.job_id.clone(),
+                lease_id: j.lease_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    let m = metrics_text(&node).await;
+    let jobs = |state: &str| {
+        sample(
+            &m,
+            "taskraft_queue_jobs",
+            &[("queue", "obs"), ("state", state)],
+        )
+    };
+    assert_eq!(jobs("ready"), Some(6.0), "{m}");
+    assert_eq!(jobs("leased"), Some(2.0), "{m}");
+    assert_eq!(jobs("succeeded"), Some(2.0), "{m}");
+    assert_eq!(jobs("dead"), Some(0.0), "{m}");
+    let obs = [("queue", "obs")];
+    assert_eq!(
+        sample(&m, "taskraft_jobs_enqueued_total", &obs),
+        Some(10.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "taskraft_jobs_leased_total", &obs),
+        Some(4.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "taskraft_jobs_acked_total", &obs),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "taskraft_job_wait_seconds_count", &obs),
+        Some(4.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "taskraft_job_processing_seconds_count", &obs),
+        Some(2.0),
+        "{m}"
+    );
+    let enqueue_ok = [("method", "/taskraft.v1.Broker/Enqueue"), ("code", "OK")];
+    assert_eq!(
+        sample(&m, "taskraft_rpc_duration_seconds_count", &enqueue_ok),
+        Some(10.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "taskraft_raft_leader_id", &[]), Some(1.0), "{m}");
+    assert!(
+        sample(&m, "taskraft_raft_term", &[]).unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "taskraft_raft_applied_index", &[]).unwrap_or(0.0) >= 12.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "taskraft_raft_log_entries", &[]).unwrap_or(0.0) >= 12.0,
+        "{m}"
+    );
+    assert!(
+        sample(&m, "taskraft_storage_fsync_seconds_count", &[]).unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+
+    // A nack that dead-letters, and a call the handler rejects, move their series too.
+    let last = &leased[3];
+    let nack = c
+        .broker
+        .nack(pb::NackRequest {
+            job_id: last.job_id.clone(),
+            lease_id: last.lease_id.clone(),
+            error: "boom".into(),
+            dead_letter: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(nack.state, pb::JobState::Dead as i32);
+    let bad = c.broker.enqueue(job("", "x")).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    let m = metrics_text(&node).await;
+    assert_eq!(
+        sample(&m, "taskraft_jobs_nacked_total", &obs),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "taskraft_jobs_dead_lettered_total", &obs),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "taskraft_queue_jobs",
+            &[("queue", "obs"), ("state", "dead")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    let rejected = [
+        ("method", "/taskraft.v1.Broker/Enqueue"),
+        ("code", "INVALID_ARGUMENT"),
+    ];
+    assert_eq!(
+        sample(&m, "taskraft_rpc_duration_seconds_count", &rejected),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn expired_leases_are_counted() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    c.broker.enqueue(job("exp", "x")).await.unwrap();
+    let got = c
+        .broker
+        .lease(lease("exp", 1, 200, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(got.len(), 1);
+    // The lease runs out after 200 ms; the leader's tick redelivers it, and the metrics
+    // sampler (every 2 s) notices.
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let m = metrics_text(&node).await;
+        if sample(&m, "taskraft_jobs_expired_total", &[("queue", "exp")]) == Some(1.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no expiry counted:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_can_be_turned_off() {
+    let node = InProcNode::start_with(|c| c.metrics = false).await;
+    let mut c = node.clients().await;
+    c.broker.enqueue(job("off", "x")).await.unwrap();
+    let m = metrics_text(&node).await;
+    assert!(!m.contains("taskraft_"), "{m}");
+    assert!(m.contains("disabled"), "{m}");
+}
+
+#[tokio::test]
+async fn reflection_lists_the_public_services() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let node = InProcNode::start_with(|c| c.token = Some("s3cret".into())).await;
+    // Reflection stays open without the token, like `grpcurl list`.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", node.addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .expect("reflection call")
+        .into_inner();
+    let resp = stream.message().await.unwrap().expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("not a list_services answer: {resp:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "taskraft.v1.Broker",
+        "taskraft.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn producer_trace_context_reaches_the_worker_in_job_headers() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+
+    let mut req = tonic::Request::new(job("traced", "a"));
+    req.metadata_mut().insert(
+        "traceparent",
+        MetadataValue::try_from(traceparent.as_str()).unwrap(),
+    );
+    req.metadata_mut()
+        .insert("tracestate", MetadataValue::from_static("vendor=abc"));
+    let first = c.broker.enqueue(req).await.unwrap().into_inner().job_id;
+
+    // A caller that set the header itself keeps its own value.
+    let mut own = job("traced", "b");
+    own.headers
+        .insert("traceparent".into(), "00-own-own-01".into());
+    let mut req = tonic::Request::new(own);
+    req.metadata_mut().insert(
+        "traceparent",
+        MetadataValue::try_from(traceparent.as_str()).unwrap(),
+    );
+    let second = c.broker.enqueue(req).await.unwrap().into_inner().job_id;
+
+    // Batches carry it too.
+    let mut req = tonic::Request::new(pb::EnqueueBatchRequest {
+        jobs: vec![job("traced", "c")],
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        MetadataValue::try_from(traceparent.as_str()).unwrap(),
+    );
+    let third = c
+        .broker
+        .enqueue_batch(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .results[0]
+        .job_id
+        .clone();
+
+    let leased = c
+        .broker
+        .lease(lease("traced", 10, 30_000, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let by_id: HashMap<&str, &pb::LeasedJob> =
+        leased.iter().map(|j| (j.job_id.as_str(), j)).collect();
+    let h = |id: &str, k: &str| by_id[id].headers.get(k).cloned();
+    assert_eq!(
+        h(&first, "traceparent").as_deref(),
+        Some(traceparent.as_str())
+    );
+    assert!(h(&first, "traceparent").unwrap().contains(trace_id));
+    assert_eq!(h(&first, "tracestate").as_deref(), Some("vendor=abc"));
+    assert_eq!(h(&second, "traceparent").as_deref(), Some("00-own-own-01"));
+    assert_eq!(
+        h(&third, "traceparent").as_deref(),
+        Some(traceparent.as_str())
+    );
+}
+
+#[tokio::test]
+async fn dashboard_api_requires_the_token_when_set() {
+    let node = InProcNode::start_with(|c| c.token = Some("s3cret".into())).await;
+    let addr = node.http_addr();
+    for path in ["/api/cluster", "/api/queues", "/api/workers"] {
+        let (code, body) = http(addr, "GET", path, None).await;
+        assert_eq!(code, 401, "{path}: {body}");
+        let (code, _) = http(addr, "GET", path, Some("wrong")).await;
+        assert_eq!(code, 401, "{path} with a wrong token");
+        let (code, body) = http(addr, "GET", path, Some("s3cret")).await;
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    let (code, _) = http(addr, "POST", "/api/queues/q/pause", None).await;
+    assert_eq!(code, 401);
+    let (code, body) = http(addr, "POST", "/api/queues/q/pause", Some("s3cret")).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"paused\":true"), "{body}");
+    // Probes, metrics and the page itself stay open.
+    for path in ["/healthz", "/readyz", "/metrics", "/", "/assets/app.js"] {
+        let (code, _) = http(addr, "GET", path, None).await;
+        assert_eq!(code, 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn dashboard_api_serves_jobs_and_admin_actions() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    let addr = node.http_addr();
+    let id = c
+        .broker
+        .enqueue(job("ops", "x"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let (code, body) = http(addr, "GET", &format!("/api/jobs/{id}"), None).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"state\":\"ready\""), "{body}");
+    let (code, _) = http(addr, "GET", "/api/jobs/no-such-job", None).await;
+    assert_eq!(code, 404);
+    let (code, _) = http(addr, "GET", "/api/queues/ops/jobs?state=bogus", None).await;
+    assert_eq!(code, 400);
+    let (code, body) = http(addr, "POST", "/api/queues/ops/redrive", None).await;
+    assert_eq!((code, body.as_str()), (200, "{\"count\":0}"));
+    let (code, body) = http(addr, "POST", &format!("/api/jobs/{id}/retry"), None).await;
+    assert_eq!(code, 409, "a ready job cannot be retried: {body}");
+}
+
+// ---------------------------------------------------------------- headless Chromium
+
+/// The Chromium binary, installed with apt when missing and we are root. A test that
+/// needs it fails (never skips) when it cannot be had.
+fn chromium() -> PathBuf {
+    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    let uid = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    assert_eq!(
+        uid, "0",
+        "headless Chromium is needed at /usr/bin/chromium and we are not root to install it: run `apt-get install -y chromium`"
+    );
+    let apt = |args: &[&str]| {
+        std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let installed = apt(&["install", "-y", "chromium"])
+        || (apt(&["update"]) && apt(&["install", "-y", "chromium"]));
+    assert!(
+        installed && Path::new("/usr/bin/chromium").exists(),
+        "could not install Chromium with `apt-get install -y chromium`; the dashboard test needs it"
+    );
+    PathBuf::from("/usr/bin/chromium")
+}
+
+/// Runs headless Chromium on `url` with `mode` (`--dump-dom` or `--screenshot=...`),
+/// letting timers and fetches run for up to 5 s of virtual time. Returns stdout.
+async fn chromium_run(mode: &str, url: &str) -> String {
+    let bin = chromium();
+    let profile = tempfile::tempdir().expect("profile dir");
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--window-size=1400,1000",
+        "--virtual-time-budget=5000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .arg(mode)
+    .arg(url)
+    .stdin(std::process::Stdio::null())
+    .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+        .await
+        .expect("chromium finished within 90 s")
+        .expect("running chromium");
+    assert!(
+        out.status.success(),
+        "chromium {mode} {url} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_renders_queues_and_retries_a_dead_job_in_chromium() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    for i in 0..3 {
+        c.broker
+            .enqueue(job("emails", &format!("e{i}")))
+            .await
+            .unwrap();
+    }
+    for i in 0..2 {
+        c.broker
+            .enqueue(job("reports", &format!("r{i}")))
+            .await
+            .unwrap();
+    }
+    let got = c
+        .broker
+        .lease(lease("emails", 1, 30_000, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let dead = got[0].job_id.clone();
+    c.broker
+        .nack(pb::NackRequest {
+            job_id: dead.clone(),
+            lease_id: got[0].lease_id.clone(),
+            error: "smtp relay refused the message".into(),
+            dead_letter: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let base = format!("http://{}/", node.http_addr());
+
+    // A picture for people.
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let png = artifacts.join("dashboard.png");
+    let _ = std::fs::remove_file(&png);
+    chromium_run(
+        &format!("--screenshot={}", png.display()),
+        &format!("{base}#dead=emails"),
+    )
+    .await;
+    let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 10_000,
+        "screenshot {} is {size} bytes",
+        png.display()
+    );
+
+    // The rendered DOM has every queue with its counts, and the dead job's error.
+    let dom = chromium_run("--dump-dom", &format!("{base}#dead=emails")).await;
+    assert!(
+        dom.contains(r#"data-queue="emails" data-counts="ready=2 scheduled=0 leased=0 dead=1 succeeded=0 cancelled=0""#),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(r#"data-queue="reports" data-counts="ready=2 scheduled=0 leased=0 dead=0 succeeded=0 cancelled=0""#),
+        "{dom}"
+    );
+    assert!(dom.contains("smtp relay refused the message"), "{dom}");
+    assert!(dom.contains(&format!(r#"data-retry="{dead}""#)), "{dom}");
+    assert!(dom.contains("role-leader"), "{dom}");
+
+    // Press the dead job's retry button in the browser.
+    let dom = chromium_run("--dump-dom", &format!("{base}#dead=emails&retry={dead}")).await;
+    assert!(dom.contains(&format!("retried {dead}: now ready")), "{dom}");
+    let j = get_job(&mut c, &dead).await;
+    assert_eq!(j.state, pb::JobState::Ready as i32, "{j:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_asks_for_the_token_when_one_is_set() {
+    let node = InProcNode::start_with(|c| c.token = Some("s3cret".into())).await;
+    let dom = chromium_run("--dump-dom", &format!("http://{}/", node.http_addr())).await;
+    // The login box is shown and the main view hidden.
+    assert!(dom.contains(r#"<section id="login">"#), "{dom}");
+    assert!(dom.contains(r#"<main id="main" hidden="">"#), "{dom}");
+}
