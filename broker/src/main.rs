@@ -1,4 +1,8 @@
-//! The `taskraft` binary: `taskraft serve` runs a broker node.
+//! The `taskraft` binary: `taskraft serve` runs a broker node; the other subcommands
+//! (`enqueue`, `job`, `jobs`, `queues`, `queue`, `cluster`, `workers`) are clients of a
+//! running cluster, see [`cli`].
+
+mod cli;
 
 use clap::{Parser, Subcommand};
 use taskraft_broker::config::ServeArgs;
@@ -7,6 +11,8 @@ use taskraft_broker::config::ServeArgs;
 #[derive(Parser)]
 #[command(name = "taskraft", version, about)]
 struct Cli {
+    #[command(flatten)]
+    global: cli::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -14,17 +20,38 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a broker node.
-    Serve(ServeArgs),
+    Serve(Box<ServeCommand>),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+}
+
+/// `serve` with its own flags only: these hidden look-alikes keep the clients' global
+/// `--server` and `--json` (clap skips globals a subcommand already defines) out of
+/// `taskraft serve --help`. `--token` is `serve`'s own.
+#[derive(clap::Args)]
+struct ServeCommand {
+    #[command(flatten)]
+    args: ServeArgs,
+    #[arg(long, hide = true)]
+    server: Option<String>,
+    #[arg(long, hide = true)]
+    json: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
-        Command::Serve(args) => {
+        Command::Serve(serve) => {
+            let args = serve.args;
             taskraft_broker::telemetry::init_with(&args.log_format, args.otlp_endpoint.as_deref())?;
             let config = args.into_config()?;
             runtime.block_on(taskraft_broker::server::run(config, shutdown_signal()))
+        }
+        Command::Client(command) => {
+            let code = runtime.block_on(cli::run(cli.global, command));
+            drop(runtime);
+            std::process::exit(code)
         }
     }
 }
