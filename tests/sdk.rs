@@ -1,0 +1,488 @@
+//! The Rust worker SDK against a real in-process node: exactly-once processing across
+//! workers, lease extension, panics, permanent errors, cancellation, progress,
+//! graceful shutdown, max_jobs and client-side batching.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use taskraft::{
+    BatcherOptions, Client, EnqueueOptions, Error, HandlerError, Job, JobState, NewJob, Report,
+    Worker,
+};
+use taskraft_tests::*;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+async fn sdk_client(node: &InProcNode) -> Client {
+    Client::connect([node.addr().to_string()])
+        .await
+        .expect("client")
+}
+
+/// Runs `worker` until the returned sender fires (or is dropped).
+fn spawn_worker(worker: Worker) -> (oneshot::Sender<()>, JoinHandle<Result<Report, Error>>) {
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run_until(async move {
+        let _ = rx.await;
+    }));
+    (tx, handle)
+}
+
+async fn stop(tx: oneshot::Sender<()>, handle: JoinHandle<Result<Report, Error>>) -> Report {
+    let _ = tx.send(());
+    tokio::time::timeout(SOON, handle)
+        .await
+        .expect("worker stops in time")
+        .expect("worker task")
+        .expect("worker run")
+}
+
+/// Waits for `cond` to hold, polling.
+async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + SOON;
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_jobs_over_three_workers_each_run_exactly_once() {
+    let node = InProcNode::start().await;
+    let client = sdk_client(&node).await;
+    let jobs: Vec<NewJob> = (0..1000)
+        .map(|i| {
+            NewJob::new("bulk", format!("job-{i}")).options(EnqueueOptions::new().job_type("count"))
+        })
+        .collect();
+    let ids: HashSet<String> = client
+        .enqueue_batch(jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.job_id)
+        .collect();
+    assert_eq!(ids.len(), 1000);
+
+    let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let mut workers = Vec::new();
+    for w in 0..3 {
+        let runs = runs.clone();
+        let worker = Worker::builder(client.clone())
+            .queue("bulk")
+            .concurrency(8)
+            .prefetch(4)
+            .poll_wait(Duration::from_secs(1))
+            .worker_id(format!("bulk-{w}"))
+            .handler("count", move |job: Job| {
+                let runs = runs.clone();
+                async move {
+                    *runs
+                        .lock()
+                        .unwrap()
+                        .entry(job.id().to_string())
+                        .or_default() += 1;
+                    tokio::task::yield_now().await;
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .build()
+            .unwrap();
+        workers.push(spawn_worker(worker));
+    }
+    let mut c = node.clients().await;
+    eventually("all 1000 jobs succeed", || {
+        let mut c = c.clone();
+        async move { stats(&mut c, "bulk").await.succeeded == 1000 }
+    })
+    .await;
+    let mut total = Report::default();
+    for (tx, h) in workers {
+        let r = stop(tx, h).await;
+        total.succeeded += r.succeeded;
+        total.failed += r.failed;
+    }
+    assert_eq!((total.succeeded, total.failed), (1000, 0));
+    {
+        let runs = runs.lock().unwrap();
+        assert_eq!(runs.keys().cloned().collect::<HashSet<_>>(), ids);
+        let twice: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
+        assert!(twice.is_empty(), "jobs run more than once: {twice:?}");
+    }
+    let s = stats(&mut c, "bulk").await;
+    assert_eq!((s.ready, s.leased, s.dead), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_outliving_the_visibility_timeout_keeps_its_lease() {
+    let node = InProcNode::start().await;
+    let client = sdk_client(&node).await;
+    let id = client.enqueue("slow", "x").await.unwrap();
+    let worker = Worker::builder(client.clone())
+        .queue("slow")
+        .visibility_timeout(Duration::from_secs(1))
+        .default_handler(|_job: Job| async move {
+            tokio::time::sleep(Duration::from_millis(3500)).await;
+            Ok::<_, HandlerError>("slow but done")
+        })
+        .build()
+        .unwrap();
+    let (tx, h) = spawn_worker(worker);
+    let job = client.wait_for_job(&id, SOON).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!((job.attempt, job.expirations), (1, 0), "{job:?}");
+    assert_eq!(&job.result[..], b"slow but done");
+    assert_eq!(stop(tx, h).await.succeeded, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_handler_is_nacked_and_the_worker_carries_on() {
+    let node = InProcNode::start().await;
+    let client = sdk_client(&node).await;
+    let worker = Worker::builder(client.clone())
+        .queue("panics")
+        .concurrency(1)
+        .default_handler(|job: Job| async move {
+            if job.payload().as_ref() == b"boom" {
+                panic!("kaboom on purpose");
+            }
+            Ok::<_, HandlerError>(())
+        })
+        .build()
+        .unwrap();
+    let (tx, h) = spawn_worker(worker);
+    let boom = client
+        .enqueue_with("panics", "boom", &EnqueueOptions::new().max_attempts(1))
+        .await
+        .unwrap()
+        .job_id;
+    let dead = client.wait_for_job(&boom, SOON).await.unwrap();
+    assert_eq!(dead.state, JobState::Dead);
+    assert!(
+        dead.last_error.contains("panicked") && dead.last_error.contains("kaboom on purpose"),
+        "{:?}",
+        dead.last_error
+    );
+    let fine = client.enqueue("panics", "fine").await.unwrap();
+    let done = client.wait_for_job(&fine, SOON).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    let r = stop(tx, h).await;
+    assert_eq!((r.succeeded, r.failed), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_error_dead_letters_at_once_and_others_retry() {
+    let node = InProcNode::start().await;
+    let client = sdk_client(&node).await;
+    let worker = Worker::builder(client.clone())
+        .queue("errs")
+        .handler("perm", |_job: Job| async move {
+            Err::<(), _>(HandlerError::permanent("bad input: no such user"))
+        })
+        .handler("flaky", |job: Job| async move {
+            if job.attempt() < 2 {
+                return Err(HandlerError::new("try again").retry_after(Duration::from_millis(10)));
+            }
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let (tx, h) = spawn_worker(worker);
+    let opts = |t: &str| EnqueueOptions::new().job_type(t).max_attempts(5);
+    let perm = client
+        .enqueue_with("errs", "x", &opts("perm"))
+        .await
+        .unwrap()
+        .job_id;
+    let flaky = client
+        .enqueue_with("errs", "x", &opts("flaky"))
+        .await
+        .unwrap()
+        .job_id;
+    let dead = client.wait_for_job(&perm, SOON).await.unwrap();
+    assert_eq!((dead.state, dead.attempt), (JobState::Dead, 1), "{dead:?}");
+    assert_eq!(dead.last_error, "bad input: no such user");
+    let ok = client.wait_for_job(&flaky, SOON).await.unwrap();
+    assert_eq!((ok.state, ok.attempt), (JobState::Succeeded, 2), "{ok:?}");
+    stop(tx, h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_job_aborts_its_handler() {
+    let node = InProcNode::start().await;
+    let client = sdk_client(&node).await;
+    let (started_tx, mut started) = mpsc::unbounded_channel::<String>();
+    let finished = Arc::new(AtomicBool::new(false));
+    let dropped = Arc::new(AtomicBool::new(false));
+    struct OnDrop(Arc<AtomicBool>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let (f, d) = (finished.clone(), dropped.clone());
+    let worker = Worker::builder(client.clone())
+        .queue("cancel")
+        .visibility_timeout(Duration::from_millis(900))
+        .default_handler(move |job: Job| {
+            let (started_tx, f, d) = (started_tx.clone(), f.clone(), d.clone());
+            async move {
+                let _guard = OnDrop(d);
+                started_tx.send(job.id().to_string()).unwrap();
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                f.store(true, Ordering::SeqCst);
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .build()
+        .unwrap();
+    let (tx, h) = spawn_worker(worker);
+    let id = client.enqueue("cancel", "x").await.unwrap();
+    let got = tokio::time::timeout(SOON, started.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, id);
+    let cancelled = client.cancel_job(&id).await.unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    eventually("the handler is aborted", || {
+        let d = dropped.clone();
+        async move { d.load(Ordering::SeqCst) }
+    })
+    .await;
+    assert!(!finished.load(Ordering::SeqCst));
+    assert_eq!(
+        client.get_job(&id).await.unwrap().state,
+        JobState::Cancelled
+    );
+    let r = stop(tx, h).await;
+    assert_eq!((r.succeeded, r.abandoned), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_reported_by_a_handler_is_stored_on_the_job() {
+    let node = InProcNode::start().await;
+    let client = sdk_client(&node).await;
+    let (release_tx, release_rx) = mpsc::unbounded_channel::<()>();
+    let release_rx = Arc::new(tokio::sync::Mutex::new(release_rx));
+    let worker = Worker::builder(client.clone())
+        .queue("progress")
+        .default_handler(move |job: Job| {
+            let release_rx = release_rx.clone();
+            async move {
+                job.progress(42, "resizing 42 of 100");
+                release_rx.lock().await.recv().await;
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .build()
+        .unwrap();
+    let (tx, h) = spawn_worker(worker);
+    let id = client.enqueue("progress", "x").await.unwrap();
+    eventually("progress shows up", || {
+        let (client, id) = (client.clone(), id.clone());
+        async move {
+            let j = client.get_job(&id).await.unwrap();
+            j.progress == 42 && j.progress_message == "resizing 42 of 100"
+        }
+    })
+    .await;
+    release_tx.send(()).unwrap();
+    let job = client.wait_for_job(&id, SOON).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
+    stop(tx, h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_jobs_in_flight() {
+    let node = InProcNode::start().await;
+    let client = sdk_client(&node).await;
+    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+    let worker = Worker::builder(client.clone())
+        .queue("drain")
+        .concurrency(2)
+        .default_handler(move |_job: Job| {
+            let started_tx = started_tx.clone();
+            async move {
+                let _ = started_tx.send(());
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                Ok::<_, HandlerError>("finished")
+            }
+        })
+        .build()
+        .unwrap();
+    let a = client.enqueue("drain", "a").await.unwrap();
+    let b = client.enqueue("drain", "b").await.unwrap();
+    let (tx, h) = spawn_worker(worker);
+    for _ in 0..2 {
+        tokio::time::timeout(SOON, started.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let r = stop(tx, h).await;
+    assert_eq!(r.succeeded, 2, "{r:?}");
+    for id in [a, b] {
+        let j = client.get_job(&id).await.unwrap();
+        assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    }
+    // Nothing is leased after the worker stopped.
+    let late = client.enqueue("drain", "late").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client.get_job(&late).await.unwrap().state, JobState::Ready);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_timeout_gives_unfinished_jobs_back_for_immediate_retry() {
+    let node = InProcNode::start().await;
+    let client = sdk_client(&node).await;
+    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+    let worker = Worker::builder(client.clone())
+        .queue("stuck")
+        .shutdown_timeout(Duration::from_millis(300))
+        .default_handler(move |_job: Job| {
+            let started_tx = started_tx.clone();
+            async move {
+                let _ = started_tx.send(());
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .build()
+        .unwrap();
+    let id = client.enqueue("stuck", "x").await.unwrap();
+    let (tx, h) = spawn_worker(worker);
+    tokio::time::timeout(SOON, started.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let r = stop(tx, h).await;
+    assert_eq!(r.abandoned, 1, "{r:?}");
+    // Retried after 1 ms, not after the exponential backoff (1 s base).
+    let mut c = node.clients().await;
+    let again = c
+        .broker
+        .lease(lease("stuck", 1, 30_000, 10_000))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].job_id.as_str(), again[0].attempt),
+        (id.as_str(), 2)
+    );
+    assert!(get_job(&mut c, &id).await.last_error.contains("shut down"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_jobs_stops_the_worker_after_that_many() {
+    let node = InProcNode::start().await;
+    let client = sdk_client(&node).await;
+    for i in 0..5 {
+        client.enqueue("limited", format!("{i}")).await.unwrap();
+    }
+    let runs = Arc::new(AtomicU32::new(0));
+    let r2 = runs.clone();
+    let report = tokio::time::timeout(
+        SOON,
+        Worker::builder(client.clone())
+            .queue("limited")
+            .concurrency(2)
+            .max_jobs(3)
+            .default_handler(move |_job: Job| {
+                let runs = r2.clone();
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .build()
+            .unwrap()
+            .run_until(std::future::pending()),
+    )
+    .await
+    .expect("worker exits after max_jobs")
+    .unwrap();
+    assert_eq!(report.succeeded, 3);
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    let s = client.queue_stats("limited").await.unwrap();
+    assert_eq!((s.succeeded, s.ready), (3, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batcher_coalesces_concurrent_enqueues_and_isolates_a_bad_job() {
+    let node = InProcNode::start().await;
+    let client = sdk_client(&node).await;
+    let batcher = client.batcher(
+        BatcherOptions::new()
+            .linger(Duration::from_millis(50))
+            .max_batch(1000),
+    );
+    let calls = (0..500).map(|i| {
+        let b = batcher.clone();
+        async move { b.enqueue("coalesced", format!("{i}")).await }
+    });
+    let ids = futures::future::try_join_all(calls).await.unwrap();
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 500);
+    let s = batcher.stats();
+    assert_eq!(s.jobs, 500);
+    assert!(
+        s.batches <= 25,
+        "500 concurrent enqueues took {} calls",
+        s.batches
+    );
+    assert_eq!(client.queue_stats("coalesced").await.unwrap().ready, 500);
+
+    // One invalid job fails only its own caller.
+    let good = batcher.enqueue("coalesced", "good");
+    let bad = batcher.enqueue("bad queue name", "bad");
+    let (good, bad) = tokio::join!(good, bad);
+    assert!(good.is_ok(), "{good:?}");
+    assert!(matches!(bad, Err(Error::InvalidArgument(_))), "{bad:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_rotates_past_a_dead_address_and_classifies_errors() {
+    let node = InProcNode::start_with(|c| c.token = Some("s3cret".into())).await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let client = Client::builder()
+        .addrs([dead.clone(), node.addr().to_string()])
+        .token("s3cret")
+        .connect()
+        .await
+        .unwrap();
+    let id = client.enqueue("rot", "x").await.unwrap();
+    assert_eq!(client.get_job(&id).await.unwrap().state, JobState::Ready);
+
+    let wrong = Client::builder()
+        .addr(node.addr().to_string())
+        .token("nope")
+        .connect()
+        .await
+        .unwrap();
+    assert!(matches!(
+        wrong.enqueue("rot", "x").await,
+        Err(Error::Unauthenticated(_))
+    ));
+    let missing = client.get_job("01900000-0000-7000-8000-000000000000").await;
+    assert!(matches!(missing, Err(Error::NotFound(_))), "{missing:?}");
+
+    let nobody = Client::builder()
+        .addr(dead)
+        .retry_for(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    let err = nobody.enqueue("rot", "x").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unavailable { .. }) && err.is_retryable(),
+        "{err:?}"
+    );
+}

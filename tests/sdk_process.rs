@@ -1,0 +1,130 @@
+//! Worker processes built on the SDK (the `sdk-test-worker` helper binary) against an
+//! in-process node: SIGKILL mid-job means redelivery after the visibility timeout,
+//! SIGTERM means the job in hand finishes before the process exits.
+
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use taskraft::{Client, JobState};
+use taskraft_tests::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// A running `sdk-test-worker` process and the lines it prints.
+struct WorkerProcess {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl WorkerProcess {
+    fn spawn(server: &str, queue: &str, id: &str, visibility_ms: u64, handler_ms: u64) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sdk-test-worker"))
+            .args([
+                server,
+                queue,
+                id,
+                &visibility_ms.to_string(),
+                &handler_ms.to_string(),
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawning sdk-test-worker");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = r.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits for a line starting with `prefix`.
+    async fn expect_line(&mut self, prefix: &str) -> String {
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {prefix:?} line in time"))
+                .unwrap_or_else(|| panic!("worker exited before printing {prefix:?}"));
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig} {pid} failed");
+    }
+
+    async fn wait(&mut self) -> ExitStatus {
+        tokio::time::timeout(SOON, self.child.wait())
+            .await
+            .expect("worker process exits in time")
+            .expect("wait")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_of_a_sigkilled_worker_is_redelivered_to_another_after_the_visibility_timeout() {
+    let node = InProcNode::start().await;
+    let server = node.addr().to_string();
+    let client = Client::connect([server.clone()]).await.unwrap();
+    let id = client.enqueue("crash", "important").await.unwrap();
+
+    let mut doomed = WorkerProcess::spawn(&server, "crash", "doomed", 1500, 600_000);
+    let line = doomed.expect_line("started").await;
+    assert_eq!(line, format!("started {id} 1"));
+    doomed.signal("-KILL");
+    assert!(!doomed.wait().await.success());
+    let killed_at = tokio::time::Instant::now();
+
+    let mut rescuer = WorkerProcess::spawn(&server, "crash", "rescuer", 1500, 0);
+    let line = rescuer.expect_line("started").await;
+    assert_eq!(line, format!("started {id} 2"), "second delivery");
+    let job = client.wait_for_job(&id, SOON).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!((job.attempt, job.expirations), (2, 1), "{job:?}");
+    // Not before the dead worker's lease ran out (1.5 s, minus the time it held it).
+    assert!(killed_at.elapsed() >= Duration::from_millis(500));
+    rescuer.signal("-TERM");
+    assert!(rescuer.wait().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_job_in_hand_finish_before_the_worker_exits() {
+    let node = InProcNode::start().await;
+    let server = node.addr().to_string();
+    let client = Client::connect([server.clone()]).await.unwrap();
+    let id = client.enqueue("term", "x").await.unwrap();
+
+    let mut worker = WorkerProcess::spawn(&server, "term", "graceful", 30_000, 2000);
+    worker.expect_line("started").await;
+    worker.signal("-TERM");
+    assert_eq!(
+        worker.expect_line("finished").await,
+        format!("finished {id}")
+    );
+    assert_eq!(worker.expect_line("stopped").await, "stopped succeeded=1");
+    let status = worker.wait().await;
+    assert!(status.success(), "{status:?}");
+    let job = client.get_job(&id).await.unwrap();
+    assert_eq!(
+        (job.state, job.attempt),
+        (JobState::Succeeded, 1),
+        "{job:?}"
+    );
+}
