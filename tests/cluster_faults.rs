@@ -142,7 +142,7 @@ async fn leader_sigkill_under_load_loses_nothing_and_the_node_catches_up_after_r
         t.await.unwrap();
     }
 
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(
         ledger.enqueued.len() > before_kill,
         "enqueues continued after failover"

@@ -12,9 +12,12 @@ use hmac::{KeyInit, Mac};
 use taskraft_proto::v1 as pb;
 use taskraft_tests::*;
 
+/// (signature header, parsed body, raw body) of one delivery.
+type Delivery = (Option<String>, serde_json::Value, Vec<u8>);
+
 #[derive(Default)]
 struct Receiver {
-    events: Mutex<Vec<(Option<String>, serde_json::Value, Vec<u8>)>>,
+    events: Mutex<Vec<Delivery>>,
     down: AtomicBool,
     refused: AtomicUsize,
 }
@@ -53,7 +56,7 @@ fn expected_signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-async fn wait_events(r: &Receiver, n: usize) -> Vec<(Option<String>, serde_json::Value, Vec<u8>)> {
+async fn wait_events(r: &Receiver, n: usize) -> Vec<Delivery> {
     let deadline = tokio::time::Instant::now() + SOON;
     loop {
         let ev = r.events.lock().unwrap().clone();

@@ -27,10 +27,15 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::storage::{decode, encode, read_err, write_err, LOG, META};
 
+/// Encoded entries of one `append`, with their log ids.
+type Rows = Vec<(LogId, Vec<u8>)>;
+/// Appends waiting for the same fsync.
+type AppendBatch = Vec<(Rows, LogFlushed<TypeConfig>)>;
+
 /// One queued write.
 enum Op {
     Append {
-        rows: Vec<(LogId, Vec<u8>)>,
+        rows: Rows,
         callback: LogFlushed<TypeConfig>,
     },
     Meta {
@@ -163,7 +168,7 @@ fn writer(inner: std::sync::Weak<Inner>, rx: mpsc::Receiver<Op>) {
         while let Ok(op) = rx.try_recv() {
             ops.push(op);
         }
-        let mut batch: Vec<(Vec<(LogId, Vec<u8>)>, LogFlushed<TypeConfig>)> = Vec::new();
+        let mut batch: AppendBatch = Vec::new();
         for op in ops {
             match op {
                 Op::Append { rows, callback } => batch.push((rows, callback)),
@@ -177,7 +182,7 @@ fn writer(inner: std::sync::Weak<Inner>, rx: mpsc::Receiver<Op>) {
     }
 }
 
-fn flush_appends(inner: &Inner, batch: Vec<(Vec<(LogId, Vec<u8>)>, LogFlushed<TypeConfig>)>) {
+fn flush_appends(inner: &Inner, batch: AppendBatch) {
     if batch.is_empty() {
         return;
     }
@@ -364,7 +369,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let rows: Vec<(LogId, Vec<u8>)> = entries
+        let rows: Rows = entries
             .into_iter()
             .map(|e| encode(&e).map(|b| (e.log_id, b)))
             .collect::<Result<_, _>>()
