@@ -208,6 +208,32 @@ async fn new_node_joins_by_snapshot_and_any_node_can_be_removed() {
         );
     }
 
+    // Wait until every node has compacted its log behind a snapshot, so whoever leads
+    // must send node 4 a snapshot.
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let purged: Vec<u64> = (1..=3)
+            .map(|id| {
+                cluster
+                    .node(id)
+                    .node
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .purged
+                    .map_or(0, |l| l.index)
+            })
+            .collect();
+        if purged.iter().all(|p| *p > 100) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "logs never purged: {purged:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Node 4 lists the cluster's peers (not itself): it forms nothing and waits.
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = taskraft_broker::config::Config::ephemeral(dir.path());

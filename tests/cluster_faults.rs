@@ -239,3 +239,76 @@ async fn without_quorum_writes_fail_fast_and_nothing_is_lost_after_restart() {
     }
     assert_eq!(stats(&mut c, "q2").await.ready, 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_command_starts_a_local_three_node_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    // Six ports (gRPC and HTTP of three nodes) from a base whose neighbours are free.
+    let base = loop {
+        let p = free_port();
+        if p < 60_000
+            && (0..3).all(|n| {
+                std::net::TcpListener::bind(("127.0.0.1", p + 10 * n)).is_ok()
+                    && std::net::TcpListener::bind(("127.0.0.1", p + 10 * n + 1)).is_ok()
+            })
+        {
+            break p;
+        }
+    };
+    struct KillOnDrop(Option<std::process::Child>);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Some(c) = self.0.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let child = std::process::Command::new(taskraft_bin())
+        .args([
+            "dev",
+            "--nodes",
+            "3",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = KillOnDrop(Some(child));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", base + 20).parse().unwrap();
+    let mut c = connect(addr).await;
+    let deadline = tokio::time::Instant::now() + SOON;
+    let st = loop {
+        if let Ok(st) = c
+            .admin
+            .get_cluster_status(pb::GetClusterStatusRequest {})
+            .await
+        {
+            let st = st.into_inner();
+            if st.leader_id != 0 {
+                break st;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dev cluster never elected a leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(st.nodes.len(), 3);
+    c.broker.enqueue(job("dev", "x")).await.unwrap();
+    let mut child = guard.0.take().unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    for n in 1..=3 {
+        assert!(
+            printed.contains(&format!("node {n}: grpc 127.0.0.1:{}", base + 10 * (n - 1))),
+            "{printed}"
+        );
+    }
+}

@@ -1,4 +1,5 @@
-//! The `taskraft` binary: `taskraft serve` runs a broker node; the other subcommands
+//! The `taskraft` binary: `taskraft serve` runs a broker node, `taskraft dev` a local
+//! cluster in one process; the other subcommands
 //! (`enqueue`, `job`, `jobs`, `queues`, `queue`, `cluster`, `workers`) are clients of a
 //! running cluster, see [`cli`].
 
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run a broker node.
     Serve(Box<ServeCommand>),
+    /// Run a local multi-node cluster in this process, for trying things out.
+    Dev(taskraft_broker::dev::DevArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -47,6 +50,10 @@ fn main() -> anyhow::Result<()> {
             taskraft_broker::telemetry::init_with(&args.log_format, args.otlp_endpoint.as_deref())?;
             let config = args.into_config()?;
             runtime.block_on(taskraft_broker::server::run(config, shutdown_signal()))
+        }
+        Command::Dev(args) => {
+            taskraft_broker::telemetry::init_with("text", None)?;
+            runtime.block_on(taskraft_broker::dev::run(args, shutdown_signal()))
         }
         Command::Client(command) => {
             let code = runtime.block_on(cli::run(cli.global, command));

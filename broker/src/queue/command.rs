@@ -112,10 +112,35 @@ pub enum Command {
         /// Why, for operators.
         error: String,
     },
+    /// Several commands proposed together (group commit): applied in order, at the same
+    /// leader time, each with its own reply. One log entry and one fsync for all.
+    Batch(Vec<Command>),
     /// Does nothing but advance time: due jobs become ready, expired leases are
     /// redelivered, finished jobs past their TTL are removed. The leader proposes it
     /// when something is due and no other traffic arrives.
     Tick,
+}
+
+impl Command {
+    /// Rough encoded size, to bound how much one batched log entry carries.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Command::Enqueue(jobs) => jobs
+                .iter()
+                .map(|j| {
+                    128 + j.payload.len()
+                        + j.headers
+                            .iter()
+                            .map(|(k, v)| k.len() + v.len())
+                            .sum::<usize>()
+                })
+                .sum(),
+            Command::Ack { result, .. } => 64 + result.len(),
+            Command::Nack { error, .. } => 64 + error.len(),
+            Command::Batch(cmds) => cmds.iter().map(Command::approx_size).sum(),
+            _ => 64,
+        }
+    }
 }
 
 /// Exponential backoff policy, carried in `Nack` so replicas agree without sharing flags.
@@ -194,6 +219,8 @@ pub enum Outcome {
     Redriven(u64),
     /// A tick (or membership/blank entry) applied.
     Ticked,
+    /// One reply per command of a [`Command::Batch`], in order.
+    Batch(Vec<Reply>),
 }
 
 /// Result of one enqueue.

@@ -104,7 +104,14 @@ impl State {
     pub fn apply(&mut self, env: &Envelope) -> Reply {
         self.now_ms = self.now_ms.max(env.now_ms);
         self.advance();
-        match &env.cmd {
+        self.execute(&env.cmd)
+    }
+
+    fn execute(&mut self, cmd: &Command) -> Reply {
+        match cmd {
+            Command::Batch(cmds) => Ok(Outcome::Batch(
+                cmds.iter().map(|c| self.execute(c)).collect(),
+            )),
             Command::Enqueue(jobs) => Ok(Outcome::Enqueued(
                 jobs.iter().map(|j| self.enqueue(j)).collect(),
             )),

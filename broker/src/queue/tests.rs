@@ -566,3 +566,25 @@ fn webhook_events_are_raised_on_success_and_death_and_retried_with_backoff() {
         .unwrap();
     assert_eq!(s.pending_webhooks(), 1);
 }
+
+#[test]
+fn a_batch_applies_in_order_with_one_reply_each_and_errors_stay_local() {
+    let mut s = State::new();
+    let batch = Command::Batch(vec![
+        Command::Enqueue(vec![new_job("a", "q", 0)]),
+        Command::Ack {
+            job_id: "nope".into(),
+            lease_id: 1,
+            result: Default::default(),
+        },
+        lease_cmd(&["q"], 1, 1000),
+    ]);
+    let Ok(Outcome::Batch(replies)) = s.apply(&at(5, batch)) else {
+        panic!("batch reply")
+    };
+    assert_eq!(replies.len(), 3);
+    assert!(matches!(&replies[0], Ok(Outcome::Enqueued(e)) if e[0].job_id == "a"));
+    assert!(matches!(&replies[1], Err(CoreError::JobNotFound(id)) if id == "nope"));
+    assert!(matches!(&replies[2], Ok(Outcome::Leased(l)) if l.len() == 1 && l[0].job_id == "a"));
+    assert_eq!(s.job("a").unwrap().state, JobState::Leased);
+}

@@ -20,7 +20,7 @@ use super::network::{Network, PeerPool};
 use super::state_machine::{Shared, StateMachineStore};
 use super::types::{NodeId, Raft};
 use crate::error::BrokerError;
-use crate::queue::{Command, Envelope, Outcome, Reply};
+use crate::queue::{Command, Outcome, Reply};
 use crate::storage::{decode, encode, open_db};
 use taskraft_proto::raft::RaftMessage;
 
@@ -68,6 +68,7 @@ pub struct RaftNode {
     pub log: LogStore,
     /// Peer connections (also the test router that can cut links).
     pub pool: Arc<PeerPool>,
+    proposer: super::proposer::Proposer,
     request_timeout: Duration,
 }
 
@@ -106,7 +107,7 @@ impl RaftNode {
             heartbeat_interval: hb,
             election_timeout_min: hb * 6,
             election_timeout_max: hb * 12,
-            max_payload_entries: 4096,
+            max_payload_entries: 64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
             max_in_snapshot_log_to_keep: opts.keep_logs,
             install_snapshot_timeout: 30_000,
@@ -127,6 +128,7 @@ impl RaftNode {
 
         let node = Arc::new(Self {
             id: opts.id,
+            proposer: super::proposer::Proposer::start(raft.clone()),
             raft,
             shared,
             log,
@@ -249,22 +251,10 @@ impl RaftNode {
         }
     }
 
-    /// Proposes on this node, which believes it leads.
+    /// Proposes on this node, which believes it leads (batched with concurrent
+    /// proposals, see `proposer.rs`).
     pub async fn propose_local(&self, cmd: Command, deadline: Instant) -> Result<Reply, PeerError> {
-        let env = Envelope {
-            now_ms: wall_clock_ms(),
-            cmd,
-        };
-        match tokio::time::timeout_at(deadline, self.raft.client_write(env)).await {
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(PeerError::NotLeader)
-            }
-            Ok(Err(e)) => Err(PeerError::Unavailable(format!("write failed: {e}"))),
-            Err(_) => Err(PeerError::Unavailable(
-                "write not confirmed in time (no quorum?); it may still apply, so retry with an idempotency key".into(),
-            )),
-        }
+        self.proposer.propose(cmd, deadline).await
     }
 
     async fn forward(

@@ -1,0 +1,134 @@
+//! Group commit at the proposal level.
+//!
+//! openraft 0.9's core awaits the local fsync of every `append` before it handles the
+//! next client write, so one Raft entry per call would cost one fsync per call. The
+//! proposer instead collects the commands that arrive while earlier entries are in
+//! flight and proposes them as one [`Command::Batch`] entry: one fsync (on each node) and
+//! one replication round for all of them. Each caller still gets its own reply, and the
+//! batch applies atomically and in order, at one leader time.
+//!
+//! ```text
+//!  callers ──► queue ──► [drain up to 1,024 cmds / 4 MiB] ──► client_write(Batch) ─► replies
+//!                            (at most MAX_IN_FLIGHT entries in flight)
+//! ```
+
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+use super::node::{wall_clock_ms, PeerError};
+use super::types::Raft;
+use crate::queue::{Command, Envelope, Outcome, Reply};
+
+/// Most commands in one entry.
+const MAX_COMMANDS: usize = 1024;
+/// Most (approximate) bytes in one entry.
+const MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Entries proposed but not yet applied. Two lets one batch fsync while the previous
+/// one is applied and answered.
+const MAX_IN_FLIGHT: usize = 2;
+
+type Pending = (Command, oneshot::Sender<Result<Reply, PeerError>>);
+
+/// Hands commands to Raft in batches.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+impl Proposer {
+    /// Starts the batching task for `raft`.
+    pub fn start(raft: Raft) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(raft, rx));
+        Self { tx }
+    }
+
+    /// Proposes `cmd` (this node believes it leads) and waits for its reply until
+    /// `deadline`.
+    pub async fn propose(&self, cmd: Command, deadline: Instant) -> Result<Reply, PeerError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.tx
+            .send((cmd, reply_tx))
+            .map_err(|_| PeerError::Unavailable("node is shutting down".into()))?;
+        match tokio::time::timeout_at(deadline, reply_rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(PeerError::Unavailable("node is shutting down".into())),
+            Err(_) => Err(PeerError::Unavailable(
+                "write not confirmed in time (no quorum?); it may still apply, so retry with an idempotency key".into(),
+            )),
+        }
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        // Everything that queued up while we waited for a slot goes in this entry.
+        let mut bytes = first.0.approx_size();
+        let mut batch = vec![first];
+        while batch.len() < MAX_COMMANDS && bytes < MAX_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.0.approx_size();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            write(&raft, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn write(raft: &Raft, batch: Vec<Pending>) {
+    let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+    let single = cmds.len() == 1;
+    let cmd = if single {
+        cmds.into_iter().next().expect("one command")
+    } else {
+        Command::Batch(cmds)
+    };
+    let env = Envelope {
+        now_ms: wall_clock_ms(),
+        cmd,
+    };
+    match raft.client_write(env).await {
+        Ok(resp) => match (single, resp.data) {
+            (true, reply) => {
+                let _ = replies.into_iter().next().expect("one").send(Ok(reply));
+            }
+            (false, Ok(Outcome::Batch(each))) => {
+                for (tx, reply) in replies.into_iter().zip(each) {
+                    let _ = tx.send(Ok(reply));
+                }
+            }
+            (false, other) => {
+                let msg = format!("batch applied with an unexpected reply: {other:?}");
+                for tx in replies {
+                    let _ = tx.send(Err(PeerError::Unavailable(msg.clone())));
+                }
+            }
+        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            // Not proposed: every caller may retry on the new leader.
+            for tx in replies {
+                let _ = tx.send(Err(PeerError::NotLeader));
+            }
+        }
+        Err(e) => {
+            let msg = format!("write failed: {e}");
+            for tx in replies {
+                let _ = tx.send(Err(PeerError::Unavailable(msg.clone())));
+            }
+        }
+    }
+}
