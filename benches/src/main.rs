@@ -6,13 +6,13 @@
 //! ```
 //!
 //! Scenarios (see README.md): `enqueue`, `enqueue-batch`, `lifecycle`, `latency`, and
-//! `all` (the first three in a row). Results print as a table, or as JSON with `--json`.
+//! `failover` (needs `--spawn-cluster 3`), and `all` (the first three in a row). Results print as a table, or as JSON with `--json`.
 //!
 //! # Layout
 //! - `client.rs`: connections and the bearer-token interceptor
 //! - `scenario/`: one file per scenario
 //! - `report.rs`: counts, latency histograms, table and JSON output
-//! - `spawn.rs`: the `--spawn` child node
+//! - `spawn.rs`: the `--spawn` child node and the `--spawn-cluster` children
 //!
 //! Exit status: 0 when every scenario ran and verified, 1 when a scenario had errors or
 //! failed verification, 2 when the run could not be done at all.
@@ -50,6 +50,10 @@ struct Cli {
     /// against it, then kill it. Ignores --server/--servers.
     #[arg(long)]
     spawn: bool,
+    /// Start a fresh cluster of N `taskraft serve` processes (with `--peers`) and spread
+    /// the load over all of them. Needed by `failover`.
+    #[arg(long)]
+    spawn_cluster: Option<usize>,
     /// The `taskraft` binary for --spawn (default: next to this executable).
     #[arg(long)]
     taskraft_bin: Option<PathBuf>,
@@ -107,6 +111,9 @@ enum Scenario {
     Lifecycle,
     /// Open-loop Enqueue at a fixed rate.
     Latency,
+    /// Kill -9 the leader of a --spawn-cluster under enqueue load; time to the first
+    /// successful write after the kill.
+    Failover,
     /// enqueue, enqueue-batch, lifecycle in a row.
     All,
 }
@@ -129,6 +136,7 @@ impl Scenario {
             Scenario::EnqueueBatch => "enqueue-batch",
             Scenario::Lifecycle => "lifecycle",
             Scenario::Latency => "latency",
+            Scenario::Failover => "failover",
             Scenario::All => "all",
         }
     }
@@ -161,7 +169,12 @@ async fn run(cli: Cli) -> Result<bool> {
     };
     // Declared before the pool so it outlives every connection.
     let mut node = None;
-    let servers = if cli.spawn {
+    let mut cluster = None;
+    let servers = if let Some(n) = cli.spawn_cluster {
+        let bin = spawn::find_binary(cli.taskraft_bin.as_deref())?;
+        let c = cluster.insert(spawn::SpawnedCluster::start(&bin, n, &cli.serve_arg).await?);
+        c.addrs()
+    } else if cli.spawn {
         let bin = spawn::find_binary(cli.taskraft_bin.as_deref())?;
         let n = node.insert(spawn::SpawnedNode::start(&bin, &cli.serve_arg)?);
         n.wait_ready().await?;
@@ -178,7 +191,17 @@ async fn run(cli: Cli) -> Result<bool> {
     for s in cli.scenario.expand() {
         eprintln!("running {} against {}", s.name(), servers.join(","));
         let limit = Duration::from_secs(cli.max_seconds);
-        let rows = match tokio::time::timeout(limit, run_one(s, &pool, &params)).await {
+        let one = async {
+            if s == Scenario::Failover {
+                let c = cluster
+                    .as_mut()
+                    .ok_or_else(|| anyhow::anyhow!("failover needs --spawn-cluster 3 (or more)"))?;
+                Ok(vec![scenario::failover::run(&pool, &params, c).await?])
+            } else {
+                run_one(s, &pool, &params).await
+            }
+        };
+        let rows = match tokio::time::timeout(limit, one).await {
             Ok(rows) => rows?,
             Err(_) => {
                 // Dropping the scenario's future aborted its callers.
@@ -215,6 +238,7 @@ async fn run(cli: Cli) -> Result<bool> {
     }
     drop(pool);
     drop(node);
+    drop(cluster);
     Ok(all_ok)
 }
 
@@ -224,6 +248,6 @@ async fn run_one(s: Scenario, pool: &Pool, p: &Params) -> Result<Vec<Report>> {
         Scenario::EnqueueBatch => vec![scenario::enqueue::batch(pool, p).await?],
         Scenario::Lifecycle => scenario::lifecycle::run(pool, p).await?,
         Scenario::Latency => vec![scenario::latency::run(pool, p).await?],
-        Scenario::All => unreachable!("expanded before running"),
+        Scenario::Failover | Scenario::All => unreachable!("handled by the caller"),
     })
 }

@@ -88,6 +88,8 @@ pub struct Report {
     pub notes: Vec<String>,
     /// False when the end-of-run verification failed.
     pub verified: bool,
+    /// `failover` only: SIGKILL of the leader to the first successful write.
+    pub failover_ms: Option<f64>,
 }
 
 impl Report {
@@ -111,6 +113,7 @@ impl Report {
             latency_of,
             notes,
             verified: true,
+            failover_ms: None,
         }
     }
 
@@ -153,6 +156,7 @@ impl Report {
                 "max": self.max_ms(),
             },
             "verified": self.verified,
+            "failover_ms": self.failover_ms,
             "notes": self.notes,
         })
     }

@@ -52,11 +52,15 @@ fn free_addr() -> Result<SocketAddr> {
 impl SpawnedNode {
     /// Starts `bin serve` with `extra` flags appended.
     pub fn start(bin: &Path, extra: &[String]) -> Result<Self> {
+        Self::start_at(bin, extra, free_addr()?)
+    }
+
+    /// Starts `bin serve` listening on `addr`.
+    pub fn start_at(bin: &Path, extra: &[String], addr: SocketAddr) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("taskraft-bench-")
             .tempdir()
             .context("creating a temp data dir")?;
-        let addr = free_addr()?;
         let http = free_addr()?;
         let log = dir.path().join("serve.log");
         let out = std::fs::File::create(&log).context("creating the serve log")?;
@@ -126,6 +130,53 @@ impl SpawnedNode {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl SpawnedNode {
+    /// SIGKILL (no shutdown code runs).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--spawn-cluster N`: N `taskraft serve` children forming one cluster via `--peers`.
+pub struct SpawnedCluster {
+    /// Nodes by position; node id = position + 1.
+    pub nodes: Vec<SpawnedNode>,
+}
+
+impl SpawnedCluster {
+    /// Starts `n` nodes, each with `--id`, the shared `--peers`, and `extra` flags.
+    pub async fn start(bin: &Path, n: usize, extra: &[String]) -> Result<Self> {
+        let addrs = (0..n).map(|_| free_addr()).collect::<Result<Vec<_>>>()?;
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let mut args = vec![
+                "--id".to_string(),
+                (i + 1).to_string(),
+                "--peers".into(),
+                peers.clone(),
+            ];
+            args.extend(extra.iter().cloned());
+            nodes.push(SpawnedNode::start_at(bin, &args, *addr)?);
+        }
+        for node in &mut nodes {
+            node.wait_ready().await?;
+        }
+        Ok(Self { nodes })
+    }
+
+    /// gRPC addresses of every node.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.to_string()).collect()
     }
 }
 

@@ -71,7 +71,8 @@ pub struct ServeArgs {
     /// the log instead of a full snapshot.
     #[arg(long, env = "TASKRAFT_KEEP_LOGS", default_value_t = 1000)]
     pub keep_logs: u64,
-    /// Raft heartbeat interval; elections start after 6-12 missed heartbeats.
+    /// Raft heartbeat interval. A follower that hears nothing for 8 heartbeats (the
+    /// leader lease) plus a random 4-8 more starts an election.
     #[arg(long, env = "TASKRAFT_HEARTBEAT", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
     /// Key for the `X-Taskraft-Signature` HMAC of webhook bodies (unsigned when unset).

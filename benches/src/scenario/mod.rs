@@ -16,6 +16,7 @@ use crate::client::Pool;
 use crate::report::{Report, Tally};
 
 pub mod enqueue;
+pub mod failover;
 pub mod latency;
 pub mod lifecycle;
 
