@@ -82,7 +82,7 @@ pub async fn run(pool: &Pool, p: &Params, cluster: &mut SpawnedCluster) -> Resul
         .find(|(i, _)| *i as u64 + 1 != leader)
         .map(|(_, a)| a.clone())
         .expect("a survivor");
-    let probe_pool = Pool::connect(&[survivor.clone()], 1, None).await?;
+    let probe_pool = Pool::connect(std::slice::from_ref(&survivor), 1, None).await?;
     let mut probe = probe_pool.broker(0);
     cluster.nodes[leader as usize - 1].kill9();
     let killed = Instant::now();
