@@ -12,6 +12,12 @@
 //!        └──────────── hand slot released on settle <───┘
 //! ```
 //!
+//! Every `Lease` that brings jobs is one Raft log entry, so the loop does not lease as
+//! soon as one slot frees up while the others are busy: it waits until half the slots
+//! are free or `lease_linger` (5 ms) has passed since the first one, then leases them
+//! all in one call. An idle worker leases at once. Acks need no such batching: the
+//! broker commits concurrent proposals together.
+//!
 //! Shutdown (the future given to [`Worker::run_until`], or SIGINT/SIGTERM for
 //! [`Worker::run`]) stops leasing, sends back jobs that have not started, waits up to
 //! `shutdown_timeout` for running handlers, then aborts the rest and sends them back
@@ -41,6 +47,7 @@ pub struct WorkerBuilder {
     visibility: Duration,
     max_jobs: Option<u64>,
     poll_wait: Duration,
+    lease_linger: Duration,
     shutdown_timeout: Duration,
     worker_id: Option<String>,
     handlers: HashMap<String, Handler>,
@@ -104,6 +111,20 @@ impl WorkerBuilder {
     /// Long-poll wait of each `Lease` call (default 20 s).
     pub fn poll_wait(mut self, d: Duration) -> Self {
         self.poll_wait = d;
+        self
+    }
+
+    /// How long the lease loop may wait for more free slots before leasing (default
+    /// 5 ms; zero: lease as soon as one slot is free).
+    ///
+    /// A busy worker frees its slots one job at a time; leasing at once would bring one
+    /// job per `Lease` call, i.e. one Raft log entry per job. Instead, once a slot is
+    /// free the loop waits until half of its slots (`concurrency + prefetch`) are free,
+    /// or until this linger has passed, and leases them all in one call. An idle worker
+    /// has its slots free and leases at once. Give `prefetch` a few slots so the
+    /// handlers keep running on jobs in hand while the loop lingers.
+    pub fn lease_linger(mut self, d: Duration) -> Self {
+        self.lease_linger = d;
         self
     }
 
@@ -177,6 +198,7 @@ impl WorkerBuilder {
             visibility: self.visibility,
             max_jobs: self.max_jobs,
             poll_wait: self.poll_wait,
+            lease_linger: self.lease_linger,
             shutdown_timeout: self.shutdown_timeout,
             worker_id,
             handlers: self.handlers,
@@ -221,6 +243,11 @@ pub struct Report {
     pub failed: u64,
     /// Jobs given back (shutdown), cancelled, or whose lease was lost.
     pub abandoned: u64,
+    /// Jobs leased.
+    pub leased: u64,
+    /// `Lease` calls answered (with jobs or empty after the long poll);
+    /// `leased / lease_calls` shows how well [`WorkerBuilder::lease_linger`] batches.
+    pub lease_calls: u64,
 }
 
 /// Leases jobs from some queues and runs handlers on them.
@@ -249,6 +276,7 @@ pub struct Worker {
     visibility: Duration,
     max_jobs: Option<u64>,
     poll_wait: Duration,
+    lease_linger: Duration,
     shutdown_timeout: Duration,
     worker_id: String,
     handlers: HashMap<String, Handler>,
@@ -266,7 +294,7 @@ impl std::fmt::Debug for Worker {
 
 impl Worker {
     /// A builder with defaults: concurrency 4, no prefetch, visibility 30 s, poll
-    /// wait 20 s, shutdown timeout 30 s.
+    /// wait 20 s, lease linger 5 ms, shutdown timeout 30 s.
     pub fn builder(client: Client) -> WorkerBuilder {
         WorkerBuilder {
             client,
@@ -276,6 +304,7 @@ impl Worker {
             visibility: Duration::from_secs(30),
             max_jobs: None,
             poll_wait: Duration::from_secs(20),
+            lease_linger: Duration::from_millis(5),
             shutdown_timeout: Duration::from_secs(30),
             worker_id: None,
             handlers: HashMap::new(),
@@ -312,6 +341,7 @@ impl Worker {
         let hand = Arc::new(Semaphore::new(self.hand));
         let mut tasks = JoinSet::new();
         let mut leased_total = 0u64;
+        let mut lease_calls = 0u64;
         let mut shutdown = std::pin::pin!(shutdown.fuse());
         let mut fatal = None;
         let mut shutdown_asked = false;
@@ -329,11 +359,26 @@ impl Worker {
                 _ = &mut shutdown => { shutdown_asked = true; break }
                 p = hand.clone().acquire_owned() => p.expect("hand slots are never closed"),
             };
+            let want = remaining.min(self.hand);
             let mut permits = vec![first];
-            while permits.len() < remaining.min(self.hand) {
-                match hand.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
+            take_free(&hand, &mut permits, want);
+            // Busy: linger for more free slots so one Lease brings several jobs.
+            let enough = want.div_ceil(2);
+            if permits.len() < enough && !self.lease_linger.is_zero() {
+                let linger_end = tokio::time::Instant::now() + self.lease_linger;
+                while permits.len() < enough {
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown => { shutdown_asked = true; break }
+                        _ = tokio::time::sleep_until(linger_end) => break,
+                        p = hand.clone().acquire_owned() => {
+                            permits.push(p.expect("hand slots are never closed"));
+                            take_free(&hand, &mut permits, want);
+                        }
+                    }
+                }
+                if shutdown_asked {
+                    break;
                 }
             }
             let req = pb::LeaseRequest {
@@ -356,6 +401,7 @@ impl Worker {
             };
             match res {
                 Ok(resp) => {
+                    lease_calls += 1;
                     for job in resp.jobs {
                         let permit = permits.pop().expect("never more jobs than asked for");
                         leased_total += 1;
@@ -408,11 +454,27 @@ impl Worker {
             succeeded: c.succeeded.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             abandoned: c.abandoned.load(Ordering::Relaxed),
+            leased: leased_total,
+            lease_calls,
         };
         tracing::info!(?report, "worker stopped");
         match fatal {
             Some(e) => Err(e),
             None => Ok(report),
+        }
+    }
+}
+
+/// Adds free hand slots to `permits` without waiting, up to `want` in all.
+fn take_free(
+    hand: &Arc<Semaphore>,
+    permits: &mut Vec<tokio::sync::OwnedSemaphorePermit>,
+    want: usize,
+) {
+    while permits.len() < want {
+        match hand.clone().try_acquire_owned() {
+            Ok(p) => permits.push(p),
+            Err(_) => break,
         }
     }
 }
