@@ -111,6 +111,8 @@ enum Scenario {
     Lifecycle,
     /// Open-loop Enqueue at a fixed rate.
     Latency,
+    /// `lifecycle` done by SDK workers (taskraft::Worker) with a no-op handler.
+    SdkLifecycle,
     /// Kill -9 the leader of a --spawn-cluster under enqueue load; time to the first
     /// successful write after the kill.
     Failover,
@@ -136,6 +138,7 @@ impl Scenario {
             Scenario::EnqueueBatch => "enqueue-batch",
             Scenario::Lifecycle => "lifecycle",
             Scenario::Latency => "latency",
+            Scenario::SdkLifecycle => "sdk-lifecycle",
             Scenario::Failover => "failover",
             Scenario::All => "all",
         }
@@ -197,6 +200,9 @@ async fn run(cli: Cli) -> Result<bool> {
                     .as_mut()
                     .ok_or_else(|| anyhow::anyhow!("failover needs --spawn-cluster 3 (or more)"))?;
                 Ok(vec![scenario::failover::run(&pool, &params, c).await?])
+            } else if s == Scenario::SdkLifecycle {
+                let token = cli.token.as_deref();
+                scenario::sdk_lifecycle::run(&pool, &params, &servers, token).await
             } else {
                 run_one(s, &pool, &params).await
             }
@@ -248,6 +254,8 @@ async fn run_one(s: Scenario, pool: &Pool, p: &Params) -> Result<Vec<Report>> {
         Scenario::EnqueueBatch => vec![scenario::enqueue::batch(pool, p).await?],
         Scenario::Lifecycle => scenario::lifecycle::run(pool, p).await?,
         Scenario::Latency => vec![scenario::latency::run(pool, p).await?],
-        Scenario::Failover | Scenario::All => unreachable!("handled by the caller"),
+        Scenario::Failover | Scenario::SdkLifecycle | Scenario::All => {
+            unreachable!("handled by the caller")
+        }
     })
 }
