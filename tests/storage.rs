@@ -5,7 +5,6 @@ use openraft::StorageError;
 use taskraft_broker::raft::log_store::LogStore;
 use taskraft_broker::raft::state_machine::StateMachineStore;
 use taskraft_broker::raft::types::TypeConfig;
-use taskraft_broker::storage::open_db;
 
 struct RedbBuilder;
 
@@ -14,11 +13,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log_db =
-            std::sync::Arc::new(open_db(&dir.path().join("raft-log.redb")).expect("log db"));
-        let sm_db = std::sync::Arc::new(open_db(&dir.path().join("snapshot.redb")).expect("sm db"));
-        let log = LogStore::new(log_db).expect("log store");
-        let sm = StateMachineStore::new(sm_db).expect("state machine");
+        let log = LogStore::open(&dir.path().join("raft-log.redb")).expect("log store");
+        let sm = StateMachineStore::open(&dir.path().join("snapshot.redb")).expect("state machine");
         Ok((dir, log, sm))
     }
 }

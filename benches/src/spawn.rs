@@ -134,6 +134,11 @@ impl SpawnedNode {
 }
 
 impl SpawnedNode {
+    /// The node's data dir.
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
     /// SIGKILL (no shutdown code runs).
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -172,6 +177,28 @@ impl SpawnedCluster {
             node.wait_ready().await?;
         }
         Ok(Self { nodes })
+    }
+
+    /// gRPC address of the current leader (as node 1 sees it).
+    pub async fn leader_addr(&self) -> Result<String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let pool = Pool::connect(&[self.nodes[0].addr.to_string()], 1, None).await?;
+            if let Ok(st) = pool
+                .admin()
+                .get_cluster_status(pb::GetClusterStatusRequest {})
+                .await
+            {
+                let st = st.into_inner();
+                if let Some(n) = st.nodes.iter().find(|n| n.id == st.leader_id) {
+                    return Ok(n.addr.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no leader elected in the spawned cluster");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// gRPC addresses of every node.

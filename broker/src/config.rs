@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// Snapshot (and purge the log) every this many entries.
     #[arg(long, env = "TASKRAFT_SNAPSHOT_EVERY", default_value_t = 20_000)]
     pub snapshot_every: u64,
+    /// Also snapshot when entries came in and the last snapshot is older than this, so
+    /// the log and files shrink after a burst even below --snapshot-every.
+    #[arg(long, env = "TASKRAFT_SNAPSHOT_MAX_AGE", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub snapshot_max_age: Duration,
     /// Log entries kept behind a snapshot, so a briefly lagging follower catches up from
     /// the log instead of a full snapshot.
     #[arg(long, env = "TASKRAFT_KEEP_LOGS", default_value_t = 1000)]
@@ -116,6 +120,8 @@ pub struct Config {
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot.
     pub keep_logs: u64,
+    /// Snapshot at least this often while entries come in.
+    pub snapshot_max_age: Duration,
     /// Raft heartbeat.
     pub heartbeat: Duration,
     /// Webhook signing key.
@@ -187,6 +193,7 @@ impl ServeArgs {
             request_timeout: self.request_timeout,
             snapshot_every: self.snapshot_every,
             keep_logs: self.keep_logs,
+            snapshot_max_age: self.snapshot_max_age,
             heartbeat: self.heartbeat,
             webhook_secret: self.webhook_secret.filter(|s| !s.is_empty()),
             metrics: self.metrics,
@@ -209,6 +216,7 @@ impl Config {
             request_timeout: Duration::from_secs(5),
             snapshot_every: 20_000,
             keep_logs: 1000,
+            snapshot_max_age: Duration::from_secs(60),
             heartbeat: Duration::from_millis(100),
             webhook_secret: None,
             metrics: true,

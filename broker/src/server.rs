@@ -132,6 +132,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let background = vec![
         tokio::spawn(node.clone().run_ticker(Duration::from_millis(200))),
+        tokio::spawn(node.clone().run_compactor(config.snapshot_max_age)),
         tokio::spawn(report_health(node.clone(), health)),
         tokio::spawn(metrics.run_sampler()),
         tokio::spawn(crate::webhook::run(

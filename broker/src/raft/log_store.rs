@@ -68,13 +68,53 @@ pub struct WriterStats {
 /// Called with each append transaction's commit (fsync) duration.
 pub type FsyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
+/// Compact the log file after a purge when it is larger than this...
+const COMPACT_MIN_FILE: u64 = 32 * 1024 * 1024;
+/// ...and the last compaction is at least this old.
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
+
 struct Inner {
-    db: Arc<Database>,
+    /// Read-locked for every transaction; write-locked only to compact the file (redb's
+    /// `compact` needs exclusive access).
+    db: std::sync::RwLock<Database>,
+    path: std::path::PathBuf,
+    last_compaction: Mutex<Option<Instant>>,
     observer: Mutex<Option<FsyncObserver>>,
     /// Entries appended but not yet on disk, by index.
     pending: Mutex<BTreeMap<u64, (LogId, Vec<u8>)>>,
     tx: Mutex<mpsc::Sender<Op>>,
     stats: Mutex<WriterStats>,
+}
+
+impl Inner {
+    fn db(&self) -> std::sync::RwLockReadGuard<'_, Database> {
+        self.db.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After a purge: give the freed space back to the file system now and then, so the
+    /// log file follows the live log rather than its high-water mark.
+    fn maybe_compact(&self) {
+        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        let due = lock(&self.last_compaction).is_none_or(|t| t.elapsed() >= COMPACT_EVERY);
+        if size < COMPACT_MIN_FILE || !due {
+            return;
+        }
+        *lock(&self.last_compaction) = Some(Instant::now());
+        let started = Instant::now();
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        match db.compact() {
+            Ok(_) => {
+                let after = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+                tracing::info!(
+                    before = size,
+                    after,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "compacted the raft log file"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "raft log compaction failed"),
+        }
+    }
 }
 
 /// Log store handle; clones share the database, the cache and the writer.
@@ -86,14 +126,17 @@ pub struct LogStore {
 impl LogStore {
     /// Opens the log store on an open database, creating its tables, and starts the
     /// writer thread (it stops when the last handle is dropped).
-    pub fn new(db: Arc<Database>) -> anyhow::Result<Self> {
+    pub fn open(path: &std::path::Path) -> anyhow::Result<Self> {
+        let db = crate::storage::open_db(path)?;
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
         txn.open_table(META)?;
         txn.commit()?;
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
-            db,
+            db: std::sync::RwLock::new(db),
+            path: path.to_path_buf(),
+            last_compaction: Mutex::new(None),
             observer: Mutex::new(None),
             pending: Mutex::new(BTreeMap::new()),
             tx: Mutex::new(tx),
@@ -132,7 +175,7 @@ impl LogStore {
         &self,
         key: &str,
     ) -> Result<Option<T>, StorageError> {
-        let txn = self.inner.db.begin_read().map_err(read_err)?;
+        let txn = self.inner.db().begin_read().map_err(read_err)?;
         let table = txn.open_table(META).map_err(read_err)?;
         let Some(v) = table.get(key).map_err(read_err)? else {
             return Ok(None);
@@ -142,7 +185,7 @@ impl LogStore {
 
     /// Number of entries on disk and their total encoded size.
     pub fn size(&self) -> Result<(u64, u64), StorageError> {
-        let txn = self.inner.db.begin_read().map_err(read_err)?;
+        let txn = self.inner.db().begin_read().map_err(read_err)?;
         let table = txn.open_table(LOG).map_err(read_err)?;
         let mut n = 0;
         let mut bytes = 0;
@@ -188,7 +231,7 @@ fn flush_appends(inner: &Inner, batch: AppendBatch) {
     }
     let started = Instant::now();
     let res = (|| -> Result<(), redb::Error> {
-        let txn = inner.db.begin_write()?;
+        let txn = inner.db().begin_write()?;
         {
             let mut table = txn.open_table(LOG)?;
             for (rows, _) in &batch {
@@ -240,7 +283,7 @@ fn flush_appends(inner: &Inner, batch: AppendBatch) {
 }
 
 fn run_other(inner: &Inner, op: Op) {
-    let db = &inner.db;
+    let db = inner.db();
     match op {
         Op::Append { .. } => unreachable!("appends are batched"),
         Op::Meta { key, bytes, done } => {
@@ -271,7 +314,12 @@ fn run_other(inner: &Inner, op: Op) {
                 txn.commit()?;
                 Ok(())
             })();
+            let ok = r.is_ok();
             let _ = done.send(r.map_err(|e| e.to_string()));
+            if ok {
+                drop(db);
+                inner.maybe_compact();
+            }
         }
     }
 }
@@ -284,7 +332,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // Disk first, then the not-yet-flushed cache on top (it holds the newest entries).
         let mut by_index: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         {
-            let txn = self.inner.db.begin_read().map_err(read_err)?;
+            let txn = self.inner.db().begin_read().map_err(read_err)?;
             let table = txn.open_table(LOG).map_err(read_err)?;
             for row in table.range(range.clone()).map_err(read_err)? {
                 let (k, v) = row.map_err(read_err)?;
@@ -324,7 +372,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .next_back()
             .map(|(id, _)| *id);
         let disk_last = {
-            let txn = self.inner.db.begin_read().map_err(read_err)?;
+            let txn = self.inner.db().begin_read().map_err(read_err)?;
             let table = txn.open_table(LOG).map_err(read_err)?;
             let last = match table.last().map_err(read_err)? {
                 Some((_, v)) => Some(decode::<Entry>(v.value()).map_err(read_err)?.log_id),

@@ -21,7 +21,7 @@ use super::state_machine::{Shared, StateMachineStore};
 use super::types::{NodeId, Raft};
 use crate::error::BrokerError;
 use crate::queue::{Command, Outcome, Reply};
-use crate::storage::{decode, encode, open_db};
+use crate::storage::{decode, encode};
 use taskraft_proto::raft::RaftMessage;
 
 /// How a node starts its Raft side.
@@ -94,10 +94,8 @@ impl RaftNode {
         use anyhow::Context;
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
-        let log_db = Arc::new(open_db(&opts.data_dir.join("raft-log.redb"))?);
-        let sm_db = Arc::new(open_db(&opts.data_dir.join("snapshot.redb"))?);
-        let log = LogStore::new(log_db)?;
-        let sm = StateMachineStore::new(sm_db)?;
+        let log = LogStore::open(&opts.data_dir.join("raft-log.redb"))?;
+        let sm = StateMachineStore::open(&opts.data_dir.join("snapshot.redb"))?;
         let shared = sm.shared();
         let pool = PeerPool::new(opts.token.as_deref())?;
 
@@ -448,6 +446,35 @@ impl RaftNode {
                     tracing::debug!(error = ?e, "tick not applied");
                     break;
                 }
+            }
+        }
+    }
+
+    /// Takes a snapshot when entries were applied since the last one and it is older
+    /// than `max_age`, even if fewer than `--snapshot-every` entries came in. After a big
+    /// expiry (a retention sweep) this is what lets the log be purged and the files
+    /// shrink to the live state instead of waiting for the next `--snapshot-every`.
+    pub async fn run_compactor(self: Arc<Self>, max_age: Duration) {
+        let mut last = Instant::now();
+        let mut interval = tokio::time::interval(max_age / 4);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let (applied, snap) = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                (
+                    m.last_applied.map_or(0, |l| l.index),
+                    m.snapshot.map_or(0, |l| l.index),
+                )
+            };
+            if applied > snap && last.elapsed() >= max_age {
+                last = Instant::now();
+                if let Err(e) = self.raft.trigger().snapshot().await {
+                    tracing::warn!(error = %e, "could not trigger a snapshot");
+                }
+            } else if applied == snap {
+                last = Instant::now();
             }
         }
     }

@@ -50,13 +50,15 @@ impl Shared {
 #[derive(Clone)]
 pub struct StateMachineStore {
     shared: Arc<Shared>,
-    db: Arc<Database>,
+    /// Locked for every access: snapshots are rare, and compaction needs `&mut`.
+    db: Arc<std::sync::Mutex<Database>>,
     snapshot_seq: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StateMachineStore {
     /// Opens the state machine, loading the latest snapshot if there is one.
-    pub fn new(db: Arc<Database>) -> anyhow::Result<Self> {
+    pub fn open(path: &std::path::Path) -> anyhow::Result<Self> {
+        let db = crate::storage::open_db(path)?;
         let txn = db.begin_write()?;
         txn.open_table(SNAPSHOT)?;
         txn.commit()?;
@@ -76,7 +78,7 @@ impl StateMachineStore {
                 applied: Notify::new(),
                 applied_index: watch::channel(applied).0,
             }),
-            db,
+            db: Arc::new(std::sync::Mutex::new(db)),
             snapshot_seq: Arc::new(0.into()),
         })
     }
@@ -98,6 +100,7 @@ impl StateMachineStore {
         let meta_bytes = encode(meta).map_err(write_err)?;
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
+            let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
             let txn = db.begin_write()?;
             {
                 let mut t = txn.open_table(SNAPSHOT)?;
@@ -105,6 +108,11 @@ impl StateMachineStore {
                 t.insert("data", data.as_slice())?;
             }
             txn.commit()?;
+            // One snapshot lives in this file; when it shrinks (jobs expired), give the
+            // space back so disk use follows the live state.
+            if let Err(e) = db.compact() {
+                tracing::warn!(error = %e, "snapshot file compaction failed");
+            }
             Ok(())
         })
         .await
@@ -213,7 +221,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let txn = self.db.begin_read().map_err(read_err)?;
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let txn = db.begin_read().map_err(read_err)?;
         let table = txn.open_table(SNAPSHOT).map_err(read_err)?;
         let (Some(meta), Some(data)) = (
             redb::ReadableTable::get(&table, "meta").map_err(read_err)?,
