@@ -12,10 +12,10 @@
 //!        └──────────── hand slot released on settle <───┘
 //! ```
 //!
-//! Every `Lease` that brings jobs is one Raft log entry, so the loop does not lease as
-//! soon as one slot frees up while the others are busy: it waits until half the slots
-//! are free or `lease_linger` (5 ms) has passed since the first one, then leases them
-//! all in one call. An idle worker leases at once. Acks need no such batching: the
+//! Every `Lease` that brings jobs is one Raft log entry, so while all handlers are
+//! busy and prefetched jobs wait for them, the loop does not lease as soon as one slot
+//! frees up: it waits until half the slots are free, a handler slot would idle, or
+//! `lease_linger` (5 ms) has passed, then leases them all in one call. Acks need no such batching: the
 //! broker commits concurrent proposals together.
 //!
 //! Shutdown (the future given to [`Worker::run_until`], or SIGINT/SIGTERM for
@@ -118,11 +118,12 @@ impl WorkerBuilder {
     /// 5 ms; zero: lease as soon as one slot is free).
     ///
     /// A busy worker frees its slots one job at a time; leasing at once would bring one
-    /// job per `Lease` call, i.e. one Raft log entry per job. Instead, once a slot is
-    /// free the loop waits until half of its slots (`concurrency + prefetch`) are free,
-    /// or until this linger has passed, and leases them all in one call. An idle worker
-    /// has its slots free and leases at once. Give `prefetch` a few slots so the
-    /// handlers keep running on jobs in hand while the loop lingers.
+    /// job per `Lease` call, i.e. one Raft log entry per job. Instead, while every
+    /// handler is busy (prefetched jobs are waiting for them), the loop waits until
+    /// half of its slots (`concurrency + prefetch`) are free, or this linger has passed,
+    /// and leases them all in one call. It never lingers while a handler slot is free,
+    /// so without `prefetch` nothing changes; give `prefetch` some slots to batch
+    /// leases without idling handlers.
     pub fn lease_linger(mut self, d: Duration) -> Self {
         self.lease_linger = d;
         self
@@ -362,15 +363,22 @@ impl Worker {
             let want = remaining.min(self.hand);
             let mut permits = vec![first];
             take_free(&hand, &mut permits, want);
-            // Busy: linger for more free slots so one Lease brings several jobs.
+            // Every handler busy (prefetched jobs wait for them): linger for more free
+            // slots so one Lease brings several jobs. A free run slot means a handler
+            // would idle, so then lease at once.
             let enough = want.div_ceil(2);
-            if permits.len() < enough && !self.lease_linger.is_zero() {
+            if permits.len() < enough
+                && !self.lease_linger.is_zero()
+                && shared.run_slots.available_permits() == 0
+            {
                 let linger_end = tokio::time::Instant::now() + self.lease_linger;
                 while permits.len() < enough {
                     tokio::select! {
                         biased;
                         _ = &mut shutdown => { shutdown_asked = true; break }
                         _ = tokio::time::sleep_until(linger_end) => break,
+                        // Fair semaphore: granted only when no job waits for a slot.
+                        _ = shared.run_slots.acquire() => break,
                         p = hand.clone().acquire_owned() => {
                             permits.push(p.expect("hand slots are never closed"));
                             take_free(&hand, &mut permits, want);

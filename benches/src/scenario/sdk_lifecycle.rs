@@ -3,7 +3,7 @@
 //! with batches (timed as its own row), then start `--workers` (4) SDK workers, each
 //!
 //! ```text
-//! Worker { concurrency: --lease-batch, prefetch: 0, poll_wait: 1 s }
+//! Worker { concurrency: --lease-batch, prefetch: 0, poll_wait: 1 s }   (env knobs below)
 //!     .handler("bench", no-op)          leases, runs, acks (one Ack per job)
 //! ```
 //!
@@ -41,6 +41,9 @@ const STALL: Duration = Duration::from_secs(30);
 /// Overrides the workers' `lease_linger` (humantime, e.g. `0s` for the old behaviour of
 /// leasing as soon as one slot is free); unset: the SDK default.
 const LINGER_ENV: &str = "TASKRAFT_BENCH_LEASE_LINGER";
+/// Sets the workers' `prefetch` (default 0: at most `--lease-batch` jobs in hand, as in
+/// `lifecycle`).
+const PREFETCH_ENV: &str = "TASKRAFT_BENCH_PREFETCH";
 
 /// Runs `sdk-lifecycle` against `servers`; returns the preload row and the SDK row.
 pub async fn run(
@@ -66,6 +69,10 @@ pub async fn run(
         Ok(v) => Some(humantime::parse_duration(&v).with_context(|| format!("{LINGER_ENV}={v}"))?),
         Err(_) => None,
     };
+    let prefetch = match std::env::var(PREFETCH_ENV) {
+        Ok(v) => v.parse().with_context(|| format!("{PREFETCH_ENV}={v}"))?,
+        Err(_) => 0,
+    };
 
     let mut workers = Vec::new();
     for i in 0..p.workers.max(1) {
@@ -81,6 +88,7 @@ pub async fn run(
         let worker = worker
             .queue(queue.clone())
             .concurrency(concurrency)
+            .prefetch(prefetch)
             .poll_wait(LEASE_WAIT)
             .visibility_timeout(VISIBILITY)
             .shutdown_timeout(Duration::from_secs(10))
@@ -159,7 +167,7 @@ pub async fn run(
     report.notes.insert(
         0,
         format!(
-            "{} SDK workers, concurrency {concurrency}, lease linger {}, no-op handler; \
+            "{} SDK workers, concurrency {concurrency}, prefetch {prefetch}, lease linger {}, no-op handler; \
              {lease_calls} Lease calls (the calls column) brought {leased} jobs, {:.1} per call",
             p.workers,
             linger.map_or_else(|| "default".into(), |d| format!("{d:?}")),
