@@ -88,5 +88,98 @@ fn lease_ack_one(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, enqueue_100, lease_ack_one);
+/// A state holding `n` succeeded jobs whose result TTL has passed by time 10_000.
+fn expired_state(n: usize) -> State {
+    let mut s = State::new();
+    let mut jobs: Vec<NewJob> = (0..n).map(new_job).collect();
+    for j in &mut jobs {
+        j.retention.result_ttl_ms = 1_000;
+    }
+    s.apply(&Envelope {
+        now_ms: 1_000,
+        cmd: Command::Enqueue(jobs),
+    })
+    .expect("enqueue");
+    let mut leased = Vec::new();
+    while leased.len() < n {
+        let env = Envelope {
+            now_ms: 1_001,
+            cmd: Command::Lease {
+                queues: vec!["bench".into()],
+                worker_id: "w".into(),
+                max_jobs: 1_000,
+                visibility_timeout_ms: 1_000_000,
+            },
+        };
+        match s.apply(&env) {
+            Ok(Outcome::Leased(v)) => leased.extend(v),
+            other => panic!("lease: {other:?}"),
+        }
+    }
+    let acks = leased
+        .into_iter()
+        .map(|l| Command::Ack {
+            job_id: l.job_id,
+            lease_id: l.lease_id,
+            result: bytes::Bytes::new(),
+        })
+        .collect();
+    s.apply(&Envelope {
+        now_ms: 1_002,
+        cmd: Command::Batch(acks),
+    })
+    .expect("acks");
+    s
+}
+
+/// One retention entry: a Tick that removes the 10,000 expired jobs it may remove.
+fn retention_sweep_10k(c: &mut Criterion) {
+    let template = expired_state(10_000);
+    let tick = Envelope {
+        now_ms: 10_000,
+        cmd: Command::Tick,
+    };
+    c.bench_function("apply/retention_sweep_10k", |b| {
+        b.iter_batched_ref(
+            || template.clone(),
+            |s| {
+                black_box(s.apply(&tick)).expect("tick");
+                assert_eq!(s.job_count(), 0);
+            },
+            BatchSize::LargeInput,
+        )
+    });
+}
+
+/// The whole sweep of 1,000,000 expired jobs: ticks (100 entries of 10,000) until
+/// none is left.
+fn retention_sweep_1m(c: &mut Criterion) {
+    let mut group = c.benchmark_group("retention");
+    group.sample_size(10);
+    let template = expired_state(1_000_000);
+    let tick = Envelope {
+        now_ms: 10_000,
+        cmd: Command::Tick,
+    };
+    group.bench_function("sweep_1m_all_entries", |b| {
+        b.iter_batched_ref(
+            || template.clone(),
+            |s| {
+                while s.job_count() > 0 {
+                    black_box(s.apply(&tick)).expect("tick");
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    enqueue_100,
+    lease_ack_one,
+    retention_sweep_10k,
+    retention_sweep_1m
+);
 criterion_main!(benches);

@@ -54,6 +54,10 @@ struct Cli {
     /// the load over all of them. Needed by `failover`.
     #[arg(long)]
     spawn_cluster: Option<usize>,
+    /// With --spawn-cluster: send every call to the leader (as a leader-aware client
+    /// does) instead of spreading calls over all nodes (followers forward to the leader).
+    #[arg(long)]
+    leader_only: bool,
     /// The `taskraft` binary for --spawn (default: next to this executable).
     #[arg(long)]
     taskraft_bin: Option<PathBuf>,
@@ -96,6 +100,9 @@ struct Cli {
     /// HTTP/2 connections per server.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// `retention`: result TTL given to the spawned node.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    result_ttl: Duration,
     /// Print JSON (an array of result rows) instead of a table.
     #[arg(long)]
     json: bool,
@@ -116,6 +123,9 @@ enum Scenario {
     /// Kill -9 the leader of a --spawn-cluster under enqueue load; time to the first
     /// successful write after the kill.
     Failover,
+    /// Disk use through enqueueing, completing and expiring --jobs (default 1,000,000),
+    /// and the time of the retention sweep (needs --spawn).
+    Retention,
     /// enqueue, enqueue-batch, lifecycle in a row.
     All,
 }
@@ -140,6 +150,7 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::SdkLifecycle => "sdk-lifecycle",
             Scenario::Failover => "failover",
+            Scenario::Retention => "retention",
             Scenario::All => "all",
         }
     }
@@ -176,10 +187,22 @@ async fn run(cli: Cli) -> Result<bool> {
     let servers = if let Some(n) = cli.spawn_cluster {
         let bin = spawn::find_binary(cli.taskraft_bin.as_deref())?;
         let c = cluster.insert(spawn::SpawnedCluster::start(&bin, n, &cli.serve_arg).await?);
-        c.addrs()
+        if cli.leader_only {
+            vec![c.leader_addr().await?]
+        } else {
+            c.addrs()
+        }
     } else if cli.spawn {
         let bin = spawn::find_binary(cli.taskraft_bin.as_deref())?;
-        let n = node.insert(spawn::SpawnedNode::start(&bin, &cli.serve_arg)?);
+        let mut serve_args = cli.serve_arg.clone();
+        if cli.scenario == Scenario::Retention {
+            serve_args.push(format!(
+                "--result-ttl={}",
+                humantime::format_duration(cli.result_ttl)
+            ));
+            serve_args.push("--snapshot-max-age=10s".into());
+        }
+        let n = node.insert(spawn::SpawnedNode::start(&bin, &serve_args)?);
         n.wait_ready().await?;
         vec![n.addr.to_string()]
     } else if cli.servers.is_empty() {
@@ -195,7 +218,12 @@ async fn run(cli: Cli) -> Result<bool> {
         eprintln!("running {} against {}", s.name(), servers.join(","));
         let limit = Duration::from_secs(cli.max_seconds);
         let one = async {
-            if s == Scenario::Failover {
+            if s == Scenario::Retention {
+                let n = node.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!("retention needs --spawn (it measures the node's data dir)")
+                })?;
+                scenario::retention::run(&pool, &params, &n.data_dir(), cli.result_ttl).await
+            } else if s == Scenario::Failover {
                 let c = cluster
                     .as_mut()
                     .ok_or_else(|| anyhow::anyhow!("failover needs --spawn-cluster 3 (or more)"))?;
@@ -254,7 +282,7 @@ async fn run_one(s: Scenario, pool: &Pool, p: &Params) -> Result<Vec<Report>> {
         Scenario::EnqueueBatch => vec![scenario::enqueue::batch(pool, p).await?],
         Scenario::Lifecycle => scenario::lifecycle::run(pool, p).await?,
         Scenario::Latency => vec![scenario::latency::run(pool, p).await?],
-        Scenario::Failover | Scenario::SdkLifecycle | Scenario::All => {
+        Scenario::Failover | Scenario::SdkLifecycle | Scenario::Retention | Scenario::All => {
             unreachable!("handled by the caller")
         }
     })

@@ -19,6 +19,7 @@ pub mod enqueue;
 pub mod failover;
 pub mod latency;
 pub mod lifecycle;
+pub mod retention;
 pub mod sdk_lifecycle;
 
 /// Knobs shared by the scenarios; `None` means the scenario's own default.
