@@ -270,10 +270,12 @@ impl Broker for BrokerService {
             max_jobs: r.max_jobs.max(1),
             visibility_timeout_ms: visibility,
         };
-        // A follower's applied state may trail the leader's: catch up to the leader's
-        // commit index first so a job enqueued just before is seen. Later wake-ups come
-        // from this node's own applies.
-        if !self.node.is_leader() {
+        // A follower's applied state may trail the leader's: when it sees nothing to
+        // lease, catch up to the leader's commit index first so a job enqueued just
+        // before is seen. (When it does see jobs, the Lease goes to the leader anyway,
+        // which leases from its own, current state.) Later wake-ups come from this
+        // node's own applies.
+        if !self.node.is_leader() && !self.node.shared.read().state.has_leasable(&r.queues) {
             self.node.read_barrier().await?;
         }
         let shared = &self.node.shared;
