@@ -90,3 +90,36 @@ async fn leader_failover_during_processing_loses_no_job() {
         let _ = tokio::time::timeout(SOON, handle).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_finds_the_leader_and_sends_calls_there() {
+    let cluster = InProcCluster::start(3, |_| {}).await;
+    let leader = cluster.wait_leader().await;
+    // List a follower first: the client should move to the leader after asking it.
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let mut addrs = vec![cluster.node(follower).grpc_addr.to_string()];
+    addrs.extend(
+        (1..=3)
+            .filter(|i| *i != follower)
+            .map(|id| cluster.node(id).grpc_addr.to_string()),
+    );
+    let client = Client::connect(addrs).await.expect("client");
+    for i in 0..20 {
+        client
+            .enqueue("leader-pick", format!("p{i}"))
+            .await
+            .unwrap();
+    }
+    // The leader's own API served all twenty (a forwarded call is counted by the node
+    // that received it).
+    let body = http_get(cluster.node(leader).http_addr, "/metrics")
+        .await
+        .unwrap()
+        .1;
+    let served: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("taskraft_jobs_enqueued_total") && l.contains("leader-pick"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(served, 20.0, "the leader served every enqueue:\n{body}");
+}

@@ -144,6 +144,7 @@ impl ClientBuilder {
                 addrs: self.addrs.join(","),
                 channels,
                 current: AtomicUsize::new(0),
+                leader_known: std::sync::atomic::AtomicBool::new(false),
                 token,
                 call_timeout: self.call_timeout,
                 retry_for: self.retry_for,
@@ -170,6 +171,8 @@ struct Inner {
     addrs: String,
     channels: Vec<Channel>,
     current: AtomicUsize,
+    /// False until a call has asked a node who leads (and again after UNAVAILABLE).
+    leader_known: std::sync::atomic::AtomicBool,
     token: Option<MetadataValue<Ascii>>,
     call_timeout: Duration,
     retry_for: Duration,
@@ -220,6 +223,9 @@ impl Client {
         let give_up = Instant::now() + inner.retry_for;
         let mut backoff = Duration::from_millis(50);
         loop {
+            if !inner.leader_known.swap(true, Ordering::Relaxed) {
+                self.prefer_leader().await;
+            }
             let idx = inner.current.load(Ordering::Relaxed) % inner.channels.len();
             let mut req = Request::new(msg.clone());
             req.set_timeout(timeout);
@@ -238,7 +244,9 @@ impl Client {
             if status.code() != Code::Unavailable {
                 return Err(Error::from_status(status));
             }
-            // Try the next node; another caller may have moved on already.
+            // Try the next node (and ask it who leads); another caller may have moved on
+            // already.
+            inner.leader_known.store(false, Ordering::Relaxed);
             let _ = inner.current.compare_exchange(
                 idx,
                 (idx + 1) % inner.channels.len(),
@@ -255,6 +263,43 @@ impl Client {
             tracing::debug!(addr = idx, error = %status.message(), "retrying after UNAVAILABLE");
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Any node serves any call, but the leader serves it without a forwarding hop: ask
+    /// the current node who leads and, if the leader is one of our addresses, use it.
+    /// Best effort: on any failure the current node stays.
+    async fn prefer_leader(&self) {
+        let inner = &self.inner;
+        if inner.channels.len() < 2 {
+            return;
+        }
+        let idx = inner.current.load(Ordering::Relaxed) % inner.channels.len();
+        let mut req = Request::new(pb::GetClusterStatusRequest {});
+        req.set_timeout(Duration::from_secs(1));
+        if let Some(t) = &inner.token {
+            req.metadata_mut().insert("authorization", t.clone());
+        }
+        let mut admin = AdminClient::new(inner.channels[idx].clone());
+        let ask = admin.get_cluster_status(req);
+        let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), ask).await else {
+            return;
+        };
+        let status = status.into_inner();
+        let Some(leader) = status.nodes.iter().find(|n| n.id == status.leader_id) else {
+            return;
+        };
+        let bare = |a: &str| {
+            a.trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string()
+        };
+        if let Some(pos) = inner
+            .addrs
+            .split(',')
+            .position(|a| bare(a) == bare(&leader.addr))
+        {
+            inner.current.store(pos, Ordering::Relaxed);
         }
     }
 
