@@ -54,17 +54,6 @@ enum Op {
     },
 }
 
-/// Counters of the writer, for metrics and benchmarks.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct WriterStats {
-    /// Transactions committed (each one fsync).
-    pub commits: u64,
-    /// Entries written.
-    pub entries: u64,
-    /// Time spent in commits.
-    pub commit_time: Duration,
-}
-
 /// Called with each append transaction's commit (fsync) duration.
 pub type FsyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
@@ -83,7 +72,6 @@ struct Inner {
     /// Entries appended but not yet on disk, by index.
     pending: Mutex<BTreeMap<u64, (LogId, Vec<u8>)>>,
     tx: Mutex<mpsc::Sender<Op>>,
-    stats: Mutex<WriterStats>,
 }
 
 impl Inner {
@@ -140,7 +128,6 @@ impl LogStore {
             observer: Mutex::new(None),
             pending: Mutex::new(BTreeMap::new()),
             tx: Mutex::new(tx),
-            stats: Mutex::new(WriterStats::default()),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -152,11 +139,6 @@ impl LogStore {
     /// Reports every append commit's duration to `observer` (metrics).
     pub fn observe_fsync(&self, observer: FsyncObserver) {
         *lock(&self.inner.observer) = Some(observer);
-    }
-
-    /// Writer counters so far.
-    pub fn writer_stats(&self) -> WriterStats {
-        *lock(&self.inner.stats)
     }
 
     fn send(&self, op: Op) -> Result<(), StorageError> {
@@ -181,20 +163,6 @@ impl LogStore {
             return Ok(None);
         };
         decode(v.value()).map(Some).map_err(read_err)
-    }
-
-    /// Number of entries on disk and their total encoded size.
-    pub fn size(&self) -> Result<(u64, u64), StorageError> {
-        let txn = self.inner.db().begin_read().map_err(read_err)?;
-        let table = txn.open_table(LOG).map_err(read_err)?;
-        let mut n = 0;
-        let mut bytes = 0;
-        for row in table.iter().map_err(read_err)? {
-            let (_, v) = row.map_err(read_err)?;
-            n += 1;
-            bytes += v.value().len() as u64;
-        }
-        Ok((n, bytes))
     }
 }
 
@@ -261,11 +229,6 @@ fn flush_appends(inner: &Inner, batch: AppendBatch) {
                     }
                 }
             }
-            let mut stats = lock(&inner.stats);
-            stats.commits += 1;
-            stats.entries += batch.iter().map(|(r, _)| r.len() as u64).sum::<u64>();
-            stats.commit_time += elapsed;
-            drop(stats);
             if let Some(observe) = lock(&inner.observer).as_ref() {
                 observe(elapsed);
             }
