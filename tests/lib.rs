@@ -13,6 +13,8 @@ use taskraft_proto::v1::admin_client::AdminClient;
 use taskraft_proto::v1::broker_client::BrokerClient;
 use tonic::transport::Channel;
 
+pub mod setup;
+
 /// Generous bound for anything that should happen "soon" (startup, elections).
 pub const SOON: Duration = Duration::from_secs(30);
 
