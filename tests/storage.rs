@@ -14,7 +14,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = LogStore::open(&dir.path().join("raft-log.redb")).expect("log store");
-        let sm = StateMachineStore::open(&dir.path().join("snapshot.redb")).expect("state machine");
+        let sm = StateMachineStore::open(dir.path()).expect("state machine");
         Ok((dir, log, sm))
     }
 }

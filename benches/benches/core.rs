@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use taskraft_broker::queue::{Command, Due, Envelope, NewJob, Outcome, Retention, State};
+use taskraft_broker::queue::{
+    Command, Due, Envelope, MemTables, NewJob, Outcome, Retention, State,
+};
 
 const RETENTION: Retention = Retention {
     result_ttl_ms: 86_400_000,
@@ -89,7 +91,7 @@ fn lease_ack_one(c: &mut Criterion) {
 }
 
 /// A state holding `n` succeeded jobs whose result TTL has passed by time 10_000.
-fn expired_state(n: usize) -> State {
+fn expired_state(n: usize) -> State<MemTables> {
     let mut s = State::new();
     let mut jobs: Vec<NewJob> = (0..n).map(new_job).collect();
     for j in &mut jobs {

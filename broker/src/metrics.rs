@@ -248,8 +248,8 @@ impl Metrics {
             };
             q.leased.fetch_add(1, Ordering::Relaxed);
             // A follower may not have applied the lease yet: then no wait sample.
-            let job = data.state.job(&j.job_id);
-            if let Some(job) = job {
+            let job = data.state.job_record(&j.job_id);
+            if let Some(job) = &job {
                 let due = job.created_at_ms.max(job.run_at_ms);
                 let wait = now_ms.saturating_sub(due) as f64 / 1000.0;
                 inner.wait.record(wait, &q.attr);
@@ -354,7 +354,7 @@ impl Metrics {
         if let Some(node) = inner.node.upgrade() {
             let data = node.shared.read();
             lock(&inner.leases).retain(|lease_id, s| {
-                let Some(job) = data.state.job(&s.job_id) else {
+                let Some(job) = data.state.job_record(&s.job_id) else {
                     return false;
                 };
                 if job.lease.as_ref().is_some_and(|l| l.id == *lease_id) {
@@ -515,7 +515,7 @@ fn register_state_gauges(meter: &Meter, node: &Arc<RaftNode>) {
         .with_description("Workers in the registry")
         .with_callback(move |o| {
             let Some(node) = weak.upgrade() else { return };
-            o.observe(node.shared.read().state.workers().count() as u64, &[]);
+            o.observe(node.shared.read().state.workers().len() as u64, &[]);
         })
         .build();
 }

@@ -227,7 +227,7 @@ impl Admin for AdminService {
             .state
             .list_jobs(&r.queue, state_from_pb(r.state), after, limit);
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: jobs.into_iter().map(job_to_pb).collect(),
+            jobs: jobs.iter().map(job_to_pb).collect(),
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
         }))
     }
@@ -320,6 +320,7 @@ impl Admin for AdminService {
         let workers = data
             .state
             .workers()
+            .into_iter()
             .map(|(id, w)| pb::Worker {
                 worker_id: id.clone(),
                 queues: w.queues.clone(),

@@ -427,7 +427,7 @@ impl Broker for BrokerService {
         let job = data.state.job(&r.job_id).ok_or_else(|| {
             BrokerError::Core(crate::queue::CoreError::JobNotFound(r.job_id.clone()))
         })?;
-        Ok(Response::new(job_to_pb(job)))
+        Ok(Response::new(job_to_pb(&job)))
     }
 
     #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id))]

@@ -30,7 +30,8 @@ pub fn state_from_pb(v: i32) -> Option<JobState> {
 }
 
 /// A job as `GetJob` returns it.
-pub fn job_to_pb(j: &queue::Job) -> pb::Job {
+pub fn job_to_pb(d: &queue::JobDetail) -> pb::Job {
+    let j = &d.job;
     pb::Job {
         job_id: j.id.clone(),
         queue: j.queue.clone(),
@@ -39,8 +40,8 @@ pub fn job_to_pb(j: &queue::Job) -> pb::Job {
         attempt: j.attempt,
         max_attempts: j.max_attempts,
         priority: j.priority,
-        payload: j.payload.clone(),
-        result: j.result.clone(),
+        payload: d.payload.clone(),
+        result: d.result.clone(),
         last_error: j.last_error.clone(),
         created_at_ms: j.created_at_ms,
         run_at_ms: j.run_at_ms,

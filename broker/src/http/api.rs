@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use super::HttpState;
 use crate::api::validate as v;
 use crate::error::BrokerError;
-use crate::queue::{format_lease_id, Command, Job, JobState, Outcome, QueueStats};
+use crate::queue::{format_lease_id, Command, JobDetail, JobState, Outcome, QueueStats};
 
 /// Routes under `/api` (mounted by `http::router` behind the token check).
 pub fn routes() -> Router<HttpState> {
@@ -104,7 +104,8 @@ fn preview(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..b.len().min(PREVIEW)]).into_owned()
 }
 
-fn job_json(j: &Job) -> Value {
+fn job_json(d: &JobDetail) -> Value {
+    let j = &d.job;
     json!({
         "id": j.id,
         "queue": j.queue,
@@ -121,9 +122,9 @@ fn job_json(j: &Job) -> Value {
         "progress": j.progress,
         "progress_message": j.progress_message,
         "headers": j.headers,
-        "payload": preview(&j.payload),
-        "payload_bytes": j.payload.len(),
-        "result": preview(&j.result),
+        "payload": preview(&d.payload),
+        "payload_bytes": d.payload.len(),
+        "result": preview(&d.result),
         "lease": j.lease.as_ref().map(|l| json!({
             "lease_id": format_lease_id(l.id),
             "deadline_ms": l.deadline_ms,
@@ -172,6 +173,7 @@ async fn workers(State(s): State<HttpState>) -> ApiResult {
     let workers: Vec<Value> = data
         .state
         .workers()
+        .into_iter()
         .map(|(id, w)| {
             json!({
                 "worker_id": id,
@@ -195,7 +197,7 @@ async fn job(State(s): State<HttpState>, Path(id): Path<String>) -> ApiResult {
         .state
         .job(&id)
         .ok_or_else(|| BrokerError::Core(crate::queue::CoreError::JobNotFound(id.clone())))?;
-    Ok(Json(job_json(job)))
+    Ok(Json(job_json(&job)))
 }
 
 #[derive(Deserialize)]
@@ -233,7 +235,7 @@ async fn list_jobs(
     s.node.read_barrier().await?;
     let data = s.node.shared.read();
     let (jobs, next) = data.state.list_jobs(&queue, state, None, limit);
-    let jobs: Vec<Value> = jobs.into_iter().map(job_json).collect();
+    let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
     Ok(Json(json!({ "jobs": jobs, "more": next.is_some() })))
 }
 

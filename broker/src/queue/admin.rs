@@ -4,11 +4,11 @@ use super::command::{CoreError, Outcome, Reply};
 use super::job::JobState;
 use super::state::State;
 use super::stats::QueueStats;
+use super::tables::Tables;
 
-impl State {
+impl<T: Tables> State<T> {
     pub(crate) fn cancel(&mut self, job_id: &str) -> Reply {
-        let seq = self.seq_of(job_id)?;
-        let job = &self.jobs[&seq];
+        let mut job = self.record(self.seq_of(job_id)?);
         if job.state.is_terminal() {
             return Err(CoreError::WrongState {
                 job_id: job_id.to_string(),
@@ -16,13 +16,13 @@ impl State {
                 expected: "only scheduled, ready or leased jobs can be cancelled".into(),
             });
         }
-        self.set_state(seq, JobState::Cancelled);
-        Ok(Outcome::Job(Box::new(self.jobs[&seq].clone())))
+        self.set_state(&mut job, JobState::Cancelled);
+        Ok(Outcome::Job(Box::new(self.detail(job))))
     }
 
     pub(crate) fn retry(&mut self, job_id: &str) -> Reply {
         let seq = self.seq_of(job_id)?;
-        let job = &self.jobs[&seq];
+        let job = self.record(seq);
         if !matches!(job.state, JobState::Dead | JobState::Cancelled) {
             return Err(CoreError::WrongState {
                 job_id: job_id.to_string(),
@@ -31,48 +31,46 @@ impl State {
             });
         }
         self.revive(seq);
-        Ok(Outcome::Job(Box::new(self.jobs[&seq].clone())))
+        Ok(Outcome::Job(Box::new(self.detail(self.record(seq)))))
     }
 
     /// Dead or cancelled -> Ready with fresh attempts.
     fn revive(&mut self, seq: u64) {
-        let now = self.now_ms;
-        let job = self.jobs.get_mut(&seq).expect("known job");
+        let mut job = self.record(seq);
         job.attempt = 0;
         job.expirations = 0;
-        job.run_at_ms = now;
+        job.run_at_ms = self.c.now_ms;
         job.progress = 0;
         job.progress_message.clear();
-        self.set_state(seq, JobState::Ready);
+        self.set_state(&mut job, JobState::Ready);
     }
 
     pub(crate) fn redrive(&mut self, queue: &str) -> u64 {
-        let Some(q) = self.queues.get(queue) else {
-            return 0;
-        };
-        let dead: Vec<u64> = q.by_state[JobState::Dead.index()].iter().copied().collect();
-        for &seq in &dead {
-            self.revive(seq);
+        let mut revived = 0;
+        // Revived jobs leave the Dead index, so each page starts from the front again.
+        loop {
+            let page = self.t.state_range(queue, JobState::Dead, None, 1024);
+            if page.is_empty() {
+                return revived;
+            }
+            for seq in page {
+                self.revive(seq);
+                revived += 1;
+            }
         }
-        dead.len() as u64
     }
 
     pub(crate) fn set_paused(&mut self, queue: &str, paused: bool) -> QueueStats {
-        let q = self.queues.entry(queue.to_string()).or_default();
+        let mut q = self.t.queue(queue).unwrap_or_default();
         q.paused = paused;
-        let stats = q.stats(queue);
-        if !paused && stats == QueueStats::default_for(queue) {
-            self.queues.remove(queue);
+        if q.is_empty() {
+            self.t.delete_queue(queue);
+        } else {
+            self.t.put_queue(queue, &q);
         }
-        stats
-    }
-}
-
-impl QueueStats {
-    fn default_for(queue: &str) -> Self {
-        QueueStats {
+        self.queue_stats(queue).unwrap_or_else(|| QueueStats {
             queue: queue.to_string(),
             ..Default::default()
-        }
+        })
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::job::{Job, JobState, Retention};
+use super::job::{JobDetail, JobState, Retention};
 use super::stats::QueueStats;
 
 /// One log entry's application payload: a command stamped with the leader's time.
@@ -212,7 +212,7 @@ pub enum Outcome {
         deadline_ms: u64,
     },
     /// The job after a cancel or retry.
-    Job(Box<Job>),
+    Job(Box<JobDetail>),
     /// A queue after pause or resume.
     Queue(QueueStats),
     /// Jobs moved by a redrive.

@@ -88,7 +88,9 @@ pub struct Retention {
     pub failure_ttl_ms: u64,
 }
 
-/// One job with everything a replica needs to serve it.
+/// A job's record: everything a replica needs to move it, without its payload and
+/// result (those live in their own tables, written once, so that moving a job between
+/// states never rewrites its blobs). Reads that answer callers use [`JobDetail`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     /// Internal order key: enqueue order across the cluster (FIFO within a priority).
@@ -99,8 +101,6 @@ pub struct Job {
     pub queue: String,
     /// What workers dispatch on.
     pub job_type: String,
-    /// Opaque payload.
-    pub payload: Bytes,
     /// User headers (trace context travels here).
     pub headers: BTreeMap<String, String>,
     /// Higher first.
@@ -113,8 +113,6 @@ pub struct Job {
     pub max_attempts: u32,
     /// Deliveries that ended because the lease ran out.
     pub expirations: u32,
-    /// Result from `Ack`.
-    pub result: Bytes,
     /// Error from the last `Nack` or expiry.
     pub last_error: String,
     /// When it was enqueued (leader clock).
@@ -137,4 +135,22 @@ pub struct Job {
     pub idempotency_key: String,
     /// Where success/death events are POSTed, if anywhere.
     pub webhook_url: String,
+}
+
+/// A job with its payload and result, as reads and admin replies return it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobDetail {
+    /// The record.
+    pub job: Job,
+    /// Opaque payload.
+    pub payload: Bytes,
+    /// Result from `Ack` (empty until then).
+    pub result: Bytes,
+}
+
+impl std::ops::Deref for JobDetail {
+    type Target = Job;
+    fn deref(&self) -> &Job {
+        &self.job
+    }
 }

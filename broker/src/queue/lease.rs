@@ -6,12 +6,13 @@
 
 use bytes::Bytes;
 
-use super::command::{Backoff, LeasedJob, Outcome, Reply};
-use super::job::{JobState, Lease};
+use super::command::{Backoff, CoreError, LeasedJob, Outcome, Reply};
+use super::job::{Job, JobState, Lease};
 use super::retry::backoff_delay_ms;
 use super::state::{check_lease, State};
+use super::tables::{Tables, Timer};
 
-impl State {
+impl<T: Tables> State<T> {
     pub(crate) fn lease(
         &mut self,
         queues: &[String],
@@ -19,72 +20,75 @@ impl State {
         max_jobs: u32,
         visibility_timeout_ms: u64,
     ) -> Vec<LeasedJob> {
-        let now = self.now_ms;
-        let worker = self.workers.entry(worker_id.to_string()).or_default();
+        let now = self.c.now_ms;
+        let old = self.t.worker(worker_id);
+        let mut worker = old.clone().unwrap_or_default();
         worker.queues = queues.to_vec();
         worker.last_seen_ms = now;
+        self.save_worker(worker_id, old.as_ref(), &worker);
 
         let mut out = Vec::new();
         for name in queues {
             while out.len() < max_jobs as usize {
-                let Some(q) = self.queues.get(name) else {
-                    break;
-                };
-                if q.paused {
+                if self.t.queue(name).is_none_or(|q| q.paused) {
                     break;
                 }
-                let Some(&(_, seq)) = q.ready.first() else {
+                let Some(seq) = self.t.ready_first(name) else {
                     break;
                 };
-                let lease_id = self.next_lease_id;
-                self.next_lease_id += 1;
+                let lease_id = self.c.next_lease_id;
+                self.c.next_lease_id += 1;
                 let deadline_ms = now.saturating_add(visibility_timeout_ms);
-                let job = self.jobs.get_mut(&seq).expect("indexed job exists");
+                let mut job = self.record(seq);
                 job.attempt += 1;
                 job.progress = 0;
                 job.progress_message.clear();
+                // The Ready index keys on priority and seq, so the lease can be set
+                // before the move; the registry count is raised by set_state.
                 job.lease = Some(Lease {
                     id: lease_id,
                     deadline_ms,
                     worker_id: worker_id.to_string(),
                 });
-                // The registry count is raised by set_state; the lease above must be in place
-                // first so that the leases index gets the right key.
-                self.move_out_of_ready(seq);
-                let job = &self.jobs[&seq];
+                self.set_state(&mut job, JobState::Leased);
                 out.push(LeasedJob {
-                    job_id: job.id.clone(),
+                    payload: self.t.payload(seq),
+                    job_id: job.id,
                     lease_id,
-                    queue: job.queue.clone(),
-                    job_type: job.job_type.clone(),
-                    payload: job.payload.clone(),
+                    queue: job.queue,
+                    job_type: job.job_type,
                     attempt: job.attempt,
                     max_attempts: job.max_attempts,
                     deadline_ms,
-                    headers: job.headers.clone(),
+                    headers: job.headers,
                     priority: job.priority,
                 });
             }
         }
-        if let Some(w) = self.workers.get_mut(worker_id) {
-            w.leased_total += out.len() as u64;
+        if !out.is_empty() {
+            if let Some(old) = self.t.worker(worker_id) {
+                let mut w = old.clone();
+                w.leased_total += out.len() as u64;
+                self.save_worker(worker_id, Some(&old), &w);
+            }
         }
         out
     }
 
-    /// Ready -> Leased for a job whose `lease` field is already set.
-    fn move_out_of_ready(&mut self, seq: u64) {
-        // set_state removes the Ready index entry using the job's fields (unchanged
-        // priority/seq), then files it under its lease deadline.
-        self.set_state(seq, JobState::Leased);
+    /// The job a lease holder names, if the lease is its current one.
+    fn held(&self, job_id: &str, lease_id: u64) -> Result<Job, CoreError> {
+        let job = self.record(self.seq_of(job_id)?);
+        check_lease(&job, lease_id)?;
+        Ok(job)
     }
 
-    pub(crate) fn ack(&mut self, job_id: &str, lease_id: u64, result: Bytes) -> Reply {
-        let seq = self.seq_of(job_id)?;
-        let job = check_lease(&mut self.jobs, seq, lease_id)?;
-        job.result = result;
+    pub(crate) fn ack(&mut self, job_id: &str, lease_id: u64, result: &Bytes) -> Reply {
+        let mut job = self.held(job_id, lease_id)?;
+        if !result.is_empty() {
+            self.t.put_result(job.seq, result);
+        }
         job.progress = 100;
-        self.set_state(seq, JobState::Succeeded);
+        self.set_state(&mut job, JobState::Succeeded);
         Ok(Outcome::Acked)
     }
 
@@ -97,18 +101,18 @@ impl State {
         dead_letter: bool,
         backoff: Backoff,
     ) -> Reply {
-        let seq = self.seq_of(job_id)?;
-        let now = self.now_ms;
-        let job = check_lease(&mut self.jobs, seq, lease_id)?;
+        let now = self.c.now_ms;
+        let mut job = self.held(job_id, lease_id)?;
         job.last_error = error.to_string();
         if dead_letter || job.attempt >= job.max_attempts {
-            self.set_state(seq, JobState::Dead);
+            self.set_state(&mut job, JobState::Dead);
             return Ok(Outcome::Nacked {
                 state: JobState::Dead,
                 run_at_ms: 0,
             });
         }
-        let delay = retry_after_ms.unwrap_or_else(|| backoff_delay_ms(backoff, job.attempt, seq));
+        let delay =
+            retry_after_ms.unwrap_or_else(|| backoff_delay_ms(backoff, job.attempt, job.seq));
         job.run_at_ms = now.saturating_add(delay);
         let run_at_ms = job.run_at_ms;
         let to = if delay == 0 {
@@ -116,7 +120,7 @@ impl State {
         } else {
             JobState::Scheduled
         };
-        self.set_state(seq, to);
+        self.set_state(&mut job, to);
         Ok(Outcome::Nacked {
             state: to,
             run_at_ms,
@@ -131,9 +135,8 @@ impl State {
         progress: Option<u32>,
         progress_message: Option<&str>,
     ) -> Reply {
-        let seq = self.seq_of(job_id)?;
-        let now = self.now_ms;
-        let job = check_lease(&mut self.jobs, seq, lease_id)?;
+        let now = self.c.now_ms;
+        let mut job = self.held(job_id, lease_id)?;
         if let Some(p) = progress {
             job.progress = p.min(100);
         }
@@ -144,14 +147,15 @@ impl State {
         let old = lease.deadline_ms;
         lease.deadline_ms = now.saturating_add(visibility_timeout_ms);
         let deadline_ms = lease.deadline_ms;
-        self.leases.remove(&(old, seq));
-        self.leases.insert((deadline_ms, seq));
+        self.t.timer_remove(Timer::Lease, old, job.seq);
+        self.t.timer_insert(Timer::Lease, deadline_ms, job.seq);
+        self.t.put_job(&job);
         Ok(Outcome::Extended { deadline_ms })
     }
 
     /// A lease ran out: the delivery counts as an attempt that ended by timeout.
     pub(crate) fn expire_lease(&mut self, seq: u64) {
-        let job = self.jobs.get_mut(&seq).expect("leased job exists");
+        let mut job = self.record(seq);
         job.expirations += 1;
         job.last_error = format!(
             "lease expired on attempt {} (worker {} did not ack, nack or extend in time)",
@@ -164,9 +168,9 @@ impl State {
             JobState::Ready
         };
         if to == JobState::Ready {
-            job.run_at_ms = self.now_ms;
+            job.run_at_ms = self.c.now_ms;
         }
-        self.set_state(seq, to);
+        self.set_state(&mut job, to);
     }
 }
 

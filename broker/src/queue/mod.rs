@@ -1,13 +1,15 @@
 //! The queue core: a pure, deterministic state machine.
 //!
 //! No tokio, no tonic, no redb, no clock. Commands come in (with the leader's time
-//! inside), outcomes come out. The Raft state machine in `raft/state_machine.rs` calls
+//! inside), outcomes come out. The rules run over a [`Tables`] trait: the node's redb
+//! store implements it (`storage/tables.rs`), and so does [`MemTables`] for tests. The Raft state machine in `raft/state_machine.rs` calls
 //! [`State::apply`] for each committed entry; tests call it directly.
 //!
 //! Where to find a rule:
 //! - `command.rs`: what is in the log and what applying it returns
 //! - `job.rs`: a job and its states
-//! - `state.rs`: the state, its indexes, `apply`, and reads
+//! - `tables.rs`: the tables the rules read and write, and the in-memory reference
+//! - `state.rs`: `apply`, the one place that moves a job between indexes, and reads
 //! - `lease.rs`: lease, ack, nack, extend, lease expiry
 //! - `retry.rs`: backoff delay after a nack
 //! - `schedule.rs`: what time passing does
@@ -26,6 +28,7 @@ pub mod retry;
 pub mod schedule;
 pub mod state;
 pub mod stats;
+pub mod tables;
 pub mod webhook;
 pub mod worker;
 
@@ -36,9 +39,10 @@ pub use command::{
     format_lease_id, Backoff, Command, CoreError, Due, Enqueued, Envelope, LeasedJob, NewJob,
     Outcome, Reply,
 };
-pub use job::{Job, JobState, Lease, Retention};
+pub use job::{Job, JobDetail, JobState, Lease, Retention};
 pub use lease::parse_lease_id;
 pub use state::State;
 pub use stats::QueueStats;
+pub use tables::{Counters, DedupEntry, MemTables, QueueInfo, Tables, TablesRead, Timer};
 pub use webhook::{WebhookEvent, WebhookKind};
 pub use worker::WorkerInfo;

@@ -3,33 +3,32 @@
 //! expiring a million jobs costs many small applies rather than one long one.
 
 use super::state::State;
+use super::tables::{Tables, Timer};
 
-impl State {
-    /// Removes up to `budget` expired jobs (and as many dedup keys); returns how many
-    /// jobs were removed.
+impl<T: Tables> State<T> {
+    /// Removes up to `budget` expired jobs (and as many dedup keys and idle workers);
+    /// returns how many jobs were removed.
     pub(crate) fn sweep_retention(&mut self, budget: usize) -> usize {
-        let now = self.now_ms;
-        let mut removed = 0;
-        while removed < budget {
-            match self.expiring.first() {
-                Some(&(t, seq)) if t <= now => {
-                    self.remove(seq);
-                    removed += 1;
-                }
+        let now = self.c.now_ms;
+        let expired = self.t.timers_due(Timer::Expiring, now, budget);
+        for &(_, seq) in &expired {
+            self.remove(seq);
+        }
+        for _ in 0..budget {
+            match self.t.dedup_expiry_first() {
+                Some((t, queue, key)) if t <= now => self.t.delete_dedup(&queue, &key, t),
                 _ => break,
             }
         }
         for _ in 0..budget {
-            match self.dedup_expiry.first() {
-                Some((t, _, _)) if *t <= now => {
-                    let (_, queue, key) = self.dedup_expiry.pop_first().expect("peeked");
-                    self.dedup.remove(&(queue, key));
+            match self.t.idle_worker_first() {
+                Some((t, id)) if t <= now => {
+                    self.t.idle_worker_remove(t, &id);
+                    self.t.delete_worker(&id);
                 }
                 _ => break,
             }
         }
-        self.workers
-            .retain(|_, w| w.jobs_in_hand > 0 || w.forget_at_ms() > now);
-        removed
+        expired.len()
     }
 }

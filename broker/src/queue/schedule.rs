@@ -4,23 +4,25 @@
 
 use super::job::JobState;
 use super::state::{State, MAX_TIME_MOVES_PER_ENTRY};
+use super::tables::{Tables, Timer};
 
-impl State {
+impl<T: Tables> State<T> {
     /// Moves everything whose time has come, at most [`MAX_TIME_MOVES_PER_ENTRY`] jobs
     /// per kind of move.
     pub(crate) fn advance(&mut self) {
-        let now = self.now_ms;
-        for _ in 0..MAX_TIME_MOVES_PER_ENTRY {
-            match self.scheduled.first() {
-                Some(&(t, seq)) if t <= now => self.set_state(seq, JobState::Ready),
-                _ => break,
-            }
+        let now = self.c.now_ms;
+        for (_, seq) in self
+            .t
+            .timers_due(Timer::Scheduled, now, MAX_TIME_MOVES_PER_ENTRY)
+        {
+            let mut job = self.record(seq);
+            self.set_state(&mut job, JobState::Ready);
         }
-        for _ in 0..MAX_TIME_MOVES_PER_ENTRY {
-            match self.leases.first() {
-                Some(&(t, seq)) if t <= now => self.expire_lease(seq),
-                _ => break,
-            }
+        for (_, seq) in self
+            .t
+            .timers_due(Timer::Lease, now, MAX_TIME_MOVES_PER_ENTRY)
+        {
+            self.expire_lease(seq);
         }
         self.sweep_retention(MAX_TIME_MOVES_PER_ENTRY);
     }

@@ -6,19 +6,17 @@
 //!                                          └─► Reply (Outcome or CoreError)
 //! ```
 //!
-//! Every job lives in `jobs` and in exactly one per-queue state set; ready jobs are also in
-//! the queue's priority index, scheduled jobs in `scheduled`, leased jobs in `leases`,
-//! finished jobs in `expiring`. [`State::set_state`] is the only code that moves a job
-//! between these, so the indexes cannot disagree with the job.
-
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-use serde::{Deserialize, Serialize};
+//! [`State`] is the queue seen through a set of [`Tables`]: the redb store on a node (one
+//! write transaction per applied batch, `storage/tables.rs`), or [`MemTables`] in tests.
+//! Every job has a record in `jobs` and is filed under exactly one state of its queue;
+//! ready jobs are also in the queue's ready index, scheduled, leased and finished jobs
+//! in a timer index. [`State::set_state`] is the only code that moves a job between
+//! these, so the indexes cannot disagree with the job.
 
 use super::command::{Command, CoreError, Enqueued, Envelope, NewJob, Outcome, Reply};
-use super::job::{Job, JobState};
+use super::job::{Job, JobDetail, JobState};
 use super::stats::QueueStats;
-use super::webhook::WebhookEvent;
+use super::tables::{Counters, DedupEntry, MemTables, QueueInfo, Tables, TablesRead, Timer};
 use super::worker::WorkerInfo;
 
 /// Upper bound on jobs moved by time (due, expired, removed) in one entry, so that a
@@ -26,85 +24,179 @@ use super::worker::WorkerInfo;
 /// left is moved by the next entries (the leader keeps proposing ticks while work is due).
 pub const MAX_TIME_MOVES_PER_ENTRY: usize = 10_000;
 
-/// Priority-then-FIFO key of a ready job: lower sorts first.
-pub(crate) type ReadyKey = (i64, u64);
-
-/// One queue's indexes and settings.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Queue {
-    /// Paused queues serve no leases.
-    pub paused: bool,
-    /// Ready jobs in serving order: highest priority first, then enqueue order.
-    pub(crate) ready: BTreeSet<ReadyKey>,
-    /// Job seqs by state, indexed by [`JobState::index`].
-    pub(crate) by_state: [BTreeSet<u64>; 6],
+/// The queue state over tables `T`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct State<T> {
+    pub(crate) t: T,
+    /// Counters as of the command being applied; written back after each entry.
+    pub(crate) c: Counters,
 }
 
-impl Queue {
-    /// True when the queue holds no job and no setting, so it can be forgotten.
-    fn is_empty(&self) -> bool {
-        !self.paused && self.by_state.iter().all(BTreeSet::is_empty)
+impl State<MemTables> {
+    /// An empty state in memory.
+    pub fn new() -> Self {
+        Self::over(MemTables::default())
+    }
+}
+
+impl Default for State<MemTables> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: TablesRead> State<T> {
+    /// The state held by `tables`.
+    pub fn over(tables: T) -> Self {
+        let c = tables.counters();
+        Self { t: tables, c }
     }
 
-    /// Counts of this queue.
-    pub fn stats(&self, name: &str) -> QueueStats {
-        let n = |s: JobState| self.by_state[s.index()].len() as u64;
-        QueueStats {
-            queue: name.to_string(),
-            ready: n(JobState::Ready),
-            scheduled: n(JobState::Scheduled),
-            leased: n(JobState::Leased),
-            succeeded: n(JobState::Succeeded),
-            dead: n(JobState::Dead),
-            cancelled: n(JobState::Cancelled),
-            paused: self.paused,
+    /// The tables underneath.
+    pub fn tables(&self) -> &T {
+        &self.t
+    }
+
+    /// Gives the tables back.
+    pub fn into_tables(self) -> T {
+        self.t
+    }
+
+    /// Leader time of the last applied entry.
+    pub fn now_ms(&self) -> u64 {
+        self.c.now_ms
+    }
+
+    pub(crate) fn seq_of(&self, job_id: &str) -> Result<u64, CoreError> {
+        self.t
+            .seq_of(job_id)
+            .ok_or_else(|| CoreError::JobNotFound(job_id.to_string()))
+    }
+
+    /// A job's record by seq; the caller got the seq from an index, so it exists.
+    pub(crate) fn record(&self, seq: u64) -> Job {
+        self.t.job(seq).expect("indexed job has a record")
+    }
+
+    pub(crate) fn detail(&self, job: Job) -> JobDetail {
+        JobDetail {
+            payload: self.t.payload(job.seq),
+            result: self.t.result(job.seq),
+            job,
         }
     }
-}
 
-/// Dedup record of an idempotency key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct DedupEntry {
-    pub job_id: String,
-    pub expires_at_ms: u64,
-}
+    // ---- reads (not commands; the API makes them linearizable before calling) ----
 
-/// The whole replicated queue state. Serialised as is into snapshots.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct State {
-    /// Leader time of the latest applied entry; never decreases.
-    pub(crate) now_ms: u64,
-    pub(crate) next_seq: u64,
-    pub(crate) next_lease_id: u64,
-    pub(crate) jobs: HashMap<u64, Job>,
-    pub(crate) ids: HashMap<String, u64>,
-    pub(crate) queues: BTreeMap<String, Queue>,
-    /// (run_at_ms, seq) of scheduled jobs.
-    pub(crate) scheduled: BTreeSet<(u64, u64)>,
-    /// (deadline_ms, seq) of leased jobs.
-    pub(crate) leases: BTreeSet<(u64, u64)>,
-    /// (expires_at_ms, seq) of finished jobs.
-    pub(crate) expiring: BTreeSet<(u64, u64)>,
-    pub(crate) dedup: HashMap<(String, String), DedupEntry>,
-    /// (expires_at_ms, queue, key) of dedup records.
-    pub(crate) dedup_expiry: BTreeSet<(u64, String, String)>,
-    pub(crate) workers: BTreeMap<String, WorkerInfo>,
-    pub(crate) next_webhook_id: u64,
-    /// Webhook events not yet delivered, by id.
-    pub(crate) outbox: BTreeMap<u64, WebhookEvent>,
-}
-
-impl State {
-    /// An empty state.
-    pub fn new() -> Self {
-        Self::default()
+    /// One job by public id, with payload and result.
+    pub fn job(&self, job_id: &str) -> Option<JobDetail> {
+        let job = self.t.job(self.t.seq_of(job_id)?)?;
+        Some(self.detail(job))
     }
 
-    /// Applies one log entry. Deterministic: depends only on `self` and `env`.
+    /// One job's record by public id, without payload and result (cheaper than
+    /// [`Self::job`] when only the state and counters matter).
+    pub fn job_record(&self, job_id: &str) -> Option<Job> {
+        self.t.job(self.t.seq_of(job_id)?)
+    }
+
+    /// Counts of one queue, or `None` when the queue has no jobs and no settings.
+    pub fn queue_stats(&self, queue: &str) -> Option<QueueStats> {
+        self.t.queue(queue).map(|q| stats_of(queue, &q))
+    }
+
+    /// Counts of every queue that has jobs or settings, by name.
+    pub fn all_queue_stats(&self) -> Vec<QueueStats> {
+        self.t
+            .queues()
+            .iter()
+            .map(|(n, q)| stats_of(n, q))
+            .collect()
+    }
+
+    /// True when any of `queues` has a job a `Lease` could take now.
+    pub fn has_leasable(&self, queues: &[String]) -> bool {
+        let now = self.c.now_ms;
+        queues.iter().any(|name| {
+            self.t
+                .queue(name)
+                .is_some_and(|q| !q.paused && q.counts[JobState::Ready.index()] > 0)
+        }) || self
+            .t
+            .timer_first(Timer::Scheduled)
+            .is_some_and(|(t, _)| t <= now)
+            || self
+                .t
+                .timer_first(Timer::Lease)
+                .is_some_and(|(t, _)| t <= now)
+    }
+
+    /// Jobs of a queue (optionally of one state) in enqueue order, after seq `after`.
+    /// Returns the page and the seq to continue after, if there is more.
+    pub fn list_jobs(
+        &self,
+        queue: &str,
+        state: Option<JobState>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> (Vec<JobDetail>, Option<u64>) {
+        let mut seqs: Vec<u64> = match state {
+            Some(s) => self.t.state_range(queue, s, after, limit + 1),
+            None => {
+                let mut all: Vec<u64> = JobState::ALL
+                    .iter()
+                    .flat_map(|&s| self.t.state_range(queue, s, after, limit + 1))
+                    .collect();
+                all.sort_unstable();
+                all.truncate(limit + 1);
+                all
+            }
+        };
+        let more = seqs.len() > limit;
+        seqs.truncate(limit);
+        let next = if more { seqs.last().copied() } else { None };
+        let jobs = seqs
+            .iter()
+            .filter_map(|&s| self.t.job(s))
+            .map(|j| self.detail(j))
+            .collect();
+        (jobs, next)
+    }
+
+    /// Workers seen through their leases, by id.
+    pub fn workers(&self) -> Vec<(String, WorkerInfo)> {
+        self.t.workers()
+    }
+
+    /// The earliest time at which a `Tick` would change something, if any.
+    pub fn next_wakeup_ms(&self) -> Option<u64> {
+        [
+            self.t.timer_first(Timer::Scheduled).map(|k| k.0),
+            self.t.timer_first(Timer::Lease).map(|k| k.0),
+            self.t.timer_first(Timer::Expiring).map(|k| k.0),
+            self.t.dedup_expiry_first().map(|k| k.0),
+            // Workers holding jobs are never forgotten, so they wake nothing.
+            self.t.idle_worker_first().map(|k| k.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Number of jobs held (every state).
+    pub fn job_count(&self) -> u64 {
+        self.c.jobs
+    }
+}
+
+impl<T: Tables> State<T> {
+    /// Applies one log entry. Deterministic: depends only on the tables and `env`.
     pub fn apply(&mut self, env: &Envelope) -> Reply {
-        self.now_ms = self.now_ms.max(env.now_ms);
+        self.c.now_ms = self.c.now_ms.max(env.now_ms);
         self.advance();
-        self.execute(&env.cmd)
+        let reply = self.execute(&env.cmd);
+        self.t.set_counters(self.c);
+        reply
     }
 
     fn execute(&mut self, cmd: &Command) -> Reply {
@@ -130,7 +222,7 @@ impl State {
                 job_id,
                 lease_id,
                 result,
-            } => self.ack(job_id, *lease_id, result.clone()),
+            } => self.ack(job_id, *lease_id, result),
             Command::Nack {
                 job_id,
                 lease_id,
@@ -176,53 +268,49 @@ impl State {
         }
     }
 
-    /// Leader time of the last applied entry.
-    pub fn now_ms(&self) -> u64 {
-        self.now_ms
-    }
-
     fn enqueue(&mut self, new: &NewJob) -> Enqueued {
+        let now = self.c.now_ms;
         if !new.idempotency_key.is_empty() {
-            let key = (new.queue.clone(), new.idempotency_key.clone());
-            if let Some(d) = self.dedup.get(&key) {
+            if let Some(d) = self.t.dedup(&new.queue, &new.idempotency_key) {
                 return Enqueued {
-                    job_id: d.job_id.clone(),
+                    job_id: d.job_id,
                     duplicate: true,
                 };
             }
-            let expires_at_ms = self.now_ms.saturating_add(new.dedup_window_ms);
-            self.dedup_expiry
-                .insert((expires_at_ms, key.0.clone(), key.1.clone()));
-            self.dedup.insert(
-                key,
-                DedupEntry {
+            self.t.put_dedup(
+                &new.queue,
+                &new.idempotency_key,
+                &DedupEntry {
                     job_id: new.id.clone(),
-                    expires_at_ms,
+                    expires_at_ms: now.saturating_add(new.dedup_window_ms),
                 },
             );
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let seq = self.c.next_seq;
+        self.c.next_seq += 1;
+        self.c.jobs += 1;
         let run_at_ms = match new.due {
-            super::command::Due::After(d) => self.now_ms.saturating_add(d),
-            super::command::Due::At(t) => t.max(self.now_ms),
+            super::command::Due::After(d) => now.saturating_add(d),
+            super::command::Due::At(t) => t.max(now),
+        };
+        let target = if run_at_ms > now {
+            JobState::Scheduled
+        } else {
+            JobState::Ready
         };
         let job = Job {
             seq,
             id: new.id.clone(),
             queue: new.queue.clone(),
             job_type: new.job_type.clone(),
-            payload: new.payload.clone(),
             headers: new.headers.clone(),
             priority: new.priority,
-            // Placeholder: set_state below files it properly.
-            state: JobState::Scheduled,
+            state: target,
             attempt: 0,
             max_attempts: new.max_attempts.max(1),
             expirations: 0,
-            result: Default::default(),
             last_error: String::new(),
-            created_at_ms: self.now_ms,
+            created_at_ms: now,
             run_at_ms,
             progress: 0,
             progress_message: String::new(),
@@ -233,232 +321,157 @@ impl State {
             idempotency_key: new.idempotency_key.clone(),
             webhook_url: new.webhook_url.clone(),
         };
-        self.ids.insert(job.id.clone(), seq);
-        self.jobs.insert(seq, job);
-        let target = if run_at_ms > self.now_ms {
-            JobState::Scheduled
-        } else {
-            JobState::Ready
-        };
-        self.file_new(seq, target);
+        self.t.put_id(&job.id, seq);
+        self.t.put_payload(seq, &new.payload);
+        self.file(&job);
+        self.count(&job.queue, None, Some(target));
+        self.t.put_job(&job);
         Enqueued {
             job_id: new.id.clone(),
             duplicate: false,
         }
     }
 
-    /// Files a freshly inserted job into its first state's indexes.
-    fn file_new(&mut self, seq: u64, state: JobState) {
-        let job = self.jobs.get_mut(&seq).expect("job just inserted");
-        job.state = state;
-        let queue = self.queues.entry(job.queue.clone()).or_default();
-        queue.by_state[state.index()].insert(seq);
-        match state {
-            JobState::Ready => {
-                queue.ready.insert(ready_key(job));
+    /// Adds a job to the indexes of its current state.
+    fn file(&mut self, job: &Job) {
+        let seq = job.seq;
+        self.t.state_insert(&job.queue, job.state, seq);
+        match job.state {
+            JobState::Ready => self.t.ready_insert(&job.queue, job.priority, seq),
+            JobState::Scheduled => self.t.timer_insert(Timer::Scheduled, job.run_at_ms, seq),
+            JobState::Leased => {
+                let lease = job.lease.as_ref().expect("lease set before Leased");
+                self.t.timer_insert(Timer::Lease, lease.deadline_ms, seq);
+                self.worker_holds(&lease.worker_id, 1);
             }
-            JobState::Scheduled => {
-                self.scheduled.insert((job.run_at_ms, seq));
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled => {
+                self.t.timer_insert(Timer::Expiring, job.expires_at_ms, seq)
             }
-            _ => unreachable!("new jobs start ready or scheduled"),
         }
     }
 
-    /// Moves a job to `to`, keeping every index in step. The caller has already
-    /// updated the job's own fields that the target index keys on (`run_at_ms` for
-    /// Scheduled, `lease` for Leased); terminal states get their finish and expiry times
-    /// here.
-    pub(crate) fn set_state(&mut self, seq: u64, to: JobState) {
-        let now = self.now_ms;
-        let job = self.jobs.get_mut(&seq).expect("set_state on a known job");
-        let from = job.state;
-        let queue = self
-            .queues
-            .get_mut(&job.queue)
-            .expect("a job's queue exists");
-        // Leave the old state's indexes.
-        queue.by_state[from.index()].remove(&seq);
-        match from {
-            JobState::Ready => {
-                queue.ready.remove(&ready_key(job));
-            }
-            JobState::Scheduled => {
-                self.scheduled.remove(&(job.run_at_ms, seq));
-            }
+    /// Removes a job from the indexes of its current state.
+    fn unfile(&mut self, job: &Job) {
+        let seq = job.seq;
+        self.t.state_remove(&job.queue, job.state, seq);
+        match job.state {
+            JobState::Ready => self.t.ready_remove(&job.queue, job.priority, seq),
+            JobState::Scheduled => self.t.timer_remove(Timer::Scheduled, job.run_at_ms, seq),
             JobState::Leased => {
-                if let Some(lease) = job.lease.take() {
-                    self.leases.remove(&(lease.deadline_ms, seq));
-                    if let Some(w) = self.workers.get_mut(&lease.worker_id) {
-                        w.jobs_in_hand = w.jobs_in_hand.saturating_sub(1);
-                    }
+                if let Some(lease) = &job.lease {
+                    self.t.timer_remove(Timer::Lease, lease.deadline_ms, seq);
+                    self.worker_holds(&lease.worker_id, -1);
                 }
             }
             JobState::Succeeded | JobState::Dead | JobState::Cancelled => {
-                self.expiring.remove(&(job.expires_at_ms, seq));
-                job.finished_at_ms = 0;
-                job.expires_at_ms = 0;
+                self.t.timer_remove(Timer::Expiring, job.expires_at_ms, seq)
             }
         }
-        // Enter the new one.
+    }
+
+    /// Moves a job's count in its queue from one state to another (or in or out).
+    fn count(&mut self, queue: &str, from: Option<JobState>, to: Option<JobState>) {
+        let mut q = self.t.queue(queue).unwrap_or_default();
+        if let Some(f) = from {
+            q.counts[f.index()] = q.counts[f.index()].saturating_sub(1);
+        }
+        if let Some(t) = to {
+            q.counts[t.index()] += 1;
+        }
+        if q.is_empty() {
+            self.t.delete_queue(queue);
+        } else {
+            self.t.put_queue(queue, &q);
+        }
+    }
+
+    /// Moves a job to `to`, keeping every index in step, and stores its record. The
+    /// caller has already updated the fields that the target index keys on (`run_at_ms`
+    /// for Scheduled, `lease` for Leased) and left alone those the current one keys on;
+    /// terminal states get their finish and expiry times here.
+    pub(crate) fn set_state(&mut self, job: &mut Job, to: JobState) {
+        let now = self.c.now_ms;
+        let from = job.state;
+        self.unfile(job);
+        if from.is_terminal() {
+            job.finished_at_ms = 0;
+            job.expires_at_ms = 0;
+        }
+        if from == JobState::Leased && to != JobState::Leased {
+            job.lease = None;
+        }
         job.state = to;
-        queue.by_state[to.index()].insert(seq);
-        match to {
-            JobState::Ready => {
-                queue.ready.insert(ready_key(job));
-            }
-            JobState::Scheduled => {
-                self.scheduled.insert((job.run_at_ms, seq));
-            }
-            JobState::Leased => {
-                let lease = job.lease.as_ref().expect("lease set before Leased");
-                self.leases.insert((lease.deadline_ms, seq));
-                if let Some(w) = self.workers.get_mut(&lease.worker_id) {
-                    w.jobs_in_hand += 1;
-                }
-            }
-            JobState::Succeeded | JobState::Dead | JobState::Cancelled => {
-                let ttl = if to == JobState::Succeeded {
-                    job.retention.result_ttl_ms
-                } else {
-                    job.retention.failure_ttl_ms
-                };
-                job.finished_at_ms = now;
-                job.expires_at_ms = now.saturating_add(ttl);
-                self.expiring.insert((job.expires_at_ms, seq));
-                self.raise_webhook(seq, to);
-            }
+        if to.is_terminal() {
+            let ttl = if to == JobState::Succeeded {
+                job.retention.result_ttl_ms
+            } else {
+                job.retention.failure_ttl_ms
+            };
+            job.finished_at_ms = now;
+            job.expires_at_ms = now.saturating_add(ttl);
+        }
+        self.file(job);
+        self.count(&job.queue, Some(from), Some(to));
+        self.t.put_job(job);
+        if to.is_terminal() {
+            self.raise_webhook(job, to);
         }
     }
 
     /// Removes a finished job entirely (retention).
     pub(crate) fn remove(&mut self, seq: u64) {
-        let Some(job) = self.jobs.remove(&seq) else {
+        let Some(job) = self.t.job(seq) else {
             return;
         };
         debug_assert!(job.state.is_terminal());
-        self.ids.remove(&job.id);
-        self.expiring.remove(&(job.expires_at_ms, seq));
-        if let Some(queue) = self.queues.get_mut(&job.queue) {
-            queue.by_state[job.state.index()].remove(&seq);
-            if queue.is_empty() {
-                self.queues.remove(&job.queue);
-            }
+        self.unfile(&job);
+        self.count(&job.queue, Some(job.state), None);
+        self.t.delete_id(&job.id);
+        self.t.delete_job(seq);
+        self.c.jobs = self.c.jobs.saturating_sub(1);
+    }
+
+    /// Changes a worker's count of jobs in hand.
+    fn worker_holds(&mut self, worker_id: &str, delta: i64) {
+        let Some(old) = self.t.worker(worker_id) else {
+            return;
+        };
+        let mut new = old.clone();
+        new.jobs_in_hand = new.jobs_in_hand.saturating_add_signed(delta);
+        self.save_worker(worker_id, Some(&old), &new);
+    }
+
+    /// Stores a worker, keeping the idle index (workers holding nothing, by the time
+    /// they may be forgotten) in step with its old and new record.
+    pub(crate) fn save_worker(&mut self, id: &str, old: Option<&WorkerInfo>, new: &WorkerInfo) {
+        if let Some(o) = old.filter(|o| o.jobs_in_hand == 0) {
+            self.t.idle_worker_remove(o.forget_at_ms(), id);
         }
-    }
-
-    pub(crate) fn seq_of(&self, job_id: &str) -> Result<u64, CoreError> {
-        self.ids
-            .get(job_id)
-            .copied()
-            .ok_or_else(|| CoreError::JobNotFound(job_id.to_string()))
-    }
-
-    // ---- reads (not commands; the API makes them linearizable before calling) ----
-
-    /// One job by public id.
-    pub fn job(&self, job_id: &str) -> Option<&Job> {
-        self.ids.get(job_id).and_then(|s| self.jobs.get(s))
-    }
-
-    /// Counts of one queue, or `None` when the queue has no jobs and no settings.
-    pub fn queue_stats(&self, queue: &str) -> Option<QueueStats> {
-        self.queues.get(queue).map(|q| q.stats(queue))
-    }
-
-    /// Counts of every queue that has jobs or settings, by name.
-    pub fn all_queue_stats(&self) -> Vec<QueueStats> {
-        self.queues.iter().map(|(n, q)| q.stats(n)).collect()
-    }
-
-    /// True when any of `queues` has a job a `Lease` could take now.
-    pub fn has_leasable(&self, queues: &[String]) -> bool {
-        let now = self.now_ms;
-        queues.iter().any(|name| {
-            self.queues
-                .get(name)
-                .is_some_and(|q| !q.paused && !q.ready.is_empty())
-        }) || self.scheduled.first().is_some_and(|&(t, _)| t <= now)
-            || self.leases.first().is_some_and(|&(t, _)| t <= now)
-    }
-
-    /// Jobs of a queue (optionally of one state) in enqueue order, after seq `after`.
-    /// Returns the page and the seq to continue after, if there is more.
-    pub fn list_jobs(
-        &self,
-        queue: &str,
-        state: Option<JobState>,
-        after: Option<u64>,
-        limit: usize,
-    ) -> (Vec<&Job>, Option<u64>) {
-        let Some(q) = self.queues.get(queue) else {
-            return (Vec::new(), None);
-        };
-        let start = after.map_or(0, |a| a.saturating_add(1));
-        let mut seqs: Vec<u64> = match state {
-            Some(s) => q.by_state[s.index()]
-                .range(start..)
-                .take(limit + 1)
-                .copied()
-                .collect(),
-            None => {
-                let mut all: Vec<u64> = q
-                    .by_state
-                    .iter()
-                    .flat_map(|set| set.range(start..).take(limit + 1).copied())
-                    .collect();
-                all.sort_unstable();
-                all.truncate(limit + 1);
-                all
-            }
-        };
-        let more = seqs.len() > limit;
-        seqs.truncate(limit);
-        let next = if more { seqs.last().copied() } else { None };
-        (seqs.iter().filter_map(|s| self.jobs.get(s)).collect(), next)
-    }
-
-    /// Workers seen through their leases, by id.
-    pub fn workers(&self) -> impl Iterator<Item = (&String, &WorkerInfo)> {
-        self.workers.iter()
-    }
-
-    /// The earliest time at which a `Tick` would change something, if any.
-    pub fn next_wakeup_ms(&self) -> Option<u64> {
-        [
-            self.scheduled.first().map(|k| k.0),
-            self.leases.first().map(|k| k.0),
-            self.expiring.first().map(|k| k.0),
-            self.dedup_expiry.first().map(|k| k.0),
-            // Workers holding jobs are never forgotten, so they wake nothing.
-            self.workers
-                .values()
-                .filter(|w| w.jobs_in_hand == 0)
-                .map(|w| w.forget_at_ms())
-                .min(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    /// Number of jobs held (every state).
-    pub fn job_count(&self) -> usize {
-        self.jobs.len()
+        if new.jobs_in_hand == 0 {
+            self.t.idle_worker_insert(new.forget_at_ms(), id);
+        }
+        self.t.put_worker(id, new);
     }
 }
 
-pub(crate) fn ready_key(job: &Job) -> ReadyKey {
-    (-i64::from(job.priority), job.seq)
+/// Counts of a queue as the API reports them.
+fn stats_of(name: &str, q: &QueueInfo) -> QueueStats {
+    let n = |s: JobState| q.counts[s.index()];
+    QueueStats {
+        queue: name.to_string(),
+        ready: n(JobState::Ready),
+        scheduled: n(JobState::Scheduled),
+        leased: n(JobState::Leased),
+        succeeded: n(JobState::Succeeded),
+        dead: n(JobState::Dead),
+        cancelled: n(JobState::Cancelled),
+        paused: q.paused,
+    }
 }
 
-pub(crate) fn check_lease(
-    jobs: &mut HashMap<u64, Job>,
-    seq: u64,
-    lease_id: u64,
-) -> Result<&mut Job, CoreError> {
-    let job = jobs.get_mut(&seq).expect("seq from ids");
+pub(crate) fn check_lease(job: &Job, lease_id: u64) -> Result<(), CoreError> {
     match (&job.lease, job.state) {
-        (Some(l), JobState::Leased) if l.id == lease_id => Ok(job),
+        (Some(l), JobState::Leased) if l.id == lease_id => Ok(()),
         (_, JobState::Cancelled) => Err(CoreError::Cancelled(job.id.clone())),
         _ => Err(CoreError::StaleLease {
             job_id: job.id.clone(),

@@ -360,38 +360,33 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn check_invariants(s: &State) {
-    // Each job is in exactly one per-queue state set, matching its state, and in the
-    // right time index.
+fn check_invariants(s: &State<MemTables>) {
+    let t = s.tables();
+    // Each job is filed under exactly one state of its queue, matching its record, and
+    // in the right ready or time index.
     let mut seen = BTreeSet::new();
-    for (name, q) in &s.queues {
-        for st in JobState::ALL {
-            for seq in &q.by_state[st.index()] {
-                assert!(seen.insert(*seq), "job {seq} in two state sets");
-                let job = &s.jobs[seq];
-                assert_eq!(job.state, st);
-                assert_eq!(&job.queue, name);
-            }
-        }
-        // Stats equal a recount.
-        let stats = q.stats(name);
+    for (name, st, seq) in &t.by_state {
+        assert!(seen.insert(*seq), "job {seq} in two state sets");
+        let job = &t.jobs[seq];
+        assert_eq!(job.state, *st);
+        assert_eq!(&job.queue, name);
+    }
+    assert_eq!(seen.len(), t.jobs.len(), "every job is indexed once");
+    for (name, q) in &t.queues {
+        // Counts equal a recount.
         let count = |st| {
-            s.jobs
+            t.jobs
                 .values()
                 .filter(|j| &j.queue == name && j.state == st)
                 .count() as u64
         };
-        assert_eq!(stats.ready, count(JobState::Ready));
-        assert_eq!(stats.scheduled, count(JobState::Scheduled));
-        assert_eq!(stats.leased, count(JobState::Leased));
-        assert_eq!(stats.succeeded, count(JobState::Succeeded));
-        assert_eq!(stats.dead, count(JobState::Dead));
-        assert_eq!(stats.cancelled, count(JobState::Cancelled));
-        assert_eq!(q.ready.len() as u64, stats.ready);
+        for st in JobState::ALL {
+            assert_eq!(q.counts[st.index()], count(st), "{name} {st}");
+        }
+        assert!(!q.is_empty(), "empty queue {name} kept");
     }
-    assert_eq!(seen.len(), s.jobs.len(), "every job is indexed once");
     let mut lease_ids = BTreeSet::new();
-    for job in s.jobs.values() {
+    for job in t.jobs.values() {
         assert!(
             job.attempt <= job.max_attempts,
             "attempts exceed max: {job:?}"
@@ -399,27 +394,57 @@ fn check_invariants(s: &State) {
         assert_eq!(job.lease.is_some(), job.state == JobState::Leased);
         if let Some(l) = &job.lease {
             assert!(lease_ids.insert(l.id), "lease id reused while held");
-            assert!(s.leases.contains(&(l.deadline_ms, job.seq)));
+            assert!(t.timers.contains(&(Timer::Lease, l.deadline_ms, job.seq)));
         }
-        if job.state == JobState::Scheduled {
-            assert!(s.scheduled.contains(&(job.run_at_ms, job.seq)));
+        match job.state {
+            JobState::Scheduled => {
+                assert!(t
+                    .timers
+                    .contains(&(Timer::Scheduled, job.run_at_ms, job.seq)))
+            }
+            JobState::Ready => assert!(t.ready.contains(&(
+                job.queue.clone(),
+                tables::ready_order(job.priority, job.seq)
+            ))),
+            s if s.is_terminal() => {
+                assert!(t
+                    .timers
+                    .contains(&(Timer::Expiring, job.expires_at_ms, job.seq)))
+            }
+            _ => {}
         }
-        if job.state.is_terminal() {
-            assert!(s.expiring.contains(&(job.expires_at_ms, job.seq)));
-        }
-        assert_eq!(s.ids.get(&job.id), Some(&job.seq));
+        assert_eq!(t.ids.get(&job.id), Some(&job.seq));
+        assert!(t.payloads.contains_key(&job.seq), "payload of {}", job.id);
+    }
+    let job_timers = t
+        .timers
+        .iter()
+        .filter(|(k, _, _)| *k != Timer::Webhook)
+        .count();
+    assert_eq!(
+        job_timers + t.ready.len(),
+        t.jobs.len(),
+        "each job in one index, no job leased twice at once"
+    );
+    assert_eq!(t.ids.len(), t.jobs.len());
+    assert_eq!(s.job_count(), t.jobs.len() as u64);
+    // Workers holding nothing, and only they, are in the idle index.
+    for (id, w) in &t.workers {
+        let held = t
+            .jobs
+            .values()
+            .filter(|j| j.lease.as_ref().is_some_and(|l| &l.worker_id == id))
+            .count() as u64;
+        assert_eq!(w.jobs_in_hand, held, "worker {id}");
+        assert_eq!(
+            t.idle_workers.contains(&(w.forget_at_ms(), id.clone())),
+            held == 0,
+            "idle index of {id}"
+        );
     }
     assert_eq!(
-        s.leases.len(),
-        lease_ids.len(),
-        "no job leased twice at once"
-    );
-    assert_eq!(
-        s.scheduled.len()
-            + s.leases.len()
-            + s.expiring.len()
-            + s.queues.values().map(|q| q.ready.len()).sum::<usize>(),
-        s.jobs.len()
+        t.idle_workers.len(),
+        t.workers.values().filter(|w| w.jobs_in_hand == 0).count()
     );
 }
 

@@ -6,8 +6,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::job::JobState;
+use super::job::{Job, JobState};
 use super::state::State;
+use super::tables::{Tables, TablesRead, Timer};
 
 /// Retry delays double from this...
 pub const WEBHOOK_RETRY_BASE_MS: u64 = 1_000;
@@ -65,20 +66,20 @@ pub struct WebhookEvent {
     pub last_error: String,
 }
 
-impl State {
+impl<T: Tables> State<T> {
     /// Records an event if the job has a webhook and just reached `to`.
-    pub(crate) fn raise_webhook(&mut self, seq: u64, to: JobState) {
+    pub(crate) fn raise_webhook(&mut self, job: &Job, to: JobState) {
         let kind = match to {
             JobState::Succeeded => WebhookKind::Succeeded,
             JobState::Dead => WebhookKind::Dead,
             _ => return,
         };
-        let job = &self.jobs[&seq];
         if job.webhook_url.is_empty() {
             return;
         }
-        let id = self.next_webhook_id;
-        self.next_webhook_id += 1;
+        let now = self.c.now_ms;
+        let id = self.c.next_webhook_id;
+        self.c.next_webhook_id += 1;
         let event = WebhookEvent {
             id,
             url: job.webhook_url.clone(),
@@ -87,7 +88,7 @@ impl State {
             queue: job.queue.clone(),
             attempt: job.attempt,
             result: if kind == WebhookKind::Succeeded {
-                job.result.clone()
+                self.t.result(job.seq)
             } else {
                 Bytes::new()
             },
@@ -96,50 +97,67 @@ impl State {
             } else {
                 String::new()
             },
-            timestamp_ms: self.now_ms,
+            timestamp_ms: now,
             tries: 0,
-            next_attempt_ms: self.now_ms,
+            next_attempt_ms: now,
             last_error: String::new(),
         };
-        self.outbox.insert(id, event);
+        self.t
+            .timer_insert(Timer::Webhook, event.next_attempt_ms, id);
+        self.t.put_webhook(&event);
+        self.c.webhooks_pending += 1;
+    }
+
+    /// Forgets an event (delivered, or given up on).
+    fn drop_webhook(&mut self, ev: &WebhookEvent) {
+        self.t
+            .timer_remove(Timer::Webhook, ev.next_attempt_ms, ev.id);
+        self.t.delete_webhook(ev.id);
+        self.c.webhooks_pending = self.c.webhooks_pending.saturating_sub(1);
     }
 
     /// A delivery succeeded: forget the event.
     pub(crate) fn webhook_delivered(&mut self, id: u64) {
-        self.outbox.remove(&id);
+        if let Some(ev) = self.t.webhook(id) {
+            self.drop_webhook(&ev);
+        }
     }
 
     /// A delivery failed: retry later with exponential backoff, or give up after a day.
     pub(crate) fn webhook_failed(&mut self, id: u64, error: &str) {
-        let now = self.now_ms;
-        let Some(ev) = self.outbox.get_mut(&id) else {
+        let now = self.c.now_ms;
+        let Some(mut ev) = self.t.webhook(id) else {
             return;
         };
-        ev.tries += 1;
-        ev.last_error = error.to_string();
         if now.saturating_sub(ev.timestamp_ms) >= WEBHOOK_GIVE_UP_MS {
-            self.outbox.remove(&id);
+            self.drop_webhook(&ev);
             return;
         }
+        ev.tries += 1;
+        ev.last_error = error.to_string();
         let exp = ev.tries.saturating_sub(1).min(30);
         let delay = WEBHOOK_RETRY_BASE_MS
             .saturating_mul(1u64 << exp)
             .min(WEBHOOK_RETRY_MAX_MS);
+        self.t.timer_remove(Timer::Webhook, ev.next_attempt_ms, id);
         ev.next_attempt_ms = now.saturating_add(delay);
+        self.t.timer_insert(Timer::Webhook, ev.next_attempt_ms, id);
+        self.t.put_webhook(&ev);
     }
+}
 
-    /// Events due for delivery at `now_ms`, oldest first.
+impl<T: TablesRead> State<T> {
+    /// Events due for delivery at `now_ms`, earliest first.
     pub fn due_webhooks(&self, now_ms: u64, limit: usize) -> Vec<WebhookEvent> {
-        self.outbox
-            .values()
-            .filter(|e| e.next_attempt_ms <= now_ms)
-            .take(limit)
-            .cloned()
+        self.t
+            .timers_due(Timer::Webhook, now_ms, limit)
+            .into_iter()
+            .filter_map(|(_, id)| self.t.webhook(id))
             .collect()
     }
 
     /// Events not yet delivered.
-    pub fn pending_webhooks(&self) -> usize {
-        self.outbox.len()
+    pub fn pending_webhooks(&self) -> u64 {
+        self.c.webhooks_pending
     }
 }

@@ -7,6 +7,7 @@ pub mod network;
 pub mod node;
 pub mod proposer;
 pub mod service;
+pub mod snapshot;
 pub mod state_machine;
 pub mod types;
 

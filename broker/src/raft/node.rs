@@ -95,7 +95,7 @@ impl RaftNode {
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
         let log = LogStore::open(&opts.data_dir.join("raft-log.redb"))?;
-        let sm = StateMachineStore::open(&opts.data_dir.join("snapshot.redb"))?;
+        let sm = StateMachineStore::open(&opts.data_dir)?;
         let shared = sm.shared();
         let pool = PeerPool::new(opts.token.as_deref())?;
 

@@ -1,38 +1,62 @@
-//! The Raft state machine: the pure queue core behind a lock, plus snapshots in redb.
+//! The Raft state machine: the queue core over its tables in `state.redb`.
 //!
-//! `apply` runs [`State::apply`] in memory and does not fsync: durability comes from the
-//! Raft log, which is fsynced before an entry can commit. On restart the latest snapshot
-//! is loaded and openraft re-applies the committed log after it. Snapshots (taken every
-//! `--snapshot-every` entries) let the log be purged, so disk use follows live jobs, not
-//! history.
+//! ```text
+//!  apply(entries) ─► one redb write txn: State::apply per entry, last applied log id,
+//!                    membership ─► commit without fsync (durable every second, and
+//!                    before a snapshot is reported: the log can only be purged behind
+//!                    what the store holds durably)
+//!  readers (API)  ─► a read txn each: a consistent view as of the last applied batch
+//!  snapshot       ─► a read txn held as the current snapshot; written out as a record
+//!                    stream only when a follower needs it (`snapshot.rs`)
+//!  install        ─► load the stream into state.redb.installing, rename it over
+//!                    state.redb: a crash half way leaves the old state as it was
+//! ```
+//!
+//! Durability comes from the Raft log: the store commits without fsync, and after a
+//! crash it is at its last durable commit, from which openraft re-applies the committed
+//! log. Memory holds no job: redb's page cache is bounded (`CACHE_BYTES`).
 
-use std::io::Cursor;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StoredMembership};
-use redb::{Database, ReadableDatabase};
-use serde::{Deserialize, Serialize};
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, WriteTransaction,
+};
 use tokio::sync::{watch, Notify};
 
+use super::snapshot::{self, SnapshotData};
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::queue::{Outcome, Reply, State};
-use crate::storage::{decode, encode, read_err, write_err, SNAPSHOT};
+use crate::storage::tables::{DiskTables, Handles, ALL};
+use crate::storage::{read_err, write_err};
 
-/// Everything a snapshot holds.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SmData {
-    /// Last applied log id.
+/// redb page cache of the state store: what memory the job tables may take.
+const CACHE_BYTES: usize = 256 << 20;
+/// Longest time between durable commits of the store (bounds what a restart replays,
+/// and lets redb reuse the pages freed by non-durable commits).
+const DURABLE_EVERY: Duration = Duration::from_secs(1);
+
+const APPLIED_KEY: &[u8] = b"applied";
+const MEMBERSHIP_KEY: &[u8] = b"membership";
+
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
+
+/// The queue state as one read transaction sees it.
+pub struct ReadView {
+    /// The queue state (reads only).
+    pub state: State<DiskTables<ReadOnlyTable<&'static [u8], &'static [u8]>>>,
+    /// Last applied log id in this view.
     pub last_applied: Option<LogId>,
-    /// Last applied membership.
-    pub membership: StoredMembership<NodeId, openraft::BasicNode>,
-    /// The queue state.
-    pub state: State,
 }
 
-/// State shared between the state machine (writer) and API handlers (readers).
+/// The store as API handlers see it: consistent read views and apply notifications.
 pub struct Shared {
-    data: RwLock<SmData>,
+    db: RwLock<Arc<Database>>,
     /// Bumped after every applied batch; long-polling leases wait on it.
     pub applied: Notify,
     /// Index of the last applied entry.
@@ -40,46 +64,126 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Read access to the queue state as of the last applied entry.
-    pub fn read(&self) -> RwLockReadGuard<'_, SmData> {
-        self.data.read().unwrap_or_else(|p| p.into_inner())
+    fn db(&self) -> Arc<Database> {
+        self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// A read view as of the last applied batch. A storage failure yields an empty
+    /// view and is logged; the store is then failing for every caller.
+    pub fn read(&self) -> ReadView {
+        match self.try_read() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "state store read failed");
+                empty_view()
+            }
+        }
+    }
+
+    fn try_read(&self) -> Result<ReadView, String> {
+        let txn = self.db().begin_read().map_err(|e| e.to_string())?;
+        view_of(&txn)
+    }
+}
+
+fn view_of(txn: &ReadTransaction) -> Result<ReadView, String> {
+    let h = Handles::open(|def| txn.open_table(def)).map_err(|e| e.to_string())?;
+    let tables = DiskTables::new(h);
+    let last_applied = tables.meta_get(APPLIED_KEY).flatten();
+    if let Some(e) = tables.error() {
+        return Err(e);
+    }
+    Ok(ReadView {
+        state: State::over(tables),
+        last_applied,
+    })
+}
+
+/// An empty view, for callers of a store that cannot be read (after an I/O failure,
+/// which is logged): they see no jobs rather than a panic.
+fn empty_view() -> ReadView {
+    let scratch = redb::Builder::new()
+        .create_with_backend(redb::backends::InMemoryBackend::new())
+        .ok()
+        .filter(|db| create_tables(db).is_ok());
+    let view = scratch
+        .and_then(|db| db.begin_read().ok())
+        .and_then(|txn| view_of(&txn).ok());
+    view.expect("an in-memory redb database can always be created and read")
+}
+
+fn create_tables(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    for def in ALL {
+        txn.open_table(*def)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// The current snapshot: its meta and the read transaction that holds its data.
+struct Current {
+    meta: Meta,
+    view: Arc<ReadTransaction>,
 }
 
 /// The openraft state machine.
 #[derive(Clone)]
 pub struct StateMachineStore {
     shared: Arc<Shared>,
-    /// Locked for every access: snapshots are rare, and compaction needs `&mut`.
-    db: Arc<std::sync::Mutex<Database>>,
-    snapshot_seq: Arc<std::sync::atomic::AtomicU64>,
+    dir: PathBuf,
+    current: Arc<Mutex<Option<Current>>>,
+    last_durable: Arc<Mutex<Instant>>,
+    snapshot_seq: Arc<AtomicU64>,
+}
+
+fn open_store(path: &Path) -> anyhow::Result<Database> {
+    use anyhow::Context;
+    let db = redb::Builder::new()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .with_context(|| format!("opening the state store {}", path.display()))?;
+    create_tables(&db).with_context(|| format!("creating tables in {}", path.display()))?;
+    Ok(db)
 }
 
 impl StateMachineStore {
-    /// Opens the state machine, loading the latest snapshot if there is one.
-    pub fn open(path: &std::path::Path) -> anyhow::Result<Self> {
-        let db = crate::storage::open_db(path)?;
-        let txn = db.begin_write()?;
-        txn.open_table(SNAPSHOT)?;
-        txn.commit()?;
-        let mut data = SmData::default();
-        {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(SNAPSHOT)?;
-            let stored = redb::ReadableTable::get(&table, "data")?;
-            if let Some(bytes) = stored {
-                data = decode(bytes.value())?;
-            }
+    /// Opens (or creates) the state store in `dir`, cleaning up what an install that
+    /// died half way left behind.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let old_format = dir.join("snapshot.redb");
+        let path = dir.join("state.redb");
+        anyhow::ensure!(
+            !old_format.exists() || path.exists(),
+            "{} was written by an older taskraft that kept the whole state in one snapshot \
+             value; this version keeps jobs in state.redb and cannot read it. Drain the node \
+             (or rejoin it to the cluster with an empty data dir) before upgrading",
+            old_format.display()
+        );
+        let installing = installing_path(dir);
+        if installing.exists() {
+            std::fs::remove_file(&installing)
+                .with_context(|| format!("removing {}", installing.display()))?;
         }
-        let applied = data.last_applied.map_or(0, |l| l.index);
+        let db = open_store(&path)?;
+        let applied = {
+            let txn = db.begin_read()?;
+            view_of(&txn)
+                .map_err(anyhow::Error::msg)?
+                .last_applied
+                .map_or(0, |l| l.index)
+        };
         Ok(Self {
             shared: Arc::new(Shared {
-                data: RwLock::new(data),
+                db: RwLock::new(Arc::new(db)),
                 applied: Notify::new(),
                 applied_index: watch::channel(applied).0,
             }),
-            db: Arc::new(std::sync::Mutex::new(db)),
-            snapshot_seq: Arc::new(0.into()),
+            dir: dir.to_path_buf(),
+            current: Arc::new(Mutex::new(None)),
+            last_durable: Arc::new(Mutex::new(Instant::now())),
+            snapshot_seq: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -88,66 +192,125 @@ impl StateMachineStore {
         self.shared.clone()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, SmData> {
-        self.shared.data.write().unwrap_or_else(|p| p.into_inner())
+    fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("snapshot-tmp")
     }
 
-    async fn save_snapshot(
-        &self,
-        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-        data: Vec<u8>,
-    ) -> Result<(), StorageError> {
-        let meta_bytes = encode(meta).map_err(write_err)?;
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
-            let mut db = db.lock().unwrap_or_else(|p| p.into_inner());
-            let txn = db.begin_write()?;
-            {
-                let mut t = txn.open_table(SNAPSHOT)?;
-                t.insert("meta", meta_bytes.as_slice())?;
-                t.insert("data", data.as_slice())?;
-            }
-            txn.commit()?;
-            // One snapshot lives in this file; when it shrinks (jobs expired), give the
-            // space back so disk use follows the live state.
-            if let Err(e) = db.compact() {
-                tracing::warn!(error = %e, "snapshot file compaction failed");
-            }
-            Ok(())
+    /// Commits an empty transaction durably: every earlier non-durable commit is on
+    /// disk once it returns.
+    fn make_durable(&self, db: &Database) -> anyhow::Result<()> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.commit()?;
+        *self.last_durable.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        Ok(())
+    }
+
+    /// A snapshot of the store as it is now: meta from the view itself.
+    fn snapshot_now(&self, db: &Database) -> anyhow::Result<Current> {
+        let txn = db.begin_read()?;
+        let (last_applied, membership) = applied_of(&txn)?;
+        let n = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{n}", l.leader_id, l.index),
+            None => format!("none-{n}"),
+        };
+        Ok(Current {
+            meta: SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id,
+            },
+            view: Arc::new(txn),
         })
-        .await
-        .map_err(write_err)?
-        .map_err(write_err)
+    }
+
+    /// Makes `c` the current snapshot unless a newer one is already current (a snapshot
+    /// installed while this one was being built).
+    fn set_current(&self, c: &Current) {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if cur
+            .as_ref()
+            .is_some_and(|old| old.meta.last_log_id > c.meta.last_log_id)
+        {
+            return;
+        }
+        *cur = Some(Current {
+            meta: c.meta.clone(),
+            view: c.view.clone(),
+        });
+    }
+}
+
+fn installing_path(dir: &Path) -> PathBuf {
+    dir.join("state.redb.installing")
+}
+
+fn applied_of(txn: &ReadTransaction) -> anyhow::Result<(Option<LogId>, Membership)> {
+    let h = Handles::open(|def| txn.open_table(def))?;
+    let t = DiskTables::new(h);
+    let applied = t.meta_get(APPLIED_KEY).flatten();
+    let membership = t.meta_get(MEMBERSHIP_KEY).unwrap_or_default();
+    match t.error() {
+        Some(e) => Err(anyhow::anyhow!(e)),
+        None => Ok((applied, membership)),
+    }
+}
+
+/// Applies `entries` in one write transaction; returns the replies and the last
+/// applied index.
+fn apply_batch(
+    txn: &WriteTransaction,
+    entries: Vec<Entry>,
+) -> Result<(Vec<Reply>, Option<u64>), String> {
+    let h = Handles::open(|def| txn.open_table(def)).map_err(|e| e.to_string())?;
+    let mut tables = DiskTables::new(h);
+    let mut membership: Option<Membership> = None;
+    let mut last: Option<LogId> = None;
+    let mut replies = Vec::with_capacity(entries.len());
+    for entry in entries {
+        last = Some(entry.log_id);
+        let reply = match entry.payload {
+            EntryPayload::Blank => Ok(Outcome::Ticked),
+            EntryPayload::Normal(env) => {
+                let mut state = State::over(tables);
+                let reply = state.apply(&env);
+                tables = state.into_tables();
+                reply
+            }
+            EntryPayload::Membership(m) => {
+                membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                Ok(Outcome::Ticked)
+            }
+        };
+        replies.push(reply);
+    }
+    tables.meta_put(APPLIED_KEY, &last);
+    if let Some(m) = &membership {
+        tables.meta_put(MEMBERSHIP_KEY, m);
+    }
+    match tables.error() {
+        Some(e) => Err(e),
+        None => Ok((replies, last.map(|l| l.index))),
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (bytes, last_applied, membership) = {
-            let data = self.shared.read();
-            (
-                encode(&*data).map_err(read_err)?,
-                data.last_applied,
-                data.membership.clone(),
-            )
-        };
-        let n = self
-            .snapshot_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let snapshot_id = match last_applied {
-            Some(l) => format!("{}-{}-{n}", l.leader_id, l.index),
-            None => format!("none-{n}"),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: last_applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        self.save_snapshot(&meta, bytes.clone()).await?;
-        tracing::info!(snapshot_id = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
+        let db = self.shared.db();
+        let this = self.clone();
+        let current = tokio::task::spawn_blocking(move || {
+            this.make_durable(&db)?;
+            this.snapshot_now(&db)
+        })
+        .await
+        .map_err(write_err)?
+        .map_err(write_err)?;
+        self.set_current(&current);
+        tracing::info!(snapshot_id = %current.meta.snapshot_id, "built snapshot");
         Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            meta: current.meta,
+            snapshot: Box::new(SnapshotData::view(current.view, &self.tmp_dir())),
         })
     }
 }
@@ -155,11 +318,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = Self;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId>, StoredMembership<NodeId, openraft::BasicNode>), StorageError> {
-        let data = self.shared.read();
-        Ok((data.last_applied, data.membership.clone()))
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
+        let db = self.shared.db();
+        let txn = db.begin_read().map_err(read_err)?;
+        applied_of(&txn).map_err(read_err)
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError>
@@ -167,25 +329,44 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        let mut replies = Vec::new();
-        let last_index;
-        {
-            let mut data = self.write();
-            for entry in entries {
-                data.last_applied = Some(entry.log_id);
-                let reply = match entry.payload {
-                    EntryPayload::Blank => Ok(Outcome::Ticked),
-                    EntryPayload::Normal(env) => data.state.apply(&env),
-                    EntryPayload::Membership(m) => {
-                        data.membership = StoredMembership::new(Some(entry.log_id), m);
-                        Ok(Outcome::Ticked)
-                    }
-                };
-                replies.push(reply);
-            }
-            last_index = data.last_applied.map_or(0, |l| l.index);
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(Vec::new());
         }
-        self.shared.applied_index.send_replace(last_index);
+        let db = self.shared.db();
+        let durable = self
+            .last_durable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            >= DURABLE_EVERY;
+        let (replies, last_index) = tokio::task::spawn_blocking(move || {
+            let mut txn = db.begin_write()?;
+            let durability = if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            };
+            txn.set_durability(durability)?;
+            let out = match apply_batch(&txn, entries) {
+                Ok(out) => out,
+                Err(e) => {
+                    let _ = txn.abort();
+                    anyhow::bail!(e);
+                }
+            };
+            txn.commit()?;
+            Ok(out)
+        })
+        .await
+        .map_err(write_err)?
+        .map_err(write_err)?;
+        if durable {
+            *self.last_durable.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
+        if let Some(i) = last_index {
+            self.shared.applied_index.send_replace(i);
+        }
         self.shared.applied.notify_waiters();
         Ok(replies)
     }
@@ -194,47 +375,107 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        Ok(Box::new(
+            SnapshotData::receive(&self.tmp_dir()).map_err(write_err)?,
+        ))
     }
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &Meta,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
-        let bytes = snapshot.into_inner();
-        let new: SmData = decode(&bytes).map_err(|e| {
-            StorageError::from_io_error(
-                openraft::ErrorSubject::Snapshot(Some(meta.signature())),
-                openraft::ErrorVerb::Read,
-                std::io::Error::other(e),
-            )
-        })?;
-        let index = new.last_applied.map_or(0, |l| l.index);
-        *self.write() = new;
-        self.save_snapshot(meta, bytes).await?;
+        let current_applied = self.applied_state().await?.0;
+        if meta.last_log_id <= current_applied {
+            tracing::info!(
+                snapshot_id = %meta.snapshot_id,
+                "ignored a snapshot that is not newer than the applied state"
+            );
+            return Ok(());
+        }
+        let file = snapshot.into_file().await.map_err(write_err)?;
+        let dir = self.dir.clone();
+        let installing = installing_path(&dir);
+        let new_meta = meta.clone();
+        let started = Instant::now();
+        let (db, records) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            if installing.exists() {
+                std::fs::remove_file(&installing)?;
+            }
+            let records = {
+                let db = open_store(&installing)?;
+                let records = snapshot::load(file, &db)?;
+                // The stream carries the leader's applied id and membership; record the
+                // meta openraft installs, which is the same point.
+                let mut txn = db.begin_write()?;
+                txn.set_durability(Durability::Immediate)?;
+                {
+                    let h = Handles::open(|def| txn.open_table(def))?;
+                    let mut t = DiskTables::new(h);
+                    t.meta_put(APPLIED_KEY, &new_meta.last_log_id);
+                    t.meta_put(MEMBERSHIP_KEY, &new_meta.last_membership);
+                    if let Some(e) = t.error() {
+                        anyhow::bail!(e);
+                    }
+                }
+                txn.commit()?;
+                records
+            };
+            let path = dir.join("state.redb");
+            std::fs::rename(&installing, &path)?;
+            std::fs::File::open(&dir)?.sync_all()?;
+            Ok((open_store(&path)?, records))
+        })
+        .await
+        .map_err(write_err)?
+        .map_err(write_err)?;
+        *self.shared.db.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(db);
+        let current = {
+            let db = self.shared.db();
+            let txn = db.begin_read().map_err(read_err)?;
+            Current {
+                meta: meta.clone(),
+                view: Arc::new(txn),
+            }
+        };
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(current);
+        let index = meta.last_log_id.map_or(0, |l| l.index);
         self.shared.applied_index.send_replace(index);
         self.shared.applied.notify_waiters();
-        tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
+        tracing::info!(
+            snapshot_id = %meta.snapshot_id,
+            records,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "installed snapshot"
+        );
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        let txn = db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(SNAPSHOT).map_err(read_err)?;
-        let (Some(meta), Some(data)) = (
-            redb::ReadableTable::get(&table, "meta").map_err(read_err)?,
-            redb::ReadableTable::get(&table, "data").map_err(read_err)?,
-        ) else {
-            return Ok(None);
+        let existing = {
+            let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            cur.as_ref().map(|c| Current {
+                meta: c.meta.clone(),
+                view: c.view.clone(),
+            })
         };
-        let meta: SnapshotMeta<NodeId, openraft::BasicNode> =
-            decode(meta.value()).map_err(read_err)?;
+        let current = match existing {
+            Some(c) => c,
+            None => {
+                // After a restart: the store as it is now, which is durable (it is what
+                // was read back from disk) and no older than anything purged.
+                let c = self.snapshot_now(&self.shared.db()).map_err(read_err)?;
+                if c.meta.last_log_id.is_none() {
+                    return Ok(None);
+                }
+                self.set_current(&c);
+                c
+            }
+        };
         Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data.value().to_vec())),
+            meta: current.meta,
+            snapshot: Box::new(SnapshotData::view(current.view, &self.tmp_dir())),
         }))
     }
 }

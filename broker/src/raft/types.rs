@@ -1,7 +1,5 @@
 //! openraft type configuration: what a log entry carries and what applying it returns.
 
-use std::io::Cursor;
-
 use crate::queue::{Envelope, Reply};
 
 openraft::declare_raft_types!(
@@ -13,7 +11,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = super::snapshot::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -1,0 +1,302 @@
+//! Snapshot data: a point-in-time view of the state store, written out as a record
+//! stream only when a follower needs it, and loaded into a fresh store on install.
+//!
+//! ```text
+//!  leader                                                follower
+//!  build_snapshot: durable commit + read txn (no copy)
+//!  get_current_snapshot ─► SnapshotData::View
+//!     first seek/read: blocking thread dumps the view ─► temp file (unlinked)
+//!     openraft reads 8 MiB chunks ───────── InstallSnapshot ─────► SnapshotData::File (temp)
+//!                                                       install: load records into
+//!                                                       state.redb.installing, fsync,
+//!                                                       rename over state.redb
+//! ```
+//!
+//! Stream format: `TRSNAP01`, then records `table u8 . key_len u32le . key . value_len
+//! u32le . value` (tables as in [`tables::ALL`]), then `0xFF`. A stream without the end
+//! mark is refused, so a transfer cut short never installs half a state.
+
+use std::io::{self, BufReader, BufWriter, Read, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use redb::{Database, ReadTransaction, ReadableTable};
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
+use tokio::task::JoinHandle;
+
+use crate::storage::tables;
+
+const MAGIC: &[u8; 8] = b"TRSNAP01";
+const END: u8 = 0xFF;
+/// No key or value the store writes comes near this; a larger length is corruption.
+const MAX_BLOB: usize = 256 << 20;
+/// Records are loaded into the new store in transactions of about this many bytes,
+/// so that installing a large state never holds it all in one transaction's memory.
+const LOAD_TXN_BYTES: usize = 64 << 20;
+
+/// openraft's snapshot data: a view not yet written out, or a file.
+pub struct SnapshotData {
+    inner: Inner,
+}
+
+enum Inner {
+    /// A consistent view of the store; written to a temp file on first use.
+    View {
+        view: Arc<ReadTransaction>,
+        dir: PathBuf,
+        pending: Option<SeekFrom>,
+    },
+    /// The view being written out on a blocking thread.
+    Dumping {
+        task: JoinHandle<io::Result<std::fs::File>>,
+        pending: Option<SeekFrom>,
+    },
+    /// A snapshot as a file: dumped from a view, or being received from the leader.
+    File(tokio::fs::File),
+}
+
+impl SnapshotData {
+    /// Data that will be written from `view` (into a temp file under `dir`) when read.
+    pub fn view(view: Arc<ReadTransaction>, dir: &Path) -> Self {
+        Self {
+            inner: Inner::View {
+                view,
+                dir: dir.to_path_buf(),
+                pending: None,
+            },
+        }
+    }
+
+    /// An empty temp file under `dir` to receive a snapshot into.
+    pub fn receive(dir: &Path) -> io::Result<Self> {
+        Ok(Self {
+            inner: Inner::File(tokio::fs::File::from_std(temp_file(dir)?)),
+        })
+    }
+
+    /// The data as a file, written out if it was still a view.
+    pub async fn into_file(mut self) -> io::Result<std::fs::File> {
+        std::future::poll_fn(|cx| self.poll_file(cx)).await?;
+        match self.inner {
+            Inner::File(f) => Ok(f.into_std().await),
+            _ => unreachable!("poll_file leaves a file"),
+        }
+    }
+
+    /// Drives a view to a file; ready once `inner` is `File` (with any pending seek
+    /// started on it).
+    fn poll_file(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match &mut self.inner {
+                Inner::File(_) => return Poll::Ready(Ok(())),
+                Inner::View { view, dir, pending } => {
+                    let (view, dir, pending) = (view.clone(), dir.clone(), pending.take());
+                    let task = tokio::task::spawn_blocking(move || dump(&view, &dir));
+                    self.inner = Inner::Dumping { task, pending };
+                }
+                Inner::Dumping { task, pending } => {
+                    let file = ready!(Pin::new(task).poll(cx)).map_err(io::Error::other)??;
+                    let pending = pending.take();
+                    let mut file = tokio::fs::File::from_std(file);
+                    if let Some(pos) = pending {
+                        Pin::new(&mut file).start_seek(pos)?;
+                    }
+                    self.inner = Inner::File(file);
+                }
+            }
+        }
+    }
+}
+
+use std::future::Future;
+
+impl AsyncRead for SnapshotData {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        ready!(self.poll_file(cx))?;
+        match &mut self.inner {
+            Inner::File(f) => Pin::new(f).poll_read(cx, buf),
+            _ => unreachable!(),
+        }
+    }
+}
+
+impl AsyncSeek for SnapshotData {
+    fn start_seek(mut self: Pin<&mut Self>, position: SeekFrom) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::File(f) => Pin::new(f).start_seek(position),
+            Inner::View { pending, .. } | Inner::Dumping { pending, .. } => {
+                *pending = Some(position);
+                Ok(())
+            }
+        }
+    }
+
+    fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        ready!(self.poll_file(cx))?;
+        match &mut self.inner {
+            Inner::File(f) => Pin::new(f).poll_complete(cx),
+            _ => unreachable!(),
+        }
+    }
+}
+
+impl AsyncWrite for SnapshotData {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_file(cx))?;
+        match &mut self.inner {
+            Inner::File(f) => Pin::new(f).poll_write(cx, buf),
+            _ => unreachable!(),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Inner::File(f) => Pin::new(f).poll_flush(cx),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Inner::File(f) => Pin::new(f).poll_shutdown(cx),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// A new temp file under `dir`, already unlinked: it disappears when closed, or when
+/// the process dies.
+fn temp_file(dir: &Path) -> io::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    tempfile::tempfile_in(dir)
+}
+
+/// Writes every state table of `view` as a record stream into a temp file.
+fn dump(view: &ReadTransaction, dir: &Path) -> io::Result<std::fs::File> {
+    let started = std::time::Instant::now();
+    let file = temp_file(dir)?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    out.write_all(MAGIC)?;
+    let mut records = 0u64;
+    for (i, def) in tables::ALL.iter().enumerate() {
+        let table = match view.open_table(*def) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => continue,
+            Err(e) => return Err(io::Error::other(e)),
+        };
+        for item in table.iter().map_err(io::Error::other)? {
+            let (k, v) = item.map_err(io::Error::other)?;
+            let (k, v) = (k.value(), v.value());
+            out.write_all(&[i as u8])?;
+            out.write_all(&(k.len() as u32).to_le_bytes())?;
+            out.write_all(k)?;
+            out.write_all(&(v.len() as u32).to_le_bytes())?;
+            out.write_all(v)?;
+            records += 1;
+        }
+    }
+    out.write_all(&[END])?;
+    let mut file = out.into_inner().map_err(|e| e.into_error())?;
+    file.flush()?;
+    let bytes = std::io::Seek::seek(&mut file, SeekFrom::End(0))?;
+    std::io::Seek::seek(&mut file, SeekFrom::Start(0))?;
+    tracing::info!(
+        records,
+        bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "wrote snapshot stream"
+    );
+    Ok(file)
+}
+
+/// Loads a record stream into `db` (a new, empty store), committing every
+/// [`LOAD_TXN_BYTES`] without fsync and once durably at the end. Fails on a stream that
+/// is malformed or has no end mark.
+pub fn load(mut file: std::fs::File, db: &Database) -> io::Result<u64> {
+    std::io::Seek::seek(&mut file, SeekFrom::Start(0))?;
+    let bad = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("snapshot stream: {what}"),
+        )
+    };
+    let mut input = BufReader::with_capacity(1 << 20, file);
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic).map_err(|_| bad("too short"))?;
+    if &magic != MAGIC {
+        return Err(bad("not a taskraft snapshot (bad magic)"));
+    }
+    let mut records = 0u64;
+    let mut key = Vec::new();
+    let mut value = Vec::new();
+    let mut done = false;
+    while !done {
+        let txn = db.begin_write().map_err(io::Error::other)?;
+        let mut bytes = 0usize;
+        {
+            let mut open: Vec<Option<redb::Table<&[u8], &[u8]>>> =
+                tables::ALL.iter().map(|_| None).collect();
+            while bytes < LOAD_TXN_BYTES {
+                let mut tag = [0u8; 1];
+                input
+                    .read_exact(&mut tag)
+                    .map_err(|_| bad("no end mark (cut short)"))?;
+                if tag[0] == END {
+                    done = true;
+                    break;
+                }
+                let i = tag[0] as usize;
+                let def = *tables::ALL.get(i).ok_or_else(|| bad("unknown table"))?;
+                read_blob(&mut input, &mut key).map_err(|_| bad("cut short in a key"))?;
+                read_blob(&mut input, &mut value).map_err(|_| bad("cut short in a value"))?;
+                if open[i].is_none() {
+                    open[i] = Some(txn.open_table(def).map_err(io::Error::other)?);
+                }
+                open[i]
+                    .as_mut()
+                    .expect("opened above")
+                    .insert(key.as_slice(), value.as_slice())
+                    .map_err(io::Error::other)?;
+                bytes += key.len() + value.len() + 9;
+                records += 1;
+            }
+        }
+        let mut txn = txn;
+        txn.set_durability(if done {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        })
+        .map_err(io::Error::other)?;
+        txn.commit().map_err(io::Error::other)?;
+    }
+    let mut rest = [0u8; 1];
+    if input.read(&mut rest)? != 0 {
+        return Err(bad("data after the end mark"));
+    }
+    Ok(records)
+}
+
+fn read_blob(input: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_BLOB {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a {len}-byte record"),
+        ));
+    }
+    buf.resize(len, 0);
+    input.read_exact(buf)
+}

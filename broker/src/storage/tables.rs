@@ -1,0 +1,540 @@
+//! The queue core's tables ([`crate::queue::Tables`]) in redb.
+//!
+//! Every table maps bytes to bytes, so that a snapshot can stream any table without
+//! knowing what it holds (`raft/snapshot.rs`). Keys are built so that redb's byte order
+//! is the order the core needs:
+//!
+//! ```text
+//!   table         key                                   value
+//!   jobs          seq u64be                             Job (postcard)
+//!   payloads      seq                                   payload bytes
+//!   results       seq                                   result bytes
+//!   ids           job id                                seq
+//!   queues        name                                  QueueInfo
+//!   ready         qkey . !(priority ^ sign) u32be . seq  -
+//!   by_state      qkey . state u8 . seq                 -
+//!   timers        kind u8 . at u64be . seq              -
+//!   dedup         qkey . idempotency key                DedupEntry
+//!   dedup_expiry  at . qkey . idempotency key           -
+//!   workers       worker id                             WorkerInfo
+//!   idle_workers  forget_at . worker id                 -
+//!   outbox        event id                              WebhookEvent
+//!   sm_meta       "counters" | "applied" | "membership"  postcard
+//! ```
+//! `qkey` is the queue name behind a one-byte length (names are at most 128 bytes), so
+//! one queue's keys never interleave with another's.
+
+use std::cell::RefCell;
+
+use bytes::Bytes;
+use redb::{ReadableTable, Table, TableDefinition};
+
+use super::{decode, encode};
+use crate::queue::{
+    Counters, DedupEntry, Job, JobState, QueueInfo, Tables, TablesRead, Timer, WebhookEvent,
+    WorkerInfo,
+};
+
+/// A state table: bytes to bytes.
+pub type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+macro_rules! tables {
+    ($($name:ident = $s:literal),* $(,)?) => {
+        $(#[doc = concat!("The `", $s, "` table.")] pub const $name: Def = TableDefinition::new($s);)*
+        /// Every state table, in the order snapshots stream them.
+        pub const ALL: &[Def] = &[$($name),*];
+    };
+}
+
+tables! {
+    SM_META = "sm_meta",
+    JOBS = "jobs",
+    PAYLOADS = "payloads",
+    RESULTS = "results",
+    IDS = "ids",
+    QUEUES = "queues",
+    READY = "ready",
+    BY_STATE = "by_state",
+    TIMERS = "timers",
+    DEDUP = "dedup",
+    DEDUP_EXPIRY = "dedup_expiry",
+    WORKERS = "workers",
+    IDLE_WORKERS = "idle_workers",
+    OUTBOX = "outbox",
+}
+
+/// `sm_meta` key of the core's counters.
+pub const COUNTERS_KEY: &[u8] = b"counters";
+
+fn qkey(queue: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + queue.len() + 13);
+    k.push(queue.len().min(255) as u8);
+    k.extend_from_slice(queue.as_bytes());
+    k
+}
+
+fn ready_key(queue: &str, priority: i32, seq: u64) -> Vec<u8> {
+    let mut k = qkey(queue);
+    // Flipping the sign bit orders i32 as u32; inverting makes higher priorities first.
+    k.extend_from_slice(&(!((priority as u32) ^ 0x8000_0000)).to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn state_key(queue: &str, state: JobState, seq: u64) -> Vec<u8> {
+    let mut k = qkey(queue);
+    k.push(state.index() as u8);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn timer_key(timer: Timer, at: u64, seq: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = timer as u8;
+    k[1..9].copy_from_slice(&at.to_be_bytes());
+    k[9..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn dedup_key(queue: &str, key: &str) -> Vec<u8> {
+    let mut k = qkey(queue);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn at_key(at: u64, rest: &[u8]) -> Vec<u8> {
+    let mut k = at.to_be_bytes().to_vec();
+    k.extend_from_slice(rest);
+    k
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(a)
+}
+
+/// Splits `qkey . rest` into the queue name and the rest.
+fn split_qkey(b: &[u8]) -> Option<(String, &[u8])> {
+    let len = *b.first()? as usize;
+    let name = std::str::from_utf8(b.get(1..1 + len)?).ok()?.to_string();
+    Some((name, &b[1 + len..]))
+}
+
+/// Open handles on every state table, read-only or writable.
+pub struct Handles<T> {
+    meta: T,
+    jobs: T,
+    payloads: T,
+    results: T,
+    ids: T,
+    queues: T,
+    ready: T,
+    by_state: T,
+    timers: T,
+    dedup: T,
+    dedup_expiry: T,
+    workers: T,
+    idle_workers: T,
+    outbox: T,
+}
+
+impl<T> Handles<T> {
+    /// Opens every table with `open`.
+    pub fn open<E>(mut open: impl FnMut(Def) -> Result<T, E>) -> Result<Self, E> {
+        Ok(Self {
+            meta: open(SM_META)?,
+            jobs: open(JOBS)?,
+            payloads: open(PAYLOADS)?,
+            results: open(RESULTS)?,
+            ids: open(IDS)?,
+            queues: open(QUEUES)?,
+            ready: open(READY)?,
+            by_state: open(BY_STATE)?,
+            timers: open(TIMERS)?,
+            dedup: open(DEDUP)?,
+            dedup_expiry: open(DEDUP_EXPIRY)?,
+            workers: open(WORKERS)?,
+            idle_workers: open(IDLE_WORKERS)?,
+            outbox: open(OUTBOX)?,
+        })
+    }
+}
+
+/// The core's tables over one redb transaction. Storage errors are kept (the first
+/// one) rather than returned, see [`crate::queue::tables`]; check [`Self::error`] before
+/// committing or trusting an answer.
+pub struct DiskTables<T> {
+    h: Handles<T>,
+    error: RefCell<Option<String>>,
+}
+
+impl<T> DiskTables<T> {
+    /// Wraps open table handles.
+    pub fn new(h: Handles<T>) -> Self {
+        Self {
+            h,
+            error: RefCell::new(None),
+        }
+    }
+
+    /// The first storage error met, if any.
+    pub fn error(&self) -> Option<String> {
+        self.error.borrow().clone()
+    }
+
+    fn fail(&self, what: &str, e: impl std::fmt::Display) {
+        let mut slot = self.error.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(format!("{what}: {e}"));
+        }
+    }
+
+    /// The raw handles (for the state machine's own metadata).
+    pub fn handles(&mut self) -> &mut Handles<T> {
+        &mut self.h
+    }
+}
+
+type W<'txn> = Table<'txn, &'static [u8], &'static [u8]>;
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> DiskTables<T> {
+    fn get_raw(&self, t: &T, key: &[u8], what: &str) -> Option<Vec<u8>> {
+        match t.get(key) {
+            Ok(v) => v.map(|g| g.value().to_vec()),
+            Err(e) => {
+                self.fail(what, e);
+                None
+            }
+        }
+    }
+
+    fn get<V: serde::de::DeserializeOwned>(&self, t: &T, key: &[u8], what: &str) -> Option<V> {
+        let raw = self.get_raw(t, key, what)?;
+        match decode(&raw) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.fail(what, format!("undecodable record: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Keys (and values) from `start` while `keep` holds, at most `limit`.
+    fn scan(
+        &self,
+        t: &T,
+        start: &[u8],
+        limit: usize,
+        what: &str,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return out;
+        }
+        let range = match t.range::<&[u8]>(start..) {
+            Ok(r) => r,
+            Err(e) => {
+                self.fail(what, e);
+                return out;
+            }
+        };
+        for item in range {
+            match item {
+                Ok((k, v)) => {
+                    let k = k.value();
+                    if !keep(k) {
+                        break;
+                    }
+                    out.push((k.to_vec(), v.value().to_vec()));
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.fail(what, e);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Number of records in a table.
+    pub fn count(&self, t: &T) -> u64 {
+        t.len().unwrap_or_else(|e| {
+            self.fail("count", e);
+            0
+        })
+    }
+
+    /// Number of job records.
+    pub fn job_records(&self) -> u64 {
+        self.count(&self.h.jobs)
+    }
+
+    /// A record of the state machine's own metadata.
+    pub fn meta_get<V: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Option<V> {
+        self.get(&self.h.meta, key, "sm_meta")
+    }
+}
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> TablesRead for DiskTables<T> {
+    fn counters(&self) -> Counters {
+        self.get(&self.h.meta, COUNTERS_KEY, "counters")
+            .unwrap_or_default()
+    }
+    fn job(&self, seq: u64) -> Option<Job> {
+        self.get(&self.h.jobs, &seq.to_be_bytes(), "jobs")
+    }
+    fn payload(&self, seq: u64) -> Bytes {
+        self.get_raw(&self.h.payloads, &seq.to_be_bytes(), "payloads")
+            .map(Bytes::from)
+            .unwrap_or_default()
+    }
+    fn result(&self, seq: u64) -> Bytes {
+        self.get_raw(&self.h.results, &seq.to_be_bytes(), "results")
+            .map(Bytes::from)
+            .unwrap_or_default()
+    }
+    fn seq_of(&self, job_id: &str) -> Option<u64> {
+        let raw = self.get_raw(&self.h.ids, job_id.as_bytes(), "ids")?;
+        (raw.len() == 8).then(|| u64_at(&raw, 0))
+    }
+    fn queue(&self, name: &str) -> Option<QueueInfo> {
+        self.get(&self.h.queues, name.as_bytes(), "queues")
+    }
+    fn queues(&self) -> Vec<(String, QueueInfo)> {
+        self.scan(&self.h.queues, b"", usize::MAX, "queues", |_| true)
+            .into_iter()
+            .filter_map(|(k, v)| Some((String::from_utf8(k).ok()?, decode(&v).ok()?)))
+            .collect()
+    }
+    fn ready_first(&self, queue: &str) -> Option<u64> {
+        let prefix = qkey(queue);
+        let (k, _) = self
+            .scan(&self.h.ready, &prefix, 1, "ready", |k| {
+                k.starts_with(&prefix)
+            })
+            .pop()?;
+        Some(u64_at(&k, k.len() - 8))
+    }
+    fn state_range(
+        &self,
+        queue: &str,
+        state: JobState,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Vec<u64> {
+        let mut prefix = qkey(queue);
+        prefix.push(state.index() as u8);
+        let start = state_key(queue, state, after.map_or(0, |a| a.saturating_add(1)));
+        if after == Some(u64::MAX) {
+            return Vec::new();
+        }
+        self.scan(&self.h.by_state, &start, limit, "by_state", |k| {
+            k.starts_with(&prefix)
+        })
+        .into_iter()
+        .map(|(k, _)| u64_at(&k, k.len() - 8))
+        .collect()
+    }
+    fn timer_first(&self, timer: Timer) -> Option<(u64, u64)> {
+        self.timers_due(timer, u64::MAX, 1).pop()
+    }
+    fn timers_due(&self, timer: Timer, now: u64, limit: usize) -> Vec<(u64, u64)> {
+        let start = timer_key(timer, 0, 0);
+        self.scan(&self.h.timers, &start, limit, "timers", |k| {
+            k[0] == timer as u8 && u64_at(k, 1) <= now
+        })
+        .into_iter()
+        .map(|(k, _)| (u64_at(&k, 1), u64_at(&k, 9)))
+        .collect()
+    }
+    fn dedup(&self, queue: &str, key: &str) -> Option<DedupEntry> {
+        self.get(&self.h.dedup, &dedup_key(queue, key), "dedup")
+    }
+    fn dedup_expiry_first(&self) -> Option<(u64, String, String)> {
+        let (k, _) = self
+            .scan(&self.h.dedup_expiry, b"", 1, "dedup_expiry", |_| true)
+            .pop()?;
+        let at = u64_at(&k, 0);
+        let (queue, key) = split_qkey(&k[8..])?;
+        Some((at, queue, String::from_utf8_lossy(key).into_owned()))
+    }
+    fn worker(&self, id: &str) -> Option<WorkerInfo> {
+        self.get(&self.h.workers, id.as_bytes(), "workers")
+    }
+    fn workers(&self) -> Vec<(String, WorkerInfo)> {
+        self.scan(&self.h.workers, b"", usize::MAX, "workers", |_| true)
+            .into_iter()
+            .filter_map(|(k, v)| Some((String::from_utf8(k).ok()?, decode(&v).ok()?)))
+            .collect()
+    }
+    fn idle_worker_first(&self) -> Option<(u64, String)> {
+        let (k, _) = self
+            .scan(&self.h.idle_workers, b"", 1, "idle_workers", |_| true)
+            .pop()?;
+        Some((u64_at(&k, 0), String::from_utf8_lossy(&k[8..]).into_owned()))
+    }
+    fn webhook(&self, id: u64) -> Option<WebhookEvent> {
+        self.get(&self.h.outbox, &id.to_be_bytes(), "outbox")
+    }
+}
+
+impl<'txn> DiskTables<W<'txn>> {
+    fn put_raw(
+        &mut self,
+        which: for<'a> fn(&'a mut Handles<W<'txn>>) -> &'a mut W<'txn>,
+        key: &[u8],
+        value: &[u8],
+        what: &str,
+    ) {
+        let res = which(&mut self.h).insert(key, value).map(drop);
+        if let Err(e) = res {
+            self.fail(what, e);
+        }
+    }
+
+    fn del_raw(
+        &mut self,
+        which: for<'a> fn(&'a mut Handles<W<'txn>>) -> &'a mut W<'txn>,
+        key: &[u8],
+        what: &str,
+    ) {
+        let res = which(&mut self.h).remove(key).map(drop);
+        if let Err(e) = res {
+            self.fail(what, e);
+        }
+    }
+
+    fn put<V: serde::Serialize>(
+        &mut self,
+        which: for<'a> fn(&'a mut Handles<W<'txn>>) -> &'a mut W<'txn>,
+        key: &[u8],
+        value: &V,
+        what: &str,
+    ) {
+        match encode(value) {
+            Ok(bytes) => self.put_raw(which, key, &bytes, what),
+            Err(e) => self.fail(what, e),
+        }
+    }
+
+    /// Stores a record of the state machine's own metadata.
+    pub fn meta_put<V: serde::Serialize>(&mut self, key: &[u8], value: &V) {
+        self.put(|h| &mut h.meta, key, value, "sm_meta");
+    }
+}
+
+impl<'txn> Tables for DiskTables<W<'txn>> {
+    fn set_counters(&mut self, c: Counters) {
+        self.put(|h| &mut h.meta, COUNTERS_KEY, &c, "counters");
+    }
+    fn put_job(&mut self, job: &Job) {
+        self.put(|h| &mut h.jobs, &job.seq.to_be_bytes(), job, "jobs");
+    }
+    fn delete_job(&mut self, seq: u64) {
+        let k = seq.to_be_bytes();
+        self.del_raw(|h| &mut h.jobs, &k, "jobs");
+        self.del_raw(|h| &mut h.payloads, &k, "payloads");
+        self.del_raw(|h| &mut h.results, &k, "results");
+    }
+    fn put_payload(&mut self, seq: u64, payload: &Bytes) {
+        self.put_raw(|h| &mut h.payloads, &seq.to_be_bytes(), payload, "payloads");
+    }
+    fn put_result(&mut self, seq: u64, result: &Bytes) {
+        self.put_raw(|h| &mut h.results, &seq.to_be_bytes(), result, "results");
+    }
+    fn put_id(&mut self, job_id: &str, seq: u64) {
+        self.put_raw(|h| &mut h.ids, job_id.as_bytes(), &seq.to_be_bytes(), "ids");
+    }
+    fn delete_id(&mut self, job_id: &str) {
+        self.del_raw(|h| &mut h.ids, job_id.as_bytes(), "ids");
+    }
+    fn put_queue(&mut self, name: &str, info: &QueueInfo) {
+        self.put(|h| &mut h.queues, name.as_bytes(), info, "queues");
+    }
+    fn delete_queue(&mut self, name: &str) {
+        self.del_raw(|h| &mut h.queues, name.as_bytes(), "queues");
+    }
+    fn ready_insert(&mut self, queue: &str, priority: i32, seq: u64) {
+        self.put_raw(
+            |h| &mut h.ready,
+            &ready_key(queue, priority, seq),
+            b"",
+            "ready",
+        );
+    }
+    fn ready_remove(&mut self, queue: &str, priority: i32, seq: u64) {
+        self.del_raw(|h| &mut h.ready, &ready_key(queue, priority, seq), "ready");
+    }
+    fn state_insert(&mut self, queue: &str, state: JobState, seq: u64) {
+        self.put_raw(
+            |h| &mut h.by_state,
+            &state_key(queue, state, seq),
+            b"",
+            "by_state",
+        );
+    }
+    fn state_remove(&mut self, queue: &str, state: JobState, seq: u64) {
+        self.del_raw(
+            |h| &mut h.by_state,
+            &state_key(queue, state, seq),
+            "by_state",
+        );
+    }
+    fn timer_insert(&mut self, timer: Timer, at: u64, seq: u64) {
+        self.put_raw(|h| &mut h.timers, &timer_key(timer, at, seq), b"", "timers");
+    }
+    fn timer_remove(&mut self, timer: Timer, at: u64, seq: u64) {
+        self.del_raw(|h| &mut h.timers, &timer_key(timer, at, seq), "timers");
+    }
+    fn put_dedup(&mut self, queue: &str, key: &str, entry: &DedupEntry) {
+        let k = dedup_key(queue, key);
+        self.put_raw(
+            |h| &mut h.dedup_expiry,
+            &at_key(entry.expires_at_ms, &k),
+            b"",
+            "dedup_expiry",
+        );
+        self.put(|h| &mut h.dedup, &k, entry, "dedup");
+    }
+    fn delete_dedup(&mut self, queue: &str, key: &str, expires_at_ms: u64) {
+        let k = dedup_key(queue, key);
+        self.del_raw(
+            |h| &mut h.dedup_expiry,
+            &at_key(expires_at_ms, &k),
+            "dedup_expiry",
+        );
+        self.del_raw(|h| &mut h.dedup, &k, "dedup");
+    }
+    fn put_worker(&mut self, id: &str, info: &WorkerInfo) {
+        self.put(|h| &mut h.workers, id.as_bytes(), info, "workers");
+    }
+    fn delete_worker(&mut self, id: &str) {
+        self.del_raw(|h| &mut h.workers, id.as_bytes(), "workers");
+    }
+    fn idle_worker_insert(&mut self, forget_at_ms: u64, id: &str) {
+        self.put_raw(
+            |h| &mut h.idle_workers,
+            &at_key(forget_at_ms, id.as_bytes()),
+            b"",
+            "idle_workers",
+        );
+    }
+    fn idle_worker_remove(&mut self, forget_at_ms: u64, id: &str) {
+        self.del_raw(
+            |h| &mut h.idle_workers,
+            &at_key(forget_at_ms, id.as_bytes()),
+            "idle_workers",
+        );
+    }
+    fn put_webhook(&mut self, event: &WebhookEvent) {
+        self.put(|h| &mut h.outbox, &event.id.to_be_bytes(), event, "outbox");
+    }
+    fn delete_webhook(&mut self, id: u64) {
+        self.del_raw(|h| &mut h.outbox, &id.to_be_bytes(), "outbox");
+    }
+}
