@@ -64,12 +64,13 @@ pub struct ServeArgs {
     /// How long a call may wait for a leader and a quorum before UNAVAILABLE.
     #[arg(long, env = "TASKRAFT_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
-    /// Snapshot (and purge the log) every this many entries.
-    #[arg(long, env = "TASKRAFT_SNAPSHOT_EVERY", default_value_t = 20_000)]
+    /// Snapshot (and purge the log) every this many entries. A snapshot is a durable
+    /// commit of the state store, so this can be frequent.
+    #[arg(long, env = "TASKRAFT_SNAPSHOT_EVERY", default_value_t = 5_000)]
     pub snapshot_every: u64,
     /// Also snapshot when entries came in and the last snapshot is older than this, so
     /// the log and files shrink after a burst even below --snapshot-every.
-    #[arg(long, env = "TASKRAFT_SNAPSHOT_MAX_AGE", default_value = "1m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TASKRAFT_SNAPSHOT_MAX_AGE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub snapshot_max_age: Duration,
     /// Log entries kept behind a snapshot, so a briefly lagging follower catches up from
     /// the log instead of a full snapshot.
@@ -166,6 +167,9 @@ impl ServeArgs {
         if self.snapshot_every == 0 {
             bail!("--snapshot-every must be >= 1");
         }
+        if self.snapshot_max_age < Duration::from_millis(100) {
+            bail!("--snapshot-max-age must be at least 100ms");
+        }
         let advertise = self.advertise.or_else(|| peers.get(&self.id).cloned());
         let ms = |d: Duration| d.as_millis() as u64;
         Ok(Config {
@@ -214,9 +218,9 @@ impl Config {
             peers: BTreeMap::new(),
             api: ApiSettings::default(),
             request_timeout: Duration::from_secs(5),
-            snapshot_every: 20_000,
+            snapshot_every: 5_000,
             keep_logs: 1000,
-            snapshot_max_age: Duration::from_secs(60),
+            snapshot_max_age: Duration::from_secs(10),
             heartbeat: Duration::from_millis(100),
             webhook_secret: None,
             metrics: true,

@@ -33,6 +33,8 @@ pub mod webhook;
 pub mod worker;
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 
 pub use command::{

@@ -301,64 +301,7 @@ fn time_never_runs_backwards() {
 
 // ---------------- property test ----------------
 
-#[derive(Clone, Debug)]
-enum Op {
-    Enqueue {
-        queue: u8,
-        priority: i8,
-        delay: u16,
-        key: Option<u8>,
-    },
-    Lease {
-        queue: u8,
-        max: u8,
-        vis: u16,
-    },
-    Ack {
-        pick: u16,
-        stale: bool,
-    },
-    Nack {
-        pick: u16,
-        dead: bool,
-        retry_after: Option<u16>,
-    },
-    Extend {
-        pick: u16,
-        vis: u16,
-    },
-    Cancel {
-        pick: u16,
-    },
-    Retry {
-        pick: u16,
-    },
-    Redrive {
-        queue: u8,
-    },
-    Pause {
-        queue: u8,
-        paused: bool,
-    },
-    Tick,
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        4 => (0..3u8, -2..3i8, prop_oneof![Just(0u16), 0..3000u16], proptest::option::of(0..4u8))
-            .prop_map(|(queue, priority, delay, key)| Op::Enqueue { queue, priority, delay, key }),
-        3 => (0..3u8, 1..4u8, 1..3000u16).prop_map(|(queue, max, vis)| Op::Lease { queue, max, vis }),
-        2 => (any::<u16>(), any::<bool>()).prop_map(|(pick, stale)| Op::Ack { pick, stale }),
-        2 => (any::<u16>(), any::<bool>(), proptest::option::of(0..2000u16))
-            .prop_map(|(pick, dead, retry_after)| Op::Nack { pick, dead, retry_after }),
-        1 => (any::<u16>(), 1..3000u16).prop_map(|(pick, vis)| Op::Extend { pick, vis }),
-        1 => any::<u16>().prop_map(|pick| Op::Cancel { pick }),
-        1 => any::<u16>().prop_map(|pick| Op::Retry { pick }),
-        1 => (0..3u8).prop_map(|queue| Op::Redrive { queue }),
-        1 => (0..3u8, any::<bool>()).prop_map(|(queue, paused)| Op::Pause { queue, paused }),
-        2 => Just(Op::Tick),
-    ]
-}
+use super::testing::{op, Driver};
 
 fn check_invariants(s: &State<MemTables>) {
     let t = s.tables();
@@ -453,64 +396,18 @@ proptest! {
     #[test]
     fn random_command_sequences_keep_invariants(ops in proptest::collection::vec(op(), 1..120)) {
         let mut s = State::new();
-        let mut now = 0u64;
-        let mut n = 0u32;
-        let mut leases: Vec<LeasedJob> = Vec::new();
-        let mut ids: Vec<String> = Vec::new();
         let mut replica = State::new();
-        let queue = |q: u8| format!("q{q}");
+        let mut driver = Driver::default();
         for op in ops {
-            now += 97;
-            let cmd = match op {
-                Op::Enqueue { queue: q, priority, delay, key } => {
-                    n += 1;
-                    let id = format!("j{n}");
-                    ids.push(id.clone());
-                    let mut j = new_job(&id, &queue(q), priority.into());
-                    j.due = Due::After(delay.into());
-                    j.idempotency_key = key.map(|k| format!("k{k}")).unwrap_or_default();
-                    j.dedup_window_ms = 2_000;
-                    j.retention = Retention { result_ttl_ms: 1_500, failure_ttl_ms: 2_500 };
-                    Command::Enqueue(vec![j])
-                }
-                Op::Lease { queue: q, max, vis } => Command::Lease {
-                    queues: vec![queue(q), queue((q + 1) % 3)],
-                    worker_id: format!("w{q}"),
-                    max_jobs: max.into(),
-                    visibility_timeout_ms: vis.into(),
-                },
-                Op::Ack { pick, stale } if !leases.is_empty() => {
-                    let l = &leases[pick as usize % leases.len()];
-                    Command::Ack { job_id: l.job_id.clone(), lease_id: l.lease_id + u64::from(stale), result: "r".into() }
-                }
-                Op::Nack { pick, dead, retry_after } if !leases.is_empty() => {
-                    let l = &leases[pick as usize % leases.len()];
-                    Command::Nack {
-                        job_id: l.job_id.clone(), lease_id: l.lease_id, error: "e".into(),
-                        retry_after_ms: retry_after.map(u64::from), dead_letter: dead, backoff: BACKOFF,
-                    }
-                }
-                Op::Extend { pick, vis } if !leases.is_empty() => {
-                    let l = &leases[pick as usize % leases.len()];
-                    Command::Extend { job_id: l.job_id.clone(), lease_id: l.lease_id, visibility_timeout_ms: vis.into(), progress: Some(50), progress_message: None }
-                }
-                Op::Cancel { pick } if !ids.is_empty() => Command::Cancel { job_id: ids[pick as usize % ids.len()].clone() },
-                Op::Retry { pick } if !ids.is_empty() => Command::Retry { job_id: ids[pick as usize % ids.len()].clone() },
-                Op::Redrive { queue: q } => Command::Redrive { queue: queue(q) },
-                Op::Pause { queue: q, paused: true } => Command::Pause { queue: queue(q) },
-                Op::Pause { queue: q, paused: false } => Command::Resume { queue: queue(q) },
-                _ => Command::Tick,
-            };
-            let env = at(now, cmd);
+            let env = driver.envelope(op);
+            let now = env.now_ms;
             let before = s.clone();
             let reply = s.apply(&env);
             // A replica applying the same entries reaches the same state and reply.
             let reply2 = replica.apply(&env);
             prop_assert_eq!(format!("{reply:?}"), format!("{reply2:?}"));
             prop_assert_eq!(&s, &replica);
-            if let Ok(Outcome::Leased(got)) = &reply {
-                leases.extend(got.iter().cloned());
-            }
+            driver.observe(&reply);
             if reply.is_err() {
                 // A refused command changes nothing but the time-driven moves it made
                 // first; check by replaying time alone on the previous state.

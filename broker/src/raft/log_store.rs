@@ -9,7 +9,12 @@
 //! acknowledged before it is on disk.
 //!
 //! Every write (append, vote, committed pointer, truncate, purge) goes through the same
-//! writer queue, so write I/O stays in the order openraft issued it.
+//! writer queue, so write I/O stays in the order openraft issued it. The committed
+//! pointer is written without its own fsync (the next append's fsync carries it).
+//!
+//! The file is never compacted (that needs exclusive access and would stall appends):
+//! redb reuses the pages a purge frees, and snapshots are taken often enough (by entry
+//! count, age and appended bytes, see `node.rs`) that the live log stays small.
 
 // openraft's traits fix the (large) error type; boxing it here would only add a copy.
 #![allow(clippy::result_large_err)]
@@ -17,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +47,10 @@ enum Op {
     Meta {
         key: &'static str,
         bytes: Vec<u8>,
+        /// Fsync before answering (the vote); without, the next append's fsync carries
+        /// it (the committed pointer: losing its last update only means re-applying a
+        /// few entries that the state store already holds).
+        durable: bool,
         done: tokio::sync::oneshot::Sender<Result<(), String>>,
     },
     Truncate {
@@ -57,52 +67,15 @@ enum Op {
 /// Called with each append transaction's commit (fsync) duration.
 pub type FsyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
-/// Compact the log file after a purge when it is larger than this...
-const COMPACT_MIN_FILE: u64 = 32 * 1024 * 1024;
-/// ...and the last compaction is at least this old.
-const COMPACT_EVERY: Duration = Duration::from_secs(60);
-
 struct Inner {
-    /// Read-locked for every transaction; write-locked only to compact the file (redb's
-    /// `compact` needs exclusive access).
-    db: std::sync::RwLock<Database>,
-    path: std::path::PathBuf,
-    last_compaction: Mutex<Option<Instant>>,
+    db: Database,
     observer: Mutex<Option<FsyncObserver>>,
     /// Entries appended but not yet on disk, by index.
     pending: Mutex<BTreeMap<u64, (LogId, Vec<u8>)>>,
+    /// Bytes of entries appended since the store was opened (the snapshot trigger
+    /// compares it with its value at the last snapshot).
+    appended_bytes: AtomicU64,
     tx: Mutex<mpsc::Sender<Op>>,
-}
-
-impl Inner {
-    fn db(&self) -> std::sync::RwLockReadGuard<'_, Database> {
-        self.db.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// After a purge: give the freed space back to the file system now and then, so the
-    /// log file follows the live log rather than its high-water mark.
-    fn maybe_compact(&self) {
-        let size = std::fs::metadata(&self.path).map_or(0, |m| m.len());
-        let due = lock(&self.last_compaction).is_none_or(|t| t.elapsed() >= COMPACT_EVERY);
-        if size < COMPACT_MIN_FILE || !due {
-            return;
-        }
-        *lock(&self.last_compaction) = Some(Instant::now());
-        let started = Instant::now();
-        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
-        match db.compact() {
-            Ok(_) => {
-                let after = std::fs::metadata(&self.path).map_or(0, |m| m.len());
-                tracing::info!(
-                    before = size,
-                    after,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "compacted the raft log file"
-                );
-            }
-            Err(e) => tracing::warn!(error = %e, "raft log compaction failed"),
-        }
-    }
 }
 
 /// Log store handle; clones share the database, the cache and the writer.
@@ -122,11 +95,10 @@ impl LogStore {
         txn.commit()?;
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
-            db: std::sync::RwLock::new(db),
-            path: path.to_path_buf(),
-            last_compaction: Mutex::new(None),
+            db,
             observer: Mutex::new(None),
             pending: Mutex::new(BTreeMap::new()),
+            appended_bytes: AtomicU64::new(0),
             tx: Mutex::new(tx),
         });
         let weak = Arc::downgrade(&inner);
@@ -134,6 +106,11 @@ impl LogStore {
             .name("taskraft-log-writer".into())
             .spawn(move || writer(weak, rx))?;
         Ok(Self { inner })
+    }
+
+    /// Bytes of entries appended since the store was opened.
+    pub fn appended_bytes(&self) -> u64 {
+        self.inner.appended_bytes.load(Ordering::Relaxed)
     }
 
     /// Reports every append commit's duration to `observer` (metrics).
@@ -147,9 +124,19 @@ impl LogStore {
             .map_err(|_| write_err("log writer thread stopped"))
     }
 
-    async fn meta(&self, key: &'static str, bytes: Vec<u8>) -> Result<(), StorageError> {
+    async fn meta(
+        &self,
+        key: &'static str,
+        bytes: Vec<u8>,
+        durable: bool,
+    ) -> Result<(), StorageError> {
         let (done, rx) = tokio::sync::oneshot::channel();
-        self.send(Op::Meta { key, bytes, done })?;
+        self.send(Op::Meta {
+            key,
+            bytes,
+            durable,
+            done,
+        })?;
         rx.await.map_err(write_err)?.map_err(write_err)
     }
 
@@ -157,7 +144,7 @@ impl LogStore {
         &self,
         key: &str,
     ) -> Result<Option<T>, StorageError> {
-        let txn = self.inner.db().begin_read().map_err(read_err)?;
+        let txn = self.inner.db.begin_read().map_err(read_err)?;
         let table = txn.open_table(META).map_err(read_err)?;
         let Some(v) = table.get(key).map_err(read_err)? else {
             return Ok(None);
@@ -199,7 +186,7 @@ fn flush_appends(inner: &Inner, batch: AppendBatch) {
     }
     let started = Instant::now();
     let res = (|| -> Result<(), redb::Error> {
-        let txn = inner.db().begin_write()?;
+        let txn = inner.db.begin_write()?;
         {
             let mut table = txn.open_table(LOG)?;
             for (rows, _) in &batch {
@@ -246,12 +233,20 @@ fn flush_appends(inner: &Inner, batch: AppendBatch) {
 }
 
 fn run_other(inner: &Inner, op: Op) {
-    let db = inner.db();
+    let db = &inner.db;
     match op {
         Op::Append { .. } => unreachable!("appends are batched"),
-        Op::Meta { key, bytes, done } => {
+        Op::Meta {
+            key,
+            bytes,
+            durable,
+            done,
+        } => {
             let r = (|| -> Result<(), redb::Error> {
-                let txn = db.begin_write()?;
+                let mut txn = db.begin_write()?;
+                if !durable {
+                    txn.set_durability(redb::Durability::None)?;
+                }
                 txn.open_table(META)?.insert(key, bytes.as_slice())?;
                 txn.commit()?;
                 Ok(())
@@ -277,12 +272,7 @@ fn run_other(inner: &Inner, op: Op) {
                 txn.commit()?;
                 Ok(())
             })();
-            let ok = r.is_ok();
             let _ = done.send(r.map_err(|e| e.to_string()));
-            if ok {
-                drop(db);
-                inner.maybe_compact();
-            }
         }
     }
 }
@@ -295,7 +285,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // Disk first, then the not-yet-flushed cache on top (it holds the newest entries).
         let mut by_index: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         {
-            let txn = self.inner.db().begin_read().map_err(read_err)?;
+            let txn = self.inner.db.begin_read().map_err(read_err)?;
             let table = txn.open_table(LOG).map_err(read_err)?;
             for row in table.range(range.clone()).map_err(read_err)? {
                 let (k, v) = row.map_err(read_err)?;
@@ -335,7 +325,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .next_back()
             .map(|(id, _)| *id);
         let disk_last = {
-            let txn = self.inner.db().begin_read().map_err(read_err)?;
+            let txn = self.inner.db.begin_read().map_err(read_err)?;
             let table = txn.open_table(LOG).map_err(read_err)?;
             let last = match table.last().map_err(read_err)? {
                 Some((_, v)) => Some(decode::<Entry>(v.value()).map_err(read_err)?.log_id),
@@ -355,7 +345,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.meta("vote", encode(vote).map_err(write_err)?).await
+        self.meta("vote", encode(vote).map_err(write_err)?, true)
+            .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -363,7 +354,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.meta("committed", encode(&committed).map_err(write_err)?)
+        self.meta("committed", encode(&committed).map_err(write_err)?, false)
             .await
     }
 
@@ -385,6 +376,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| encode(&e).map(|b| (e.log_id, b)))
             .collect::<Result<_, _>>()
             .map_err(write_err)?;
+        let bytes: usize = rows.iter().map(|(_, b)| b.len()).sum();
+        self.inner
+            .appended_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         {
             let mut pending = lock(&self.inner.pending);
             for (id, bytes) in &rows {

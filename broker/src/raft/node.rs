@@ -80,6 +80,9 @@ fn never_sent(s: &tonic::Status) -> bool {
             || s.message().contains("error trying to connect"))
 }
 
+/// Appended log bytes after which a snapshot is taken (and the log purged behind it).
+pub const SNAPSHOT_LOG_BYTES: u64 = 128 << 20;
+
 /// Leader wall-clock time in Unix ms.
 pub fn wall_clock_ms() -> u64 {
     SystemTime::now()
@@ -451,12 +454,16 @@ impl RaftNode {
     }
 
     /// Takes a snapshot when entries were applied since the last one and it is older
-    /// than `max_age`, even if fewer than `--snapshot-every` entries came in. After a big
-    /// expiry (a retention sweep) this is what lets the log be purged and the files
-    /// shrink to the live state instead of waiting for the next `--snapshot-every`.
+    /// than `max_age`, or when more than [`SNAPSHOT_LOG_BYTES`] of entries were appended
+    /// since the last one, even if fewer than `--snapshot-every` entries came in. A
+    /// snapshot is cheap (a durable commit of the state store), and it is what lets the
+    /// log be purged: this keeps the log file small after bursts of big entries.
     pub async fn run_compactor(self: Arc<Self>, max_age: Duration) {
         let mut last = Instant::now();
-        let mut interval = tokio::time::interval(max_age / 4);
+        let mut bytes_at_last = self.log.appended_bytes();
+        let mut interval = tokio::time::interval(
+            (max_age / 4).clamp(Duration::from_millis(100), Duration::from_millis(500)),
+        );
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
@@ -468,13 +475,18 @@ impl RaftNode {
                     m.snapshot.map_or(0, |l| l.index),
                 )
             };
-            if applied > snap && last.elapsed() >= max_age {
+            let bytes = self.log.appended_bytes();
+            let by_age = applied > snap && last.elapsed() >= max_age;
+            let by_bytes = applied > snap && bytes - bytes_at_last >= SNAPSHOT_LOG_BYTES;
+            if by_age || by_bytes {
                 last = Instant::now();
+                bytes_at_last = bytes;
                 if let Err(e) = self.raft.trigger().snapshot().await {
                     tracing::warn!(error = %e, "could not trigger a snapshot");
                 }
             } else if applied == snap {
                 last = Instant::now();
+                bytes_at_last = bytes;
             }
         }
     }

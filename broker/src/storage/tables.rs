@@ -538,3 +538,56 @@ impl<'txn> Tables for DiskTables<W<'txn>> {
         self.del_raw(|h| &mut h.outbox, &id.to_be_bytes(), "outbox");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use redb::{Database, Durability, ReadableDatabase};
+
+    use super::*;
+    use crate::queue::testing::{observe, op, Driver};
+    use crate::queue::State;
+
+    /// A fresh store file with every table.
+    pub(crate) fn store(dir: &std::path::Path) -> Database {
+        let db = Database::create(dir.join("state.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        for def in ALL {
+            txn.open_table(*def).unwrap();
+        }
+        txn.commit().unwrap();
+        db
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// The rules over redb answer exactly as over memory: every reply, and every read
+        /// after every entry.
+        #[test]
+        fn redb_tables_answer_like_memory_tables(ops in proptest::collection::vec(op(), 1..100)) {
+            let dir = tempfile::tempdir().unwrap();
+            let db = store(dir.path());
+            let mut mem = State::new();
+            let mut driver = Driver::default();
+            for op in ops {
+                let env = driver.envelope(op);
+                let want = mem.apply(&env);
+                let mut txn = db.begin_write().unwrap();
+                txn.set_durability(Durability::None).unwrap();
+                let got = {
+                    let h = Handles::open(|d| txn.open_table(d)).unwrap();
+                    let mut disk = State::over(DiskTables::new(h));
+                    let got = disk.apply(&env);
+                    prop_assert_eq!(disk.tables().error(), None);
+                    got
+                };
+                txn.commit().unwrap();
+                prop_assert_eq!(format!("{want:?}"), format!("{got:?}"));
+                driver.observe(&want);
+                let read = db.begin_read().unwrap();
+                let view = State::over(DiskTables::new(Handles::open(|d| read.open_table(d)).unwrap()));
+                prop_assert_eq!(observe(&mem, &driver.ids), observe(&view, &driver.ids));
+            }
+        }
+    }
+}
