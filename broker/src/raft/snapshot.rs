@@ -347,6 +347,7 @@ mod tests {
                 let mut s = State::over(DiskTables::new(h));
                 let reply = s.apply(&env);
                 driver.observe(&reply);
+                s.into_tables().flush();
             }
             txn.commit().unwrap();
         }

@@ -167,6 +167,10 @@ impl<T> Handles<T> {
 pub struct DiskTables<T> {
     h: Handles<T>,
     error: RefCell<Option<String>>,
+    /// Queue records changed in this transaction (`None`: deleted), written back by
+    /// [`DiskTables::flush`]: a batch of a thousand jobs for one queue then costs one
+    /// record write, not a thousand.
+    queues: std::collections::HashMap<String, Option<QueueInfo>>,
 }
 
 impl<T> DiskTables<T> {
@@ -175,6 +179,7 @@ impl<T> DiskTables<T> {
         Self {
             h,
             error: RefCell::new(None),
+            queues: Default::default(),
         }
     }
 
@@ -303,13 +308,24 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> TablesRead for DiskTables<T
         (raw.len() == 8).then(|| u64_at(&raw, 0))
     }
     fn queue(&self, name: &str) -> Option<QueueInfo> {
-        self.get(&self.h.queues, name.as_bytes(), "queues")
+        match self.queues.get(name) {
+            Some(cached) => cached.clone(),
+            None => self.get(&self.h.queues, name.as_bytes(), "queues"),
+        }
     }
     fn queues(&self) -> Vec<(String, QueueInfo)> {
-        self.scan(&self.h.queues, b"", usize::MAX, "queues", |_| true)
+        let mut all: std::collections::BTreeMap<String, QueueInfo> = self
+            .scan(&self.h.queues, b"", usize::MAX, "queues", |_| true)
             .into_iter()
             .filter_map(|(k, v)| Some((String::from_utf8(k).ok()?, decode(&v).ok()?)))
-            .collect()
+            .collect();
+        for (name, cached) in &self.queues {
+            match cached {
+                Some(q) => all.insert(name.clone(), q.clone()),
+                None => all.remove(name),
+            };
+        }
+        all.into_iter().collect()
     }
     fn ready_first(&self, queue: &str) -> Option<u64> {
         let prefix = qkey(queue);
@@ -422,6 +438,16 @@ impl<'txn> DiskTables<W<'txn>> {
         }
     }
 
+    /// Writes back what is cached for this transaction; call before committing.
+    pub fn flush(&mut self) {
+        for (name, cached) in std::mem::take(&mut self.queues) {
+            match cached {
+                Some(q) => self.put(|h| &mut h.queues, name.as_bytes(), &q, "queues"),
+                None => self.del_raw(|h| &mut h.queues, name.as_bytes(), "queues"),
+            }
+        }
+    }
+
     /// Stores a record of the state machine's own metadata.
     pub fn meta_put<V: serde::Serialize>(&mut self, key: &[u8], value: &V) {
         self.put(|h| &mut h.meta, key, value, "sm_meta");
@@ -454,10 +480,10 @@ impl<'txn> Tables for DiskTables<W<'txn>> {
         self.del_raw(|h| &mut h.ids, job_id.as_bytes(), "ids");
     }
     fn put_queue(&mut self, name: &str, info: &QueueInfo) {
-        self.put(|h| &mut h.queues, name.as_bytes(), info, "queues");
+        self.queues.insert(name.to_string(), Some(info.clone()));
     }
     fn delete_queue(&mut self, name: &str) {
-        self.del_raw(|h| &mut h.queues, name.as_bytes(), "queues");
+        self.queues.insert(name.to_string(), None);
     }
     fn ready_insert(&mut self, queue: &str, priority: i32, seq: u64) {
         self.put_raw(
@@ -578,7 +604,9 @@ mod tests {
                     let h = Handles::open(|d| txn.open_table(d)).unwrap();
                     let mut disk = State::over(DiskTables::new(h));
                     let got = disk.apply(&env);
-                    prop_assert_eq!(disk.tables().error(), None);
+                    let mut tables = disk.into_tables();
+                    tables.flush();
+                    prop_assert_eq!(tables.error(), None);
                     got
                 };
                 txn.commit().unwrap();
