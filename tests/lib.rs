@@ -18,6 +18,27 @@ pub mod setup;
 /// Generous bound for anything that should happen "soon" (startup, elections).
 pub const SOON: Duration = Duration::from_secs(30);
 
+/// Polls `check` until it returns `Some`, for at most `within`; panics naming `what`
+/// when it never does. The one poll-until loop of the tests: generous bounds, no fixed
+/// sleeps racing a timeout.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Public API clients of one node.
 #[derive(Clone)]
 pub struct Clients {
