@@ -16,7 +16,7 @@ use taskraft_tests::*;
 const CONSTANT_SNAPSHOTS: &[&str] = &["--snapshot-every", "10", "--keep-logs", "5"];
 
 /// What the producers and the worker were told succeeded.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Acked {
     /// Enqueued job id -> payload.
     enqueued: BTreeMap<String, String>,
@@ -152,7 +152,7 @@ async fn kill9_while_applying_and_snapshotting_keeps_every_acknowledged_call() {
         node.restart().await;
         node.wait_ready().await;
         let mut c = node.clients().await;
-        let a = acked.lock().unwrap();
+        let a = acked.lock().unwrap().clone();
         check_acked(&mut c, &a).await;
     }
     // The live leases still fence: each acks with its own lease id.
@@ -187,7 +187,8 @@ async fn kill9_right_after_a_quiet_point_restores_exact_counts() {
     node.wait_ready().await;
     let mut c = node.clients().await;
     assert_eq!(stats(&mut c, "crash").await, before);
-    check_acked(&mut c, &acked.lock().unwrap()).await;
+    let a = acked.lock().unwrap().clone();
+    check_acked(&mut c, &a).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
