@@ -514,7 +514,8 @@ class AsyncClient:
         """Leases up to ``max_jobs`` jobs, serving ``queues`` in order; long-polls up
         to ``wait`` seconds when none is ready. ``visibility_timeout`` (seconds,
         None: the broker's default) is how long the lease lasts unless extended.
-        The call's deadline is ``timeout`` (default: ``call_timeout``) plus ``wait``."""
+        The call's deadline is ``timeout`` if given, else ``call_timeout + wait``
+        (the broker ends the long poll early enough to answer by the deadline)."""
         req = pb.LeaseRequest(
             queues=list(queues),
             worker_id=worker_id,
@@ -522,7 +523,7 @@ class AsyncClient:
             visibility_timeout_ms=_ms(visibility_timeout),
             wait_ms=_ms(wait),
         )
-        deadline = (timeout if timeout is not None else self.config.call_timeout) + wait
+        deadline = timeout if timeout is not None else self.config.call_timeout + wait
         r = await self._call(lambda n: n.broker.Lease, req, deadline)
         return [LeasedJob.from_proto(j) for j in r.jobs]
 

@@ -525,19 +525,23 @@ class Worker:
                     max_workers=self.concurrency, thread_name_prefix="taskraft-handler"
                 )
             work = loop.run_in_executor(self._pool, _call_sync, fn, job, loop)
+        # A handler abandoned on cancellation or shutdown may still fail later;
+        # its exception is of no interest then.
+        work.add_done_callback(_consume)
         abort = asyncio.ensure_future(self._abort_ev.wait())
         try:
             await asyncio.wait({work, ended_wait, abort}, return_when=asyncio.FIRST_COMPLETED)
-            if work.done():
-                return _finished(job, work)
             if ended_wait.done():
                 # Cancelled or lease lost: the token is set; stop an async handler and
                 # wait for the handler to return (a sync one cannot be stopped), unless
-                # shutdown gives up on it.
-                if is_async:
-                    work.cancel()
-                await asyncio.wait({work, abort}, return_when=asyncio.FIRST_COMPLETED)
+                # shutdown gives up on it. Whatever it returns is discarded.
+                if not work.done():
+                    if is_async:
+                        work.cancel()
+                    await asyncio.wait({work, abort}, return_when=asyncio.FIRST_COMPLETED)
                 return _Outcome("ended")
+            if work.done():
+                return _finished(job, work)
             job.cancelled.set("shutdown")
             if is_async:
                 work.cancel()
@@ -636,6 +640,11 @@ def _call_sync(fn: Handler, job: Job, loop: asyncio.AbstractEventLoop) -> Any:
     if inspect.isawaitable(value):
         return asyncio.run_coroutine_threadsafe(_awaited(value), loop).result()
     return value
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def _awaited(value: Awaitable[Any]) -> Any:
