@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use taskraft_proto::v1 as pb;
@@ -403,44 +403,12 @@ async fn dashboard_api_serves_jobs_and_admin_actions() {
 
 // ---------------------------------------------------------------- headless Chromium
 
-/// The Chromium binary, installed with apt when missing and we are root. A test that
-/// needs it fails (never skips) when it cannot be had.
-fn chromium() -> PathBuf {
-    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    let uid = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    assert_eq!(
-        uid, "0",
-        "headless Chromium is needed at /usr/bin/chromium and we are not root to install it: run `apt-get install -y chromium`"
-    );
-    let apt = |args: &[&str]| {
-        std::process::Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    let installed = apt(&["install", "-y", "chromium"])
-        || (apt(&["update"]) && apt(&["install", "-y", "chromium"]));
-    assert!(
-        installed && Path::new("/usr/bin/chromium").exists(),
-        "could not install Chromium with `apt-get install -y chromium`; the dashboard test needs it"
-    );
-    PathBuf::from("/usr/bin/chromium")
-}
-
 /// Runs headless Chromium on `url` with `mode` (`--dump-dom` or `--screenshot=...`),
 /// letting timers and fetches run for up to 5 s of virtual time. Returns stdout.
 async fn chromium_run(mode: &str, url: &str) -> String {
-    let bin = chromium();
+    let bin = tokio::task::spawn_blocking(taskraft_tests::setup::chromium)
+        .await
+        .expect("installing chromium");
     let profile = tempfile::tempdir().expect("profile dir");
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args([

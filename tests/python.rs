@@ -18,9 +18,6 @@ use taskraft_tests::ProcessNode;
 /// Bound on the Python script itself (a run takes well under a second).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Written into the venv after a successful install; holds the requirements it was built from.
-const STAMP: &str = ".taskraft-requirements";
-
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -43,57 +40,14 @@ fn run(cmd: &mut Command, what: &str) -> Output {
     out
 }
 
-/// The venv's interpreter, creating the venv and installing the pinned packages when it
-/// is missing, broken, or was built from other pins.
+/// The test venv's interpreter (created or rebuilt once per machine, see `setup`).
 fn venv_python() -> PathBuf {
     let python_dir = manifest_dir().join("python");
-    let venv = python_dir.join(".venv");
-    let python = venv.join("bin").join("python");
-    let requirements = python_dir.join("requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements).expect("tests/python/requirements.txt");
-
-    let stamp_ok = std::fs::read_to_string(venv.join(STAMP)).is_ok_and(|s| s == wanted);
-    if stamp_ok
-        && Command::new(&python)
-            .args(["-c", "import grpc, grpc_tools.protoc"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    {
-        return python;
-    }
-
-    let version = Command::new("python3").arg("--version").output();
-    assert!(
-        version.as_ref().is_ok_and(|o| o.status.success()),
-        "python3 is required by the polyglot test (tests/python.rs) and was not found on PATH; \
-         install it (Debian: apt-get install python3 python3-venv). Error: {version:?}"
-    );
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv).expect("removing a stale tests/python/.venv");
-    }
-    run(
-        Command::new("python3").arg("-m").arg("venv").arg(&venv),
-        "python3 -m venv (Debian needs the python3-venv package)",
-    );
-    run(
-        Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-input",
-                "-r",
-            ])
-            .arg(&requirements),
-        "pip install -r tests/python/requirements.txt",
-    );
-    std::fs::write(venv.join(STAMP), wanted).expect("writing the venv stamp");
-    python
+    taskraft_tests::setup::python_venv(
+        &python_dir.join(".venv"),
+        &python_dir.join("requirements.txt"),
+        "import grpc, grpc_tools.protoc",
+    )
 }
 
 /// Generates the Python stubs of the public API into `out`.
