@@ -233,6 +233,7 @@ class Worker:
         self._stop_asked = False
         self._abort_asked = False
         self._running = False
+        self._fatal: TaskraftError | None = None
 
     # -- registration -----------------------------------------------------------
 
@@ -291,13 +292,13 @@ class Worker:
 
     async def run_async(self, *, handle_signals: bool = True) -> Report:
         """:meth:`run` for the caller's event loop."""
+        if not self._handlers and self._fallback is None:
+            raise ConfigError("register a handler (Worker.handler or Worker.default)")
         with self._lock:
             if self._running:
                 raise RuntimeError("this worker is already running")
             self._running = True
             self._loop = asyncio.get_running_loop()
-        if not self._handlers and self._fallback is None:
-            raise ConfigError("register a handler (Worker.handler or Worker.default)")
         loop = self._loop
         self._stop_ev = asyncio.Event()
         self._abort_ev = asyncio.Event()
@@ -344,7 +345,7 @@ class Worker:
     # -- the lease loop ---------------------------------------------------------
 
     async def _main(self) -> None:
-        self._fatal: TaskraftError | None = None
+        self._fatal = None
         hand = _Slots(self.concurrency + self.prefetch)
         tasks: set[asyncio.Task[None]] = set()
         stop = asyncio.ensure_future(self._stop_ev.wait())
