@@ -313,3 +313,25 @@ def test_worker_settings_are_validated(client: taskraft.Client) -> None:
     with pytest.raises(taskraft.ConfigError, match="handler"):
         taskraft.Worker(client, "q").run(handle_signals=False)
 
+
+
+def test_a_lost_lease_stops_the_handler_without_settling(
+    client: taskraft.Client, queue: str, start_worker: type[WorkerThread]
+) -> None:
+    job_id = client.enqueue(queue, b"x", job_type="t", max_attempts=5).job_id
+    reasons: list[str | None] = []
+
+    def handler(job: Job) -> str:
+        if job.attempt == 1:
+            # Someone else settles this delivery: the lease is no longer ours.
+            client.nack(job.id, job.lease_id, "taken away", retry_after=60)
+            job.cancelled.wait(30)
+            reasons.append(job.cancelled.reason)
+        return "late result"
+
+    wt = start_worker(taskraft.Worker(client, queue, visibility_timeout=0.6, handlers={"t": handler}))
+    eventually(lambda: reasons == ["lease-lost"], what="the handler to learn its lease was lost")
+    report = wt.stop()
+    assert (report.succeeded, report.abandoned) == (0, 1)
+    job = client.get_job(job_id)
+    assert job.state == JobState.SCHEDULED and job.last_error == "taken away" and job.result == b""
