@@ -114,7 +114,10 @@ fn python_sdk_installs_type_checks_and_passes_its_tests_against_a_real_broker() 
         &pkg,
         MYPY_TIMEOUT,
     );
-    assert!(ok, "mypy --strict found problems in worker-sdk/python:\n{out}");
+    assert!(
+        ok,
+        "mypy --strict found problems in worker-sdk/python:\n{out}"
+    );
 
     let (ok, out) = run_bounded(
         Command::new(&python)
@@ -123,6 +126,10 @@ fn python_sdk_installs_type_checks_and_passes_its_tests_against_a_real_broker() 
         &pkg,
         PYTEST_TIMEOUT,
     );
-    assert!(ok, "the Python SDK's tests failed (TASKRAFT_BIN={}):\n{out}", bin.display());
+    assert!(
+        ok,
+        "the Python SDK's tests failed (TASKRAFT_BIN={}):\n{out}",
+        bin.display()
+    );
     println!("{out}");
 }
