@@ -144,6 +144,11 @@ class Client:
         """The node addresses, comma separated."""
         return self._aio.addrs
 
+    @property
+    def current_addr(self) -> str:
+        """The address calls go to now (the leader, once a call has found it)."""
+        return self._aio.current_addr
+
     # -- producer calls -------------------------------------------------------
 
     def enqueue(

@@ -214,3 +214,24 @@ def test_async_client(broker: BrokerNode, queue: str) -> None:
                 await c.get_job("nope")
 
     asyncio.run(main())
+
+
+def test_calls_go_to_the_leader_and_follow_it_after_it_dies(tmp_path: Path, queue: str) -> None:
+    from brokers import BrokerCluster
+
+    cluster = BrokerCluster(tmp_path / "cluster", 3).start()
+    try:
+        with taskraft.Client(list(reversed(cluster.addrs)), retry_for=60) as c:
+            first = c.enqueue(queue, b"1", idempotency_key="k1")
+            leader = c.cluster_status().leader
+            assert leader is not None and c.current_addr == leader.addr
+            cluster.node(leader.id).kill()
+            # The next calls fail over: UNAVAILABLE moves on and asks who leads now.
+            second = c.enqueue(queue, b"2", idempotency_key="k2")
+            status = c.cluster_status()
+            assert status.leader_id not in (0, leader.id)
+            assert c.current_addr == cluster.node(status.leader_id).addr
+            assert c.enqueue(queue, b"1 again", idempotency_key="k1").duplicate
+            assert {c.get_job(first.job_id).payload, c.get_job(second.job_id).payload} == {b"1", b"2"}
+    finally:
+        cluster.stop()
