@@ -5,14 +5,16 @@ one lazily connected channel per address, prefers the leader, and moves on to th
 next address when a call fails with UNAVAILABLE or cannot connect::
 
     call ──> node[i] ──ok──> answer
-               │ UNAVAILABLE / connect error / no answer
+               │ UNAVAILABLE / connect error
                └──> i = i + 1 (and ask it who leads), sleep 50 ms .. 1 s
                     (doubling, +-20 %) ──> again, until the retry window
                     (``retry_for``, 30 s) is used up ──> UnavailableError
 
 Every other error is raised at once, classified (:mod:`taskraft.errors`). Each
 attempt carries its own deadline (``call_timeout`` or the call's ``timeout``) and
-the bearer token when one is set.
+the bearer token when one is set. ``DEADLINE_EXCEEDED`` is not retried (the call
+may have taken effect), but the next call starts at the next node and asks it who
+leads, so a node that hangs is left behind.
 
 Retrying an enqueue after UNAVAILABLE can, rarely, store the job twice (the first
 attempt committed but its answer was lost). The proto has no request id yet, so
@@ -301,19 +303,22 @@ class AsyncClient:
                 await self._prefer_leader()
             idx = self._current
             method = pick(self._nodes[idx])
-            # The server enforces grpc-timeout; the outer bound guards against a node
-            # that stopped answering altogether.
-            guard = deadline + 2.0
             try:
-                return await asyncio.wait_for(
-                    method(request, timeout=deadline, metadata=md), guard
-                )
+                # gRPC enforces the deadline on this side too, so a node that stopped
+                # answering altogether ends the call with DEADLINE_EXCEEDED.
+                return await method(request, timeout=deadline, metadata=md)
             except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise from_status(e.code(), e.details() or "", _trailing(e)) from None
+                code = e.code()
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and len(self._nodes) > 1:
+                    # Not retried (the call may have taken effect), but the next call
+                    # starts at the next node and asks it who leads, so a hung node
+                    # is left behind.
+                    self._leader_known = False
+                    if self._current == idx:
+                        self._current = (idx + 1) % len(self._nodes)
+                if code != grpc.StatusCode.UNAVAILABLE:
+                    raise from_status(code, e.details() or "", _trailing(e)) from None
                 why = e.details() or "unavailable"
-            except asyncio.TimeoutError:
-                why = f"no answer within {guard:.1f}s"
             # Try the next node (and ask it who leads); another caller may have moved
             # on already.
             self._leader_known = len(self._nodes) < 2

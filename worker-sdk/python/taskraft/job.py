@@ -24,30 +24,38 @@ class CancelToken:
     """
 
     def __init__(self) -> None:
-        self._event = threading.Event()
         self._lock = threading.Lock()
+        self._set = False
+        # Created on the first blocking wait: most jobs never wait on their token.
+        self._event: threading.Event | None = None
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         #: Why the token was set (None while it is not).
         self.reason: str | None = None
 
     def is_set(self) -> bool:
         """True once the job should stop."""
-        return self._event.is_set()
+        return self._set
 
     def __bool__(self) -> bool:
-        return self.is_set()
+        return self._set
 
     def wait(self, timeout: float | None = None) -> bool:
         """Blocks until set or ``timeout`` seconds pass; returns :meth:`is_set`.
         ``job.cancelled.wait(1.0)`` is a sleep that ends early on cancellation."""
-        return self._event.wait(timeout)
+        with self._lock:
+            if self._set:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
 
     async def wait_async(self) -> None:
         """Returns once the token is set."""
         loop = asyncio.get_running_loop()
         ev = asyncio.Event()
         with self._lock:
-            if self._event.is_set():
+            if self._set:
                 return
             self._waiters.append((loop, ev))
         await ev.wait()
@@ -55,11 +63,14 @@ class CancelToken:
     def set(self, reason: str) -> None:
         """Sets the token (the worker does this; handlers need not)."""
         with self._lock:
-            if self._event.is_set():
+            if self._set:
                 return
             self.reason = reason
-            self._event.set()
+            self._set = True
+            event = self._event
             waiters, self._waiters = self._waiters, []
+        if event is not None:
+            event.set()
         for loop, ev in waiters:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(ev.set)

@@ -141,6 +141,23 @@ class _Slots:
         self._changed.set()
 
 
+class _Flag:
+    """A one-shot flag whose future can be waited on with ``asyncio.wait`` (no task
+    per waiter)."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self) -> None:
+        self.fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def set(self) -> None:
+        if not self.fut.done():
+            self.fut.set_result(None)
+
+    def is_set(self) -> bool:
+        return self.fut.done()
+
+
 @dataclass
 class _Outcome:
     kind: str  # "done" | "failed" | "ended" | "interrupted"
@@ -286,9 +303,9 @@ class Worker:
         self.stop(abort=again)
 
     def _wake_stop(self) -> None:
-        self._stop_ev.set()
+        self._stop.set()
         if self._abort_asked:
-            self._abort_ev.set()
+            self._abort.set()
 
     async def run_async(self, *, handle_signals: bool = True) -> Report:
         """:meth:`run` for the caller's event loop."""
@@ -300,9 +317,9 @@ class Worker:
             self._running = True
             self._loop = asyncio.get_running_loop()
         loop = self._loop
-        self._stop_ev = asyncio.Event()
-        self._abort_ev = asyncio.Event()
-        self._draining = asyncio.Event()
+        self._stop = _Flag()
+        self._abort = _Flag()
+        self._draining = _Flag()
         if self._stop_asked:
             self._wake_stop()
         owned = not isinstance(self._client_arg, AsyncClient)
@@ -348,59 +365,52 @@ class Worker:
         self._fatal = None
         hand = _Slots(self.concurrency + self.prefetch)
         tasks: set[asyncio.Task[None]] = set()
-        stop = asyncio.ensure_future(self._stop_ev.wait())
+        stop = self._stop.fut
         r = self._report
-        try:
-            while not self._stop_ev.is_set():
-                remaining = None if self.max_jobs is None else self.max_jobs - r.leased
-                if remaining is not None and remaining <= 0:
-                    break
-                if not await _first(hand.wait_free(), stop):
-                    break
-                want = self.concurrency + self.prefetch
-                if remaining is not None:
-                    want = min(want, remaining)
-                got = hand.take(want)
-                got += await self._linger(hand, want - got, (want + 1) // 2 - got, stop)
-                if self._stop_ev.is_set():
-                    hand.release(got)
-                    break
-                leased = await self._lease(got, stop)
-                hand.release(got - len(leased))
-                for job in leased:
-                    r.leased += 1
-                    if self._stop_ev.is_set():
-                        # Leased as shutdown began: straight back.
-                        t = asyncio.ensure_future(self._give_back(job, hand))
-                    else:
-                        t = asyncio.ensure_future(self._run_job(job, hand))
-                    tasks.add(t)
-                    t.add_done_callback(tasks.discard)
-                if self._fatal is not None:
-                    break
-            if not self._stop_ev.is_set() and tasks:
-                # max_jobs reached: let every job finish, unless shutdown comes meanwhile.
-                await _first(asyncio.wait(set(tasks)), stop)
-            self._draining.set()
-            pending = [t for t in tasks if not t.done()]
-            if pending:
-                log.info("shutting down: finishing %d job(s) in hand", len(pending))
-                abort = asyncio.ensure_future(self._abort_ev.wait())
-                try:
-                    await _first(asyncio.wait(pending, timeout=self.shutdown_timeout), abort)
-                    still = [t for t in pending if not t.done()]
-                    if still:
-                        log.warning(
-                            "shutdown %s: giving %d running job(s) back",
-                            "asked not to wait" if self._abort_ev.is_set() else "timeout",
-                            len(still),
-                        )
-                        self._abort_ev.set()
-                        await asyncio.wait(still)
-                finally:
-                    abort.cancel()
-        finally:
-            stop.cancel()
+        while not self._stop.is_set():
+            remaining = None if self.max_jobs is None else self.max_jobs - r.leased
+            if remaining is not None and remaining <= 0:
+                break
+            if hand.free == 0 and not await _first(hand.wait_free(), stop):
+                break
+            want = self.concurrency + self.prefetch
+            if remaining is not None:
+                want = min(want, remaining)
+            got = hand.take(want)
+            got += await self._linger(hand, want - got, (want + 1) // 2 - got, stop)
+            if self._stop.is_set():
+                hand.release(got)
+                break
+            leased = await self._lease(got, stop)
+            hand.release(got - len(leased))
+            for job in leased:
+                r.leased += 1
+                if self._stop.is_set():
+                    # Leased as shutdown began: straight back.
+                    t = asyncio.ensure_future(self._give_back(job, hand))
+                else:
+                    t = asyncio.ensure_future(self._run_job(job, hand))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+            if self._fatal is not None:
+                break
+        if not self._stop.is_set() and tasks:
+            # max_jobs reached: let every job finish, unless shutdown comes meanwhile.
+            await _first(asyncio.wait(set(tasks)), stop)
+        self._draining.set()
+        pending = [t for t in tasks if not t.done()]
+        if pending:
+            log.info("shutting down: finishing %d job(s) in hand", len(pending))
+            await _first(asyncio.wait(pending, timeout=self.shutdown_timeout), self._abort.fut)
+            still = [t for t in pending if not t.done()]
+            if still:
+                log.warning(
+                    "shutdown %s: giving %d running job(s) back",
+                    "asked not to wait" if self._abort.is_set() else "timeout",
+                    len(still),
+                )
+                self._abort.set()
+                await asyncio.wait(still)
 
     async def _linger(self, hand: _Slots, most: int, enough: int, stop: asyncio.Future[Any]) -> int:
         """While every handler is busy, waits up to ``lease_linger`` for ``enough``
@@ -444,7 +454,7 @@ class Worker:
         except (UnauthenticatedError, PermissionDeniedError, InvalidArgumentError) as e:
             log.error("worker %s cannot lease, stopping: %s", self.id, e)
             self._fatal = e
-            self._stop_ev.set()
+            self._stop.set()
             return []
         except TaskraftError as e:
             log.warning("lease failed, retrying in 1 s: %s", e)
@@ -462,61 +472,52 @@ class Worker:
     # -- one job ----------------------------------------------------------------
 
     async def _run_job(self, leased: LeasedJob, hand: _Slots) -> None:
-        loop = asyncio.get_running_loop()
-        progress = asyncio.Event()
-        ended = asyncio.Event()
-        token = CancelToken()
-
-        def on_progress() -> None:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(progress.set)
-
-        job = Job(leased, self.id, token, on_progress)
-        heartbeat = asyncio.ensure_future(self._heartbeat(job, progress, ended))
+        lease = _Lease(self, leased)
         try:
             try:
-                outcome = await self._execute(job, ended)
+                outcome = await self._execute(lease)
             finally:
-                heartbeat.cancel()
-                await asyncio.gather(heartbeat, return_exceptions=True)
-            await self._settle(job, outcome)
+                await lease.close()
+            await self._settle(lease.job, outcome)
         except Exception:  # never let one job take the worker down
             log.exception("job %s: unexpected worker error", leased.job_id)
         finally:
             hand.release()
 
-    async def _execute(self, job: Job, ended: asyncio.Event) -> _Outcome:
-        acquire = asyncio.ensure_future(self._run_slots.acquire())
-        draining = asyncio.ensure_future(self._draining.wait())
-        ended_wait = asyncio.ensure_future(ended.wait())
-        await asyncio.wait({acquire, draining, ended_wait}, return_when=asyncio.FIRST_COMPLETED)
-        draining.cancel()
-        if not acquire.done():
-            acquire.cancel()
-            await asyncio.gather(acquire, return_exceptions=True)
-        if not acquire.done() or acquire.cancelled():
-            ended_wait.cancel()
-            return _Outcome("ended") if ended.is_set() else _Outcome("interrupted")
+    async def _execute(self, lease: _Lease) -> _Outcome:
+        slots = self._run_slots
+        if slots.locked():
+            # Wait for a run slot unless shutdown or the end of the lease comes first.
+            acquire: asyncio.Future[Any] = asyncio.ensure_future(slots.acquire())
+            await asyncio.wait(
+                {acquire, self._draining.fut, lease.ended.fut},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if not acquire.done():
+                acquire.cancel()
+                await asyncio.gather(acquire, return_exceptions=True)
+            if not acquire.done() or acquire.cancelled():
+                return _Outcome("ended" if lease.ended.is_set() else "interrupted")
+        else:
+            await slots.acquire()  # free: returns at once
         try:
-            if ended.is_set():
+            if lease.ended.is_set():
                 return _Outcome("ended")
             if self._draining.is_set():
                 return _Outcome("interrupted")
-            return await self._run_handler(job, ended_wait)
+            return await self._run_handler(lease)
         finally:
-            ended_wait.cancel()
-            self._run_slots.release()
+            slots.release()
 
-    async def _run_handler(self, job: Job, ended_wait: asyncio.Future[Any]) -> _Outcome:
+    async def _run_handler(self, lease: _Lease) -> _Outcome:
+        job = lease.job
         fn = self._handlers.get(job.job_type, self._fallback)
         if fn is None:
             return _Outcome(
                 "failed", error=f"worker {self.id} has no handler for job_type {job.job_type!r}"
             )
         loop = asyncio.get_running_loop()
-        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None)
-        )
+        is_async = _is_async(fn)
         work: asyncio.Future[Any]
         if is_async:
             work = asyncio.ensure_future(fn(job))
@@ -529,42 +530,33 @@ class Worker:
         # A handler abandoned on cancellation or shutdown may still fail later;
         # its exception is of no interest then.
         work.add_done_callback(_consume)
-        abort = asyncio.ensure_future(self._abort_ev.wait())
-        try:
-            await asyncio.wait({work, ended_wait, abort}, return_when=asyncio.FIRST_COMPLETED)
-            if ended_wait.done():
-                # Cancelled or lease lost: the token is set; stop an async handler and
-                # wait for the handler to return (a sync one cannot be stopped), unless
-                # shutdown gives up on it. Whatever it returns is discarded.
-                if not work.done():
-                    if is_async:
-                        work.cancel()
-                    await asyncio.wait({work, abort}, return_when=asyncio.FIRST_COMPLETED)
-                return _Outcome("ended")
-            if work.done():
-                return _finished(job, work)
-            job.cancelled.set("shutdown")
-            if is_async:
-                work.cancel()
-                await asyncio.wait({work}, timeout=1.0)
-            return _Outcome("interrupted")
-        finally:
-            abort.cancel()
+        abort = self._abort.fut
+        await asyncio.wait({work, lease.ended.fut, abort}, return_when=asyncio.FIRST_COMPLETED)
+        if lease.ended.is_set():
+            # Cancelled or lease lost: the token is set; stop an async handler and
+            # wait for the handler to return (a sync one cannot be stopped), unless
+            # shutdown gives up on it. Whatever it returns is discarded.
+            if not work.done():
+                if is_async:
+                    work.cancel()
+                await asyncio.wait({work, abort}, return_when=asyncio.FIRST_COMPLETED)
+            return _Outcome("ended")
+        if work.done():
+            return _finished(job, work)
+        job.cancelled.set("shutdown")
+        if is_async:
+            work.cancel()
+            await asyncio.wait({work}, timeout=1.0)
+        return _Outcome("interrupted")
 
-    async def _heartbeat(self, job: Job, progress: asyncio.Event, ended: asyncio.Event) -> None:
-        """Extends the lease every third of the visibility timeout, and soon after a
-        progress report, until cancelled or the lease ends."""
+    async def _heartbeat(self, lease: _Lease) -> None:
+        """Extends the lease now, then every third of the visibility timeout and soon
+        after a progress report, until cancelled or the lease ends."""
         loop = asyncio.get_running_loop()
-        every = max(self.visibility_timeout / 3, 0.01)
-        min_gap = min(every, 0.2)
-        last = loop.time()
+        job = lease.job
+        every = lease.every
         while True:
-            try:
-                await asyncio.wait_for(progress.wait(), max(0.0, last + every - loop.time()))
-                progress.clear()
-                await asyncio.sleep(max(0.0, last + min_gap - loop.time()))
-            except asyncio.TimeoutError:
-                pass
+            lease.progress.clear()
             percent, message = job.take_progress() or (0, "")
             last = loop.time()
             try:
@@ -581,18 +573,22 @@ class Worker:
                 )
             except JobCancelledError:
                 log.info("job %s was cancelled; stopping its handler", job.id)
-                job.cancelled.set("cancelled")
-                ended.set()
+                lease.end("cancelled")
                 return
             except (LeaseLostError, NotFoundError, FailedPreconditionError) as e:
                 log.warning("job %s: lease lost (%s); stopping its handler", job.id, e)
-                job.cancelled.set("lease-lost")
-                ended.set()
+                lease.end("lease-lost")
                 return
             except TaskraftError as e:
                 log.warning("job %s: lease extension failed, retrying: %s", job.id, e)
             except asyncio.TimeoutError:
                 log.warning("job %s: lease extension timed out, retrying", job.id)
+            try:
+                await asyncio.wait_for(lease.progress.wait(), max(0.0, last + every - loop.time()))
+                # Report soon, but not more often than every `min_gap`.
+                await asyncio.sleep(max(0.0, last + lease.min_gap - loop.time()))
+            except asyncio.TimeoutError:
+                pass
 
     async def _settle(self, job: Job, outcome: _Outcome) -> None:
         r = self._report
@@ -632,6 +628,61 @@ class Worker:
             log.error(
                 "job %s: settling failed; it runs again after its lease expires: %s", job.id, e
             )
+
+
+class _Lease:
+    """One leased job's lease-keeping state. The heartbeat task starts only when the
+    first extension is due (or soon after a progress report), so a short job costs
+    a timer, not a task."""
+
+    def __init__(self, worker: Worker, leased: LeasedJob) -> None:
+        self._worker = worker
+        self._loop = asyncio.get_running_loop()
+        self.every = max(worker.visibility_timeout / 3, 0.01)
+        self.min_gap = min(self.every, 0.2)
+        self.ended = _Flag()
+        self.progress = asyncio.Event()
+        self.job = Job(leased, worker.id, CancelToken(), self._on_progress)
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(self.every, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        if self._task is None and not self._closed:
+            self._task = asyncio.ensure_future(self._worker._heartbeat(self))
+
+    def _progress_now(self) -> None:
+        self.progress.set()
+        if self._task is None and not self._closed:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_later(self.min_gap, self._start)
+
+    def _on_progress(self) -> None:  # any thread
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._progress_now)
+
+    def end(self, reason: str) -> None:
+        """The lease is over (``cancelled`` or ``lease-lost``): tell the handler."""
+        self.job.cancelled.set(reason)
+        self.ended.set()
+
+    async def close(self) -> None:
+        """Stops the heartbeat."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _is_async(fn: Handler) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)
+    )
 
 
 def _call_sync(fn: Handler, job: Job, loop: asyncio.AbstractEventLoop) -> Any:
