@@ -75,11 +75,10 @@ export async function runJob(shared: Shared, leased: LeasedJob): Promise<void> {
 
 async function execute(shared: Shared, leased: LeasedJob, keeper: LeaseKeeper, abort: AbortController): Promise<Outcome> {
   const slot = shared.runSlots.acquire();
-  const first = await Promise.race([
-    slot.granted.then(() => "slot" as const),
-    shared.draining.promise.then(() => "draining" as const),
-    keeper.ended.promise,
-  ]);
+  const first = await shared.draining.race(
+    Promise.race([slot.granted.then(() => "slot" as const), keeper.ended.promise]),
+    "draining" as const,
+  );
   if (first !== "slot") {
     if (!slot.cancel()) shared.runSlots.release();
     return first === "draining" ? { kind: "interrupted" } : { kind: "ended", end: first };
@@ -100,11 +99,10 @@ async function execute(shared: Shared, leased: LeasedJob, keeper: LeaseKeeper, a
         (value) => ({ kind: "done", result: resultBytes(value) }) as Outcome,
         (error: unknown) => ({ kind: "failed", error }) as Outcome,
       );
-    const outcome = await Promise.race([
-      task,
-      keeper.ended.promise.then((end) => ({ kind: "ended", end }) as Outcome),
-      shared.aborting.promise.then(() => ({ kind: "interrupted" }) as Outcome),
-    ]);
+    const outcome: Outcome = await shared.aborting.race(
+      Promise.race([task, keeper.ended.promise.then((end) => ({ kind: "ended", end }) as Outcome)]),
+      { kind: "interrupted" },
+    );
     if (outcome.kind === "interrupted") {
       abort.abort(new TaskraftError("the worker shut down before the job finished"));
     }

@@ -66,11 +66,18 @@ export class Semaphore {
   }
 }
 
-/** A promise that is resolved once, from outside. */
+/**
+ * A promise that is resolved once, from outside.
+ *
+ * `race` waits for another promise or the latch, whichever comes first, and leaves no
+ * reaction behind on the latch: `Promise.race([p, latch.promise])` in a loop would pile
+ * one up per iteration until the latch opens (for a worker's shutdown latch, never).
+ */
 export class Latch<T = void> {
   readonly promise: Promise<T>;
   private resolveFn!: (v: T) => void;
   private done = false;
+  private readonly listeners = new Set<() => void>();
 
   constructor() {
     this.promise = new Promise<T>((resolve) => {
@@ -88,5 +95,26 @@ export class Latch<T = void> {
     if (this.done) return;
     this.done = true;
     this.resolveFn(value);
+    for (const l of this.listeners) l();
+    this.listeners.clear();
+  }
+
+  /** Resolves with `p`'s value, or with `ifOpen` when the latch opens first. */
+  race<U, O>(p: Promise<U>, ifOpen: O): Promise<U | O> {
+    if (this.done) return Promise.resolve(ifOpen);
+    return new Promise<U | O>((resolve, reject) => {
+      const onOpen = () => resolve(ifOpen);
+      this.listeners.add(onOpen);
+      p.then(
+        (v) => {
+          this.listeners.delete(onOpen);
+          resolve(v);
+        },
+        (e: unknown) => {
+          this.listeners.delete(onOpen);
+          reject(e);
+        },
+      );
+    });
   }
 }

@@ -205,7 +205,9 @@ export class Worker {
     let leased = 0;
     let leaseCalls = 0;
     let fatal: Error | undefined;
-    const stopped = this.stop.promise.then(() => "stop" as const);
+    // One abort signal for every lease call: shutdown abandons the long poll.
+    const stopLeasing = new AbortController();
+    void this.stop.promise.then(() => stopLeasing.abort(new Error("worker shutting down")));
     this.logger.info("worker started", { workerId: this.id, queues: this.queues });
 
     for (;;) {
@@ -213,7 +215,7 @@ export class Worker {
       const remaining = this.maxJobs === undefined ? Infinity : this.maxJobs - leased;
       if (remaining <= 0) break;
       const first = hand.acquire();
-      if ((await Promise.race([first.granted.then(() => "slot" as const), stopped])) === "stop") {
+      if ((await this.stop.race(first.granted, "stop" as const)) === "stop") {
         if (!first.cancel()) hand.release();
         break;
       }
@@ -225,13 +227,16 @@ export class Worker {
       // so then lease at once.
       const enough = Math.ceil(want / 2);
       if (permits < enough && this.lingerMs > 0 && shared.runSlots.available === 0) {
-        const lingerEnd = sleep(this.lingerMs).then(() => "linger" as const);
+        const lingerEnd = sleep(this.lingerMs, "linger" as const);
         // Fair semaphore: granted only when no job waits for a run slot.
         const probe = shared.runSlots.acquire();
         const idle = probe.granted.then(() => "idle" as const);
         while (permits < enough && !this.stop.isOpen) {
           const more = hand.acquire();
-          const why = await Promise.race([more.granted.then(() => "slot" as const), lingerEnd, idle, stopped]);
+          const why = await this.stop.race(
+            Promise.race([more.granted.then(() => "slot" as const), lingerEnd, idle]),
+            "stop" as const,
+          );
           if (why === "slot") {
             permits++;
             while (permits < want && hand.tryAcquire()) permits++;
@@ -248,9 +253,6 @@ export class Worker {
       }
       // Aborting a lease call on shutdown may, rarely, leave jobs leased to nobody;
       // they run again once their lease expires.
-      const abortLease = new AbortController();
-      const onStop = () => abortLease.abort(new Error("worker shutting down"));
-      void this.stop.promise.then(onStop);
       try {
         const resp = await this.client.call(
           "Lease",
@@ -261,7 +263,7 @@ export class Worker {
             visibilityTimeoutMs: this.visibilityMs,
             waitMs: this.pollWaitMs,
           },
-          { timeoutMs: this.pollWaitMs + this.client.callTimeoutMs, signal: abortLease.signal },
+          { timeoutMs: this.pollWaitMs + this.client.callTimeoutMs, signal: stopLeasing.signal },
         );
         leaseCalls++;
         for (const job of resp.jobs) {
@@ -282,7 +284,9 @@ export class Worker {
           this.stop.open();
         } else {
           this.logger.warn("lease failed; retrying in 1s", { workerId: this.id, error: errorText(e) });
-          await Promise.race([sleep(1000), stopped]);
+          const pause = new AbortController();
+          await this.stop.race(sleep(1000, undefined, { signal: pause.signal }).catch(() => {}), undefined);
+          pause.abort();
         }
       } finally {
         for (; permits > 0; permits--) hand.release();
@@ -294,14 +298,20 @@ export class Worker {
     };
     if (!this.stop.isOpen) {
       // maxJobs reached: let every job finish, unless shutdown comes meanwhile.
-      await Promise.race([allDone(), stopped]);
+      await this.stop.race(allDone(), undefined);
     }
     shared.draining.open();
     if (tasks.size > 0) {
       this.logger.info("shutting down: finishing jobs in hand", { workerId: this.id, inFlight: tasks.size });
-      const deadline = sleep(this.shutdownTimeoutMs).then(() => "timeout" as const);
+      // A pending timer would keep the process alive after the worker is done.
+      const cancelDeadline = new AbortController();
+      const deadline = sleep(this.shutdownTimeoutMs, "timeout" as const, { signal: cancelDeadline.signal }).catch(
+        () => "done" as const,
+      );
       const forced = this.forceStop.promise.then(() => "timeout" as const);
-      if ((await Promise.race([allDone().then(() => "done" as const), deadline, forced])) === "timeout") {
+      const why = await Promise.race([allDone().then(() => "done" as const), deadline, forced]);
+      cancelDeadline.abort();
+      if (why === "timeout") {
         this.logger.warn("shutdown timeout: giving running jobs back", { workerId: this.id, inFlight: tasks.size });
         shared.aborting.open();
         await allDone();

@@ -30,7 +30,10 @@ export async function freePort() {
   });
 }
 
-/** HTTP GET status code, or 0 when the node does not answer. */
+/**
+ * HTTP GET status code, or 0 when the node does not answer.
+ * @param {string} url
+ */
 async function httpStatus(url) {
   try {
     const r = await fetch(url, { signal: AbortSignal.timeout(2000) });
@@ -125,6 +128,7 @@ export async function startCluster(n, extra = []) {
   const addrs = [];
   for (let i = 0; i < n; i++) addrs.push(`127.0.0.1:${await freePort()}`);
   const peers = addrs.map((a, i) => `${i + 1}=${a}`).join(",");
+  /** @type {BrokerNode[]} */
   const nodes = [];
   for (let i = 0; i < n; i++) {
     const http = `127.0.0.1:${await freePort()}`;
@@ -147,13 +151,13 @@ export async function startCluster(n, extra = []) {
  * @param {string} what
  * @param {() => Promise<T> | T} check
  * @param {number} [timeoutMs]
- * @returns {Promise<T>}
+ * @returns {Promise<NonNullable<T>>}
  */
 export async function eventually(what, check, timeoutMs = SOON_MS) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await check();
-    if (v) return v;
+    if (v) return /** @type {NonNullable<T>} */ (v);
     if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`);
     await sleep(25);
   }
