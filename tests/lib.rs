@@ -129,13 +129,25 @@ impl InProcNode {
     }
 }
 
-/// A free loopback port (bound and released; a tiny race is acceptable in tests).
+/// A free loopback port: bound and released, and never handed out twice by this
+/// process. (The kernel may give a just-released port to the next `bind(0)`, so two
+/// tests of one binary, which run on parallel threads, could otherwise get the same
+/// port before either child process binds it. `cargo test` runs test binaries one at a
+/// time, so a per-process record is enough.)
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Path of the `taskraft` binary built alongside the tests, building it if needed.
