@@ -328,78 +328,55 @@ async fn typescript_sdk_passes_every_conformance_scenario() {
 
 // ---- Python ----------------------------------------------------------------------
 //
-// The Python SDK and its runner live in `worker-sdk/python` (another branch until they
-// are merged). This section installs that package into its own virtualenv and runs
-// `python -m taskraft.conformance`; without the package it fails and says so.
+// The Python SDK and its runner live in `worker-sdk/python` (the sdk-python branch until
+// it is merged). This section uses the same virtualenv as `tests/sdk_python.rs`
+// (`worker-sdk/python/.venv`, built from `requirements-test.txt` once per machine),
+// installs the package into it under the same lock (the install regenerates the stubs
+// in the source tree), and runs `python -m taskraft.conformance`. Without the package it
+// fails and says so.
 
-/// A virtualenv with `worker-sdk/python` installed (editable), rebuilt when the
-/// package's build files or the proto change. Returns its interpreter.
+/// The interpreter of the Python SDK's virtualenv, with the package of this checkout
+/// installed (once per test process).
 fn python_sdk_env() -> PathBuf {
-    let package = repo_root().join("worker-sdk").join("python");
-    assert!(
-        package.join("pyproject.toml").exists(),
-        "the Python SDK is not in this tree ({} has no pyproject.toml): the Python \
-         conformance runner cannot run; merge the sdk-python branch",
-        package.display()
-    );
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("conformance")
-        .join(".venv-python");
-    let python = venv.join("bin").join("python");
-    let wanted: String = ["pyproject.toml", "setup.py"]
-        .iter()
-        .map(|f| std::fs::read_to_string(package.join(f)).unwrap_or_default())
-        .chain([
-            std::fs::read_to_string(repo_root().join("proto/taskraft/v1/taskraft.proto"))
-                .unwrap_or_default(),
-        ])
-        .collect();
-    let stamp = venv.join(".taskraft-sdk");
-    let ready = || {
-        std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted)
-            && std::process::Command::new(&python)
-                .args(["-c", "import taskraft.conformance"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-    };
-    setup::ensure(
-        "the Python SDK's conformance virtualenv",
-        &venv.with_extension("lock"),
-        ready,
-        || {
-            if venv.exists() {
-                std::fs::remove_dir_all(&venv).map_err(|e| format!("removing {venv:?}: {e}"))?;
-            }
-            setup::run(
-                std::process::Command::new("python3")
-                    .arg("-m")
-                    .arg("venv")
-                    .arg(&venv),
-            )?;
-            setup::run(
-                std::process::Command::new(&python)
-                    .args([
-                        "-m",
-                        "pip",
-                        "install",
-                        "--quiet",
-                        "--disable-pip-version-check",
-                    ])
-                    .args(["--no-input", "-e"])
-                    .arg(&package),
-            )?;
-            std::fs::write(&stamp, &wanted).map_err(|e| format!("writing the stamp: {e}"))
-        },
-        &format!(
-            "python3 -m venv {v} && {v}/bin/pip install -e {p}",
-            v = venv.display(),
-            p = package.display()
-        ),
-    );
-    python
+    static INSTALLED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            let package = repo_root().join("worker-sdk").join("python");
+            let requirements = package.join("requirements-test.txt");
+            assert!(
+                package.join("pyproject.toml").exists() && requirements.exists(),
+                "the Python SDK is not in this tree ({} has no pyproject.toml and \
+                 requirements-test.txt), so its conformance runner cannot run: merge the \
+                 sdk-python branch",
+                package.display()
+            );
+            let venv = package.join(".venv");
+            let python = setup::python_venv(&venv, &requirements, "import grpc, grpc_tools.protoc");
+            let installed = std::cell::Cell::new(false);
+            setup::ensure(
+                "the Python SDK into its virtualenv",
+                &venv.with_extension("checks.lock"),
+                || installed.get(),
+                || {
+                    setup::run(
+                        std::process::Command::new(&python)
+                            .args(["-m", "pip", "install", "--quiet"])
+                            .args(["--disable-pip-version-check", "--no-input", "--no-deps"])
+                            .args(["--no-build-isolation", "--force-reinstall"])
+                            .arg(&package),
+                    )?;
+                    installed.set(true);
+                    Ok(())
+                },
+                &format!(
+                    "{} -m pip install --no-deps --no-build-isolation {}",
+                    python.display(),
+                    package.display()
+                ),
+            );
+            python
+        })
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -876,6 +876,20 @@ async fn run(id: &str, ctx: &Ctx) -> Res {
     }
 }
 
+/// 40 bits that differ between runs (no rand dependency in this crate).
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.write_u32(std::process::id());
+    h.finish() & 0xff_ffff_ffff
+}
+
 fn usage() -> ! {
     eprintln!("usage: conformance-rust <scenario.json> --addrs host:port[,host:port...]");
     std::process::exit(2);
@@ -939,7 +953,11 @@ async fn scenario(file: &str, addrs: &str) -> Res {
             }
         }
     });
-    let params = scenario["params"].clone();
+    let mut params = scenario["params"].clone();
+    // params.queue is a prefix: a unique suffix keeps runs that share a cluster apart.
+    if let Some(q) = params["queue"].as_str() {
+        params["queue"] = json!(format!("{q}-{:010x}", rand_suffix()));
+    }
     let timeout = params["timeout_ms"].as_u64().unwrap_or(60_000);
     let ctx = Ctx {
         client,

@@ -8,6 +8,7 @@
 // {"control":"kill_leader"} and reads {"killed": <node id>} from stdin. The token, if
 // any, comes from TASKRAFT_CONFORMANCE_TOKEN. Logs go to stderr.
 
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -525,7 +526,10 @@ async function main(): Promise<number> {
     if (w) w(l);
     else pending.push(l);
   });
-  const params = new Fields("params", scenario.params ?? {});
+  // params.queue is a prefix: a unique suffix keeps runs that share a cluster apart.
+  const rawParams = { ...(scenario.params ?? {}) };
+  if (typeof rawParams["queue"] === "string") rawParams["queue"] = `${rawParams["queue"]}-${randomBytes(5).toString("hex")}`;
+  const params = new Fields("params", rawParams);
   const ctx: Ctx = {
     scenario,
     client,
