@@ -10,6 +10,8 @@ import {
   Client,
   InvalidArgumentError,
   JobCancelledError,
+  LeaseLostError,
+  UnavailableError,
   PermanentError,
   RetryableError,
   Worker,
@@ -198,6 +200,56 @@ test("cancelling a running job aborts the handler's signal with JobCancelledErro
   const report = await run;
   assert.deepEqual([report.succeeded, report.failed, report.abandoned], [0, 0, 1]);
   assert.equal((await client.getJob(jobId)).state, "CANCELLED");
+});
+
+test("a lease lost while extensions failed aborts the handler's signal with LeaseLostError", async () => {
+  // A client whose ExtendLease calls fail while `partitioned` (as if the network were cut).
+  class Partitioned extends Client {
+    partitioned = true;
+    /** @override @type {Client["call"]} */
+    call(name, request, options) {
+      if (name === "ExtendLease" && this.partitioned) return Promise.reject(new UnavailableError(this.addrs, "cut"));
+      return super.call(name, request, options);
+    }
+  }
+  const flaky = new Partitioned(broker.addr);
+  const { jobId } = await client.enqueue("w-lost", "x");
+  const started = latch();
+  const aborted = latch();
+  const worker = new Worker(flaky, {
+    queues: "w-lost",
+    maxJobs: 1,
+    visibilityTimeoutMs: 300,
+    pollWaitMs: 200,
+    defaultHandler: (job) => {
+      started.open();
+      return new Promise((_resolve, reject) => {
+        job.signal.addEventListener("abort", () => {
+          aborted.open(job.signal.reason);
+          reject(job.signal.reason);
+        });
+      });
+    },
+  });
+  const run = worker.runUntil();
+  try {
+    await started.opened;
+    // The lease runs out; another worker gets the job.
+    const again = await client.call("Lease", { queues: ["w-lost"], workerId: "thief", maxJobs: 1, visibilityTimeoutMs: 30_000, waitMs: 5000 });
+    const stolen = again.jobs[0];
+    assert.ok(stolen, "the expired job was leased again");
+    assert.equal(stolen.attempt, 2);
+    flaky.partitioned = false;
+    const reason = await aborted.opened;
+    assert.ok(reason instanceof LeaseLostError, String(reason));
+    const report = await run;
+    assert.deepEqual([report.succeeded, report.failed, report.abandoned], [0, 0, 1]);
+    await client.call("Ack", { jobId: stolen.jobId, leaseId: stolen.leaseId });
+    const job = await client.getJob(jobId);
+    assert.deepEqual([job.state, job.attempt, job.expirations], ["SUCCEEDED", 2, 1]);
+  } finally {
+    flaky.close();
+  }
 });
 
 test("at most `concurrency` handlers run at once", async () => {
