@@ -174,7 +174,7 @@ export class Worker {
    * name. An unreachable cluster is retried (and logged) forever.
    */
   async runUntil(stop?: AbortSignal | PromiseLike<unknown>): Promise<Report> {
-    if (this.running) throw new ConfigError("the worker is already running");
+    if (this.running) throw new ConfigError("a Worker runs once: create a new one to run again");
     if (this.handlers.size === 0 && !this.fallback) {
       throw new ConfigError("register a handler (WorkerOptions.handlers, handle or handleOther)");
     }
