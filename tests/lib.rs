@@ -13,6 +13,7 @@ use taskraft_proto::v1::admin_client::AdminClient;
 use taskraft_proto::v1::broker_client::BrokerClient;
 use tonic::transport::Channel;
 
+pub mod node;
 pub mod setup;
 
 /// Generous bound for anything that should happen "soon" (startup, elections).

@@ -11,6 +11,10 @@
 //!                   until the retry window (default 30 s) is used up
 //! ```
 //!
+//! A call that failed on this side of the wire (the connection broke mid-call, e.g. the
+//! node was killed, or connecting timed out) is retried the same way; tonic reports
+//! those as UNKNOWN or CANCELLED rather than UNAVAILABLE (see `failed_locally`).
+//!
 //! Every other error is returned at once, classified as an [`Error`]. Each attempt
 //! carries its own deadline (`grpc-timeout`), and the bearer token when one is set.
 //!
@@ -241,7 +245,7 @@ impl Client {
                     Ok(Err(status)) => status,
                     Err(_) => Status::unavailable(format!("no answer within {guard:?}")),
                 };
-            if status.code() != Code::Unavailable {
+            if status.code() != Code::Unavailable && !failed_locally(&status) {
                 return Err(Error::from_status(status));
             }
             // Try the next node (and ask it who leads); another caller may have moved on
@@ -369,10 +373,30 @@ impl Client {
 
     /// Enqueues one [`NewJob`].
     pub async fn enqueue_job(&self, job: NewJob) -> Result<Enqueued, Error> {
-        let req = job.into_request();
+        let (req, trace) = job.into_request_and_trace();
+        let value = |v: &str, field: &str| {
+            v.parse::<MetadataValue<Ascii>>()
+                .map_err(|_| Error::InvalidArgument(format!("{field}: not printable ASCII")))
+        };
+        let trace = match &trace {
+            Some(t) => Some((
+                value(&t.traceparent, "traceparent")?,
+                t.tracestate
+                    .as_deref()
+                    .map(|s| value(s, "tracestate"))
+                    .transpose()?,
+            )),
+            None => None,
+        };
         let r = self
-            .broker(req, self.call_timeout(), |mut c, r| async move {
-                c.enqueue(r).await
+            .broker(req, self.call_timeout(), |mut c, mut r| {
+                if let Some((parent, state)) = &trace {
+                    r.metadata_mut().insert("traceparent", parent.clone());
+                    if let Some(state) = state {
+                        r.metadata_mut().insert("tracestate", state.clone());
+                    }
+                }
+                async move { c.enqueue(r).await }
             })
             .await?;
         Ok(r.into())
@@ -554,5 +578,31 @@ impl Client {
             })
             .await?;
         Ok(r.workers)
+    }
+}
+
+/// True when a call failed on this side of the wire rather than with a status the
+/// server sent: the connection broke mid-call (tonic: UNKNOWN "transport error") or
+/// connecting timed out (CANCELLED "Timeout expired"). tonic attaches the local error as
+/// the status' source; statuses decoded from a server's answer have none. Like
+/// UNAVAILABLE, another node (or the same one, restarted) may well answer.
+fn failed_locally(s: &Status) -> bool {
+    matches!(s.code(), Code::Unknown | Code::Cancelled) && std::error::Error::source(s).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_broken_mid_call_is_retried_but_a_server_status_is_not() {
+        let broken = Status::from_error(Box::new(std::io::Error::other(
+            "connection closed before message completed",
+        )));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(failed_locally(&broken));
+        assert!(!failed_locally(&Status::unknown("handler blew up")));
+        assert!(!failed_locally(&Status::cancelled("the server cancelled")));
+        assert!(!failed_locally(&Status::invalid_argument("queue")));
     }
 }

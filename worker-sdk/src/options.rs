@@ -31,6 +31,14 @@ pub struct EnqueueOptions {
     idempotency_key: String,
     headers: HashMap<String, String>,
     webhook_url: String,
+    trace: Option<TraceContext>,
+}
+
+/// W3C trace context of the producer's span (see [`EnqueueOptions::trace_context`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
 }
 
 impl EnqueueOptions {
@@ -96,6 +104,23 @@ impl EnqueueOptions {
         self
     }
 
+    /// Continues the producer's trace: a single enqueue sends `traceparent` (and
+    /// `tracestate`) as W3C trace-context call metadata, so the broker's span joins the
+    /// trace and the broker stores both in the job's headers, where the worker finds
+    /// them ([`Job::header`](crate::Job::header)). In a batch, where metadata would be
+    /// shared by every job, they go straight into each job's headers instead.
+    pub fn trace_context(
+        mut self,
+        traceparent: impl Into<String>,
+        tracestate: Option<String>,
+    ) -> Self {
+        self.trace = Some(TraceContext {
+            traceparent: traceparent.into(),
+            tracestate,
+        });
+        self
+    }
+
     pub(crate) fn to_request(&self, queue: String, payload: Bytes) -> pb::EnqueueRequest {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         pb::EnqueueRequest {
@@ -147,8 +172,25 @@ impl NewJob {
         self
     }
 
+    /// The request for a batch: trace context goes into the job's headers (unless the
+    /// caller set those keys).
     pub(crate) fn into_request(self) -> pb::EnqueueRequest {
-        self.options.to_request(self.queue, self.payload)
+        let mut req = self.options.to_request(self.queue, self.payload);
+        if let Some(t) = self.options.trace {
+            req.headers
+                .entry("traceparent".into())
+                .or_insert(t.traceparent);
+            if let Some(state) = t.tracestate {
+                req.headers.entry("tracestate".into()).or_insert(state);
+            }
+        }
+        req
+    }
+
+    /// The request for a single enqueue and its trace context, sent as call metadata.
+    pub(crate) fn into_request_and_trace(self) -> (pb::EnqueueRequest, Option<TraceContext>) {
+        let req = self.options.to_request(self.queue, self.payload);
+        (req, self.options.trace)
     }
 }
 
@@ -186,5 +228,26 @@ mod tests {
             .run_at(UNIX_EPOCH)
             .to_request("q".into(), Bytes::new());
         assert_eq!((r.delay_ms, r.run_at_ms), (0, 1));
+    }
+
+    #[test]
+    fn trace_context_is_metadata_alone_and_headers_in_a_batch() {
+        let opts = EnqueueOptions::new()
+            .header("tracestate", "mine")
+            .trace_context("00-abc-def-01", Some("theirs".into()));
+        let (req, trace) = NewJob::new("q", "x")
+            .options(opts.clone())
+            .into_request_and_trace();
+        assert!(!req.headers.contains_key("traceparent"));
+        assert_eq!(
+            trace.map(|t| t.traceparent).as_deref(),
+            Some("00-abc-def-01")
+        );
+        let req = NewJob::new("q", "x").options(opts).into_request();
+        assert_eq!(req.headers["traceparent"], "00-abc-def-01");
+        assert_eq!(
+            req.headers["tracestate"], "mine",
+            "the caller's header wins"
+        );
     }
 }
