@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::client::Pool;
 use crate::report::{Report, Tally};
 
+pub mod backlog;
 pub mod enqueue;
 pub mod failover;
 pub mod latency;
