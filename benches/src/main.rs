@@ -5,19 +5,25 @@
 //! taskraft-bench all --spawn                             start a fresh node, run, kill it
 //! ```
 //!
-//! Scenarios (see README.md): `enqueue`, `enqueue-batch`, `lifecycle`, `latency`, and
-//! `failover` (needs `--spawn-cluster 3`), and `all` (the first three in a row). Results print as a table, or as JSON with `--json`.
+//! Scenarios (see README.md): `enqueue`, `enqueue-batch`, `lifecycle`, `latency`,
+//! `sdk-lifecycle`, `failover` (needs `--spawn-cluster 3`), `retention` and `backlog`
+//! (need `--spawn` or `--spawn-cluster`), and `all` (the first three in a row). Results
+//! print as a table, or as JSON with `--json`.
 //!
 //! # Layout
 //! - `client.rs`: connections and the bearer-token interceptor
 //! - `scenario/`: one file per scenario
 //! - `report.rs`: counts, latency histograms, table and JSON output
 //! - `spawn.rs`: the `--spawn` child node and the `--spawn-cluster` children
+//! - `probe.rs`: resident memory and data-dir size of spawned nodes, sampled
+//! - `nodelog.rs`: snapshot build and install times from a spawned node's log
 //!
 //! Exit status: 0 when every scenario ran and verified, 1 when a scenario had errors or
 //! failed verification, 2 when the run could not be done at all.
 
 mod client;
+mod nodelog;
+mod probe;
 mod report;
 mod scenario;
 mod spawn;
@@ -69,34 +75,46 @@ struct Cli {
     #[arg(long, env = "TASKRAFT_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Jobs per scenario [enqueue: 20000, enqueue-batch: 100000, lifecycle: 100000,
-    /// latency: rate x duration].
+    /// latency: rate x duration, retention: 1000000, backlog: 10000000].
     #[arg(long)]
     jobs: Option<u64>,
-    /// Concurrent callers [enqueue: 64, enqueue-batch and lifecycle preload: 8].
+    /// Concurrent callers [enqueue: 64, enqueue-batch, lifecycle preload and backlog: 8].
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Jobs per EnqueueBatch call (enqueue-batch, lifecycle preload); at most 10000.
-    #[arg(long, default_value_t = 100)]
-    batch: usize,
-    /// Payload bytes per job.
-    #[arg(long, default_value_t = 64)]
-    payload_size: usize,
-    /// Workers in `lifecycle`.
+    /// Jobs per EnqueueBatch call (enqueue-batch, lifecycle preload, backlog); at most
+    /// 10000 [100; backlog: 1000].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Payload bytes per job [64; backlog: 256].
+    #[arg(long)]
+    payload_size: Option<usize>,
+    /// Workers in `lifecycle` (and the drains of `backlog`).
     #[arg(long, default_value_t = 4)]
     workers: usize,
-    /// Jobs per Lease call in `lifecycle` (1-1000).
-    #[arg(long, default_value_t = 100)]
-    lease_batch: u32,
+    /// Jobs per Lease call in `lifecycle` and `backlog`'s drains (1-1000) [100; backlog: 64].
+    #[arg(long)]
+    lease_batch: Option<u32>,
+    /// `backlog`: jobs leased and acked at depth, and in the empty-queue baseline.
+    #[arg(long, default_value_t = 100_000)]
+    drain: u64,
+    /// `backlog` with 3+ nodes: how the wiped follower rejoins (`re-add`: RemoveNode,
+    /// restart with --peers of the others, AddNode; `same-peers`: restart as it was).
+    #[arg(long, value_enum, default_value = "re-add")]
+    rejoin: scenario::backlog::Rejoin,
+    /// `backlog`: bound on each wait (for the snapshot, the restarted node, the catch-up
+    /// of the wiped follower).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    phase_timeout: Duration,
     /// Target rate of `latency`, jobs/s.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
     /// Run time of `latency` (e.g. 10s, 1m).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Safety bound on each scenario; a scenario still running then is stopped and the
-    /// run fails.
-    #[arg(long, default_value_t = 300)]
-    max_seconds: u64,
+    /// Safety bound on each scenario in seconds; a scenario still running then is stopped
+    /// and the run fails [300; backlog: 7200].
+    #[arg(long)]
+    max_seconds: Option<u64>,
     /// HTTP/2 connections per server.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -126,6 +144,10 @@ enum Scenario {
     /// Disk use through enqueueing, completing and expiring --jobs (default 1,000,000),
     /// and the time of the retention sweep (needs --spawn).
     Retention,
+    /// A deep queue (--jobs, default 10,000,000): memory and data dir, snapshot, kill -9
+    /// and restart, drain at depth vs an empty queue; with --spawn-cluster 3 also the
+    /// catch-up of a wiped follower (needs --spawn or --spawn-cluster).
+    Backlog,
     /// enqueue, enqueue-batch, lifecycle in a row.
     All,
 }
@@ -151,6 +173,7 @@ impl Scenario {
             Scenario::SdkLifecycle => "sdk-lifecycle",
             Scenario::Failover => "failover",
             Scenario::Retention => "retention",
+            Scenario::Backlog => "backlog",
             Scenario::All => "all",
         }
     }
@@ -171,16 +194,26 @@ async fn main() -> ExitCode {
 
 /// Runs the scenarios; Ok(false) when one had errors or failed verification.
 async fn run(cli: Cli) -> Result<bool> {
+    let backlog = cli.scenario == Scenario::Backlog;
     let params = Params {
         jobs: cli.jobs,
         concurrency: cli.concurrency,
-        batch: cli.batch,
-        payload_size: cli.payload_size,
+        batch: cli.batch.unwrap_or(if backlog { 1000 } else { 100 }),
+        payload_size: cli.payload_size.unwrap_or(if backlog { 256 } else { 64 }),
         workers: cli.workers,
-        lease_batch: cli.lease_batch,
+        lease_batch: cli.lease_batch.unwrap_or(if backlog { 64 } else { 100 }),
         rate: cli.rate,
         duration: cli.duration,
     };
+    let backlog_opts = scenario::backlog::Options {
+        drain: cli.drain,
+        phase_timeout: cli.phase_timeout,
+        connections: cli.connections,
+        token: cli.token.clone(),
+        leader_only: cli.leader_only,
+        rejoin: cli.rejoin,
+    };
+    let max_seconds = cli.max_seconds.unwrap_or(if backlog { 7200 } else { 300 });
     // Declared before the pool so it outlives every connection.
     let mut node = None;
     let mut cluster = None;
@@ -216,7 +249,7 @@ async fn run(cli: Cli) -> Result<bool> {
     let mut all_ok = true;
     for s in cli.scenario.expand() {
         eprintln!("running {} against {}", s.name(), servers.join(","));
-        let limit = Duration::from_secs(cli.max_seconds);
+        let limit = Duration::from_secs(max_seconds);
         let one = async {
             if s == Scenario::Retention {
                 let n = node.as_ref().ok_or_else(|| {
@@ -228,6 +261,15 @@ async fn run(cli: Cli) -> Result<bool> {
                     .as_mut()
                     .ok_or_else(|| anyhow::anyhow!("failover needs --spawn-cluster 3 (or more)"))?;
                 Ok(vec![scenario::failover::run(&pool, &params, c).await?])
+            } else if s == Scenario::Backlog {
+                let nodes: &mut [spawn::SpawnedNode] = if let Some(c) = cluster.as_mut() {
+                    &mut c.nodes
+                } else if let Some(n) = node.as_mut() {
+                    std::slice::from_mut(n)
+                } else {
+                    anyhow::bail!("backlog needs --spawn or --spawn-cluster N (it kills and restarts the nodes)");
+                };
+                scenario::backlog::run(nodes, &params, &backlog_opts).await
             } else if s == Scenario::SdkLifecycle {
                 let token = cli.token.as_deref();
                 scenario::sdk_lifecycle::run(&pool, &params, &servers, token).await
@@ -242,7 +284,7 @@ async fn run(cli: Cli) -> Result<bool> {
                 eprintln!(
                     "WARNING: scenario {} stopped after --max-seconds {}",
                     s.name(),
-                    cli.max_seconds
+                    max_seconds
                 );
                 all_ok = false;
                 continue;
@@ -282,7 +324,11 @@ async fn run_one(s: Scenario, pool: &Pool, p: &Params) -> Result<Vec<Report>> {
         Scenario::EnqueueBatch => vec![scenario::enqueue::batch(pool, p).await?],
         Scenario::Lifecycle => scenario::lifecycle::run(pool, p).await?,
         Scenario::Latency => vec![scenario::latency::run(pool, p).await?],
-        Scenario::Failover | Scenario::SdkLifecycle | Scenario::Retention | Scenario::All => {
+        Scenario::Failover
+        | Scenario::SdkLifecycle
+        | Scenario::Retention
+        | Scenario::Backlog
+        | Scenario::All => {
             unreachable!("handled by the caller")
         }
     })

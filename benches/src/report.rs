@@ -90,6 +90,9 @@ pub struct Report {
     pub verified: bool,
     /// `failover` only: SIGKILL of the leader to the first successful write.
     pub failover_ms: Option<f64>,
+    /// Scenario-specific figures for the JSON output (`backlog`: memory, disk, snapshot,
+    /// restart and catch-up times).
+    pub details: Option<serde_json::Value>,
 }
 
 impl Report {
@@ -114,6 +117,7 @@ impl Report {
             notes,
             verified: true,
             failover_ms: None,
+            details: None,
         }
     }
 
@@ -140,7 +144,7 @@ impl Report {
 
     /// The report as a JSON object.
     pub fn to_json(&self) -> serde_json::Value {
-        json!({
+        let mut v = json!({
             "scenario": self.scenario,
             "queue": self.queue,
             "jobs": self.tally.jobs,
@@ -158,7 +162,11 @@ impl Report {
             "verified": self.verified,
             "failover_ms": self.failover_ms,
             "notes": self.notes,
-        })
+        });
+        if let (Some(d), Some(obj)) = (&self.details, v.as_object_mut()) {
+            obj.insert("details".into(), d.clone());
+        }
+        v
     }
 }
 

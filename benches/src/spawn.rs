@@ -1,5 +1,9 @@
 //! `--spawn`: a fresh `taskraft serve` child on free loopback ports with a temporary
 //! data dir, killed (and its data removed) when the run ends.
+//!
+//! A child can be killed with SIGKILL and started again on the same ports, flags and data
+//! dir (`restart`), also after its data dir was deleted (`kill9_and_wipe`); its log
+//! (stdout and stderr) is appended to `<temp dir>/serve.log` across restarts.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -15,11 +19,19 @@ use crate::client::Pool;
 /// How long the child may take to elect itself and serve reads.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The child's log filter when `RUST_LOG` is not set: warnings, plus the few info lines
+/// that mark a snapshot being built or installed (the `backlog` scenario times them).
+const DEFAULT_LOG_FILTER: &str =
+    "warn,openraft::core::sm::worker=info,taskraft_broker::raft::state_machine=info";
+
 /// A running `taskraft serve` child.
 pub struct SpawnedNode {
     child: Child,
     /// Its gRPC address.
     pub addr: SocketAddr,
+    /// The `taskraft` binary and every argument after it, for restarts.
+    bin: PathBuf,
+    args: Vec<String>,
     log: PathBuf,
     // Dropped after the child is killed (field order), removing the data dir.
     _dir: tempfile::TempDir,
@@ -62,27 +74,18 @@ impl SpawnedNode {
             .tempdir()
             .context("creating a temp data dir")?;
         let http = free_addr()?;
+        let mut args = vec![
+            "serve".to_string(),
+            "--listen".into(),
+            addr.to_string(),
+            "--http".into(),
+            http.to_string(),
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+        ];
+        args.extend(extra.iter().cloned());
         let log = dir.path().join("serve.log");
-        let out = std::fs::File::create(&log).context("creating the serve log")?;
-        let err = out.try_clone().context("cloning the serve log handle")?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--http")
-            .arg(http.to_string())
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "warn");
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let child = launch(bin, &args, &log)?;
         eprintln!(
             "spawned {} serve on {addr} (pid {}, data {})",
             bin.display(),
@@ -92,6 +95,8 @@ impl SpawnedNode {
         Ok(Self {
             child,
             addr,
+            bin: bin.to_path_buf(),
+            args,
             log,
             _dir: dir,
         })
@@ -126,11 +131,34 @@ impl SpawnedNode {
         }
     }
 
-    fn log_tail(&self) -> String {
+    /// The last 30 lines of the node's log.
+    pub fn log_tail(&self) -> String {
+        self.log_last(30)
+    }
+
+    /// The last `n` lines of the node's log.
+    pub fn log_last(&self, n: usize) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
+}
+
+/// Starts `bin args..`, appending its output to `log`.
+fn launch(bin: &Path, args: &[String], log: &Path) -> Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .context("opening the serve log")?;
+    let err = out.try_clone().context("cloning the serve log handle")?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", DEFAULT_LOG_FILTER);
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {}", bin.display()))
 }
 
 impl SpawnedNode {
@@ -139,10 +167,58 @@ impl SpawnedNode {
         self._dir.path().join("data")
     }
 
+    /// The node's log file (kept across restarts).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Bytes in the log file now: where lines written from now on start.
+    pub fn log_len(&self) -> u64 {
+        std::fs::metadata(&self.log).map_or(0, |m| m.len())
+    }
+
+    /// The exit status when the current child has exited by itself (or was killed).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Process id of the current child.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL (no shutdown code runs).
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGKILL, then start the same command again (same ports, flags and data dir).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.child = launch(&self.bin, &self.args, &self.log)?;
+        eprintln!("restarted {} (pid {})", self.addr, self.child.id());
+        Ok(())
+    }
+
+    /// SIGKILL, then delete the data dir (start it again with [`Self::restart`]).
+    pub fn kill9_and_wipe(&mut self) -> Result<()> {
+        self.kill9();
+        let data = self.data_dir();
+        if data.exists() {
+            std::fs::remove_dir_all(&data)
+                .with_context(|| format!("deleting {}", data.display()))?;
+        }
+        eprintln!("killed {} and deleted {}", self.addr, data.display());
+        Ok(())
+    }
+
+    /// Sets the value of `flag` for the next start (appends it if absent).
+    pub fn set_arg(&mut self, flag: &str, value: &str) {
+        match self.args.iter().position(|a| a == flag) {
+            Some(i) if i + 1 < self.args.len() => self.args[i + 1] = value.to_string(),
+            _ => self.args.extend([flag.to_string(), value.to_string()]),
+        }
     }
 }
 

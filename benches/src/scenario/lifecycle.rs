@@ -49,41 +49,14 @@ pub async fn run(pool: &Pool, p: &Params) -> Result<Vec<Report>> {
     .await?;
     let expected = preload.tally.jobs;
 
-    let acked = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut set = JoinSet::new();
-    for i in 0..p.workers.max(1) {
-        let broker = pool.broker(i);
-        let acked = acked.clone();
-        let req = pb::LeaseRequest {
-            queues: vec![queue.clone()],
-            worker_id: format!("bench-worker-{i}"),
-            max_jobs: p.lease_batch.clamp(1, 1000),
-            visibility_timeout_ms: VISIBILITY_MS,
-            wait_ms: LEASE_WAIT_MS,
-        };
-        set.spawn(worker(broker, req, acked, expected));
-    }
-    let mut acks = Tally::default();
-    let mut leases = histogram();
-    let mut last_ack = None::<Instant>;
-    while let Some(w) = set.join_next().await {
-        let w = w?;
-        acks.merge(w.acks);
-        leases.add(&w.leases).expect("histograms share bounds");
-        last_ack = last_ack.max(w.last_ack);
-    }
-    let elapsed = last_ack.map_or_else(|| start.elapsed(), |t| t - start);
-
-    let mut report = Report::new("lifecycle", &queue, acks, elapsed, "Ack call");
+    let d = drain(pool, &queue, p.workers, p.lease_batch, expected).await?;
+    let lease_note = d.lease_note();
+    let mut report = Report::new("lifecycle", &queue, d.acks, d.elapsed, "Ack call");
     report.notes.insert(
         0,
         format!(
-            "{} workers, lease batch {}; Lease call p50 {:.2} ms, p99 {:.2} ms",
-            p.workers,
-            p.lease_batch,
-            leases.value_at_quantile(0.5) as f64 / 1000.0,
-            leases.value_at_quantile(0.99) as f64 / 1000.0,
+            "{} workers, lease batch {}; {}",
+            p.workers, p.lease_batch, lease_note
         ),
     );
     let stats = pool
@@ -100,6 +73,70 @@ pub async fn run(pool: &Pool, p: &Params) -> Result<Vec<Report>> {
         stats.succeeded, stats.ready, stats.leased, stats.scheduled, stats.dead
     ));
     Ok(vec![preload, report])
+}
+
+/// What [`drain`] measured.
+pub struct Drained {
+    /// Acks (the jobs processed) and their latencies.
+    pub acks: Tally,
+    /// Latency of the Lease calls that succeeded.
+    pub leases: hdrhistogram::Histogram<u64>,
+    /// First Lease .. last Ack.
+    pub elapsed: Duration,
+}
+
+impl Drained {
+    /// "Lease call p50 .. ms, p99 .. ms", for the notes.
+    pub fn lease_note(&self) -> String {
+        format!(
+            "Lease call p50 {:.2} ms, p99 {:.2} ms",
+            self.leases.value_at_quantile(0.5) as f64 / 1000.0,
+            self.leases.value_at_quantile(0.99) as f64 / 1000.0,
+        )
+    }
+}
+
+/// The lifecycle's worker loop: `workers` workers lease up to `lease_batch` jobs from
+/// `queue` and ack each leased job concurrently, until `expected` jobs are acked in
+/// total (a worker acks everything it leased, so a few more may be), or the queue stays
+/// empty, or Lease keeps failing. Also used by `backlog`.
+pub async fn drain(
+    pool: &Pool,
+    queue: &str,
+    workers: usize,
+    lease_batch: u32,
+    expected: u64,
+) -> Result<Drained> {
+    let acked = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for i in 0..workers.max(1) {
+        let broker = pool.broker(i);
+        let acked = acked.clone();
+        let req = pb::LeaseRequest {
+            queues: vec![queue.to_string()],
+            worker_id: format!("bench-worker-{i}"),
+            max_jobs: lease_batch.clamp(1, 1000),
+            visibility_timeout_ms: VISIBILITY_MS,
+            wait_ms: LEASE_WAIT_MS,
+        };
+        set.spawn(worker(broker, req, acked, expected));
+    }
+    let mut acks = Tally::default();
+    let mut leases = histogram();
+    let mut last_ack = None::<Instant>;
+    while let Some(w) = set.join_next().await {
+        let w = w?;
+        acks.merge(w.acks);
+        leases.add(&w.leases).expect("histograms share bounds");
+        last_ack = last_ack.max(w.last_ack);
+    }
+    let elapsed = last_ack.map_or_else(|| start.elapsed(), |t| t - start);
+    Ok(Drained {
+        acks,
+        leases,
+        elapsed,
+    })
 }
 
 /// What one worker saw.

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::client::Pool;
 use crate::report::{Report, Tally};
 
+pub mod backlog;
 pub mod enqueue;
 pub mod failover;
 pub mod latency;
@@ -80,13 +81,30 @@ pub async fn enqueue_batches(
     concurrency: usize,
     payload: Bytes,
 ) -> Result<Report> {
+    let done = Arc::new(AtomicU64::new(0));
+    enqueue_batches_counted(pool, name, queue, n, batch, concurrency, payload, done).await
+}
+
+/// [`enqueue_batches`] that also adds every accepted job to `done` as it goes, so a
+/// progress printer can read it (`backlog`).
+#[allow(clippy::too_many_arguments)]
+pub async fn enqueue_batches_counted(
+    pool: &Pool,
+    name: &str,
+    queue: &str,
+    n: u64,
+    batch: usize,
+    concurrency: usize,
+    payload: Bytes,
+    done: Arc<AtomicU64>,
+) -> Result<Report> {
     let batch = batch.max(1) as u64;
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut set = JoinSet::new();
     for i in 0..concurrency.max(1) {
         let mut broker = pool.broker(i);
-        let next = next.clone();
+        let (next, done) = (next.clone(), done.clone());
         let queue = queue.to_string();
         let payload = payload.clone();
         set.spawn(async move {
@@ -100,7 +118,11 @@ pub async fn enqueue_batches(
                 let jobs = (0..count).map(|_| job(&queue, &payload)).collect();
                 let sent = Instant::now();
                 match broker.enqueue_batch(pb::EnqueueBatchRequest { jobs }).await {
-                    Ok(r) => t.ok(r.into_inner().results.len() as u64, sent.elapsed()),
+                    Ok(r) => {
+                        let accepted = r.into_inner().results.len() as u64;
+                        t.ok(accepted, sent.elapsed());
+                        done.fetch_add(accepted, Ordering::Relaxed);
+                    }
                     Err(e) => t.error(e),
                 }
             }
