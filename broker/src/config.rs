@@ -73,8 +73,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TASKRAFT_SNAPSHOT_MAX_AGE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub snapshot_max_age: Duration,
     /// Log entries kept behind a snapshot, so a briefly lagging follower catches up from
-    /// the log instead of a full snapshot.
-    #[arg(long, env = "TASKRAFT_KEEP_LOGS", default_value_t = 1000)]
+    /// the log instead of a full snapshot. (An entry holds a whole batch of commands,
+    /// up to 4 MiB.)
+    #[arg(long, env = "TASKRAFT_KEEP_LOGS", default_value_t = 500)]
     pub keep_logs: u64,
     /// Raft heartbeat interval. A follower that hears nothing for 8 heartbeats (the
     /// leader lease) plus a random 4-8 more starts an election.
@@ -219,7 +220,7 @@ impl Config {
             api: ApiSettings::default(),
             request_timeout: Duration::from_secs(5),
             snapshot_every: 5_000,
-            keep_logs: 1000,
+            keep_logs: 500,
             snapshot_max_age: Duration::from_secs(10),
             heartbeat: Duration::from_millis(100),
             webhook_secret: None,

@@ -26,10 +26,18 @@ pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// The current snapshot: `meta` and `data`.
 pub const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
-/// Opens (or creates) a redb database file.
+/// redb page cache of the Raft log. redb's default (1 GiB) would hold the most recent
+/// GiB of appended entries in memory for nothing: entries are read back only by
+/// lagging followers and at restart.
+const LOG_CACHE_BYTES: usize = 64 << 20;
+
+/// Opens (or creates) the Raft log's redb database file.
 pub fn open_db(path: &Path) -> anyhow::Result<Database> {
     use anyhow::Context;
-    Database::create(path).with_context(|| format!("opening redb database {}", path.display()))
+    redb::Builder::new()
+        .set_cache_size(LOG_CACHE_BYTES)
+        .create(path)
+        .with_context(|| format!("opening redb database {}", path.display()))
 }
 
 /// Encodes a value for disk or the peer wire.
