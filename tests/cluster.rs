@@ -307,3 +307,40 @@ async fn new_node_joins_by_snapshot_and_any_node_can_be_removed() {
     cluster.stop(leader).await;
     n4.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_behind_a_burst_of_big_batches_catches_up_from_the_log() {
+    // Each entry is a 3 MiB EnqueueBatch; 64 of them used to go in one AppendEntries,
+    // which cannot arrive within openraft's 100 ms, so the follower never caught up.
+    let cluster = InProcCluster::start(3, |c| {
+        c.snapshot_every = 100_000;
+        c.keep_logs = 100_000;
+        c.api.max_payload = 64 << 10;
+    })
+    .await;
+    let leader = cluster.wait_leader().await;
+    let behind = (1..=3).find(|i| *i != leader).unwrap();
+    cluster.isolate(behind);
+    let mut c = cluster.clients(leader).await;
+    let blob = "b".repeat(30 << 10);
+    for _ in 0..30 {
+        let jobs = (0..100).map(|_| job("big", &blob)).collect();
+        c.broker
+            .enqueue_batch(pb::EnqueueBatchRequest { jobs })
+            .await
+            .unwrap();
+    }
+    let want = cluster.applied(leader);
+    cluster.heal();
+    eventually(
+        "the follower to apply the burst",
+        Duration::from_secs(60),
+        || {
+            let got = cluster.applied(behind);
+            async move { (got >= want).then_some(()) }
+        },
+    )
+    .await;
+    let mut f = cluster.clients(behind).await;
+    assert_eq!(stats(&mut f, "big").await.ready, 3000);
+}

@@ -285,6 +285,41 @@ async fn reflection_lists_the_public_services() {
 }
 
 #[tokio::test]
+async fn reflection_answers_the_older_v1alpha_protocol_too() {
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+
+    let node = InProcNode::start().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", node.addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "taskraft.v1.Broker".into(),
+        )),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .expect("v1alpha reflection call")
+        .into_inner();
+    let resp = stream.message().await.unwrap().expect("one response");
+    let Some(MessageResponse::FileDescriptorResponse(files)) = resp.message_response else {
+        panic!("not a file descriptor answer: {resp:?}");
+    };
+    assert!(
+        !files.file_descriptor_proto.is_empty(),
+        "no descriptor for taskraft.v1.Broker"
+    );
+}
+
+#[tokio::test]
 async fn producer_trace_context_reaches_the_worker_in_job_headers() {
     let node = InProcNode::start().await;
     let mut c = node.clients().await;

@@ -75,7 +75,7 @@ pub struct ServeArgs {
     /// Log entries kept behind a snapshot, so a briefly lagging follower catches up from
     /// the log instead of a full snapshot. (An entry holds a whole batch of commands,
     /// up to 4 MiB.)
-    #[arg(long, env = "TASKRAFT_KEEP_LOGS", default_value_t = 500)]
+    #[arg(long, env = "TASKRAFT_KEEP_LOGS", default_value_t = 100)]
     pub keep_logs: u64,
     /// Raft heartbeat interval. A follower that hears nothing for 8 heartbeats (the
     /// leader lease) plus a random 4-8 more starts an election.
@@ -220,7 +220,7 @@ impl Config {
             api: ApiSettings::default(),
             request_timeout: Duration::from_secs(5),
             snapshot_every: 5_000,
-            keep_logs: 500,
+            keep_logs: 100,
             snapshot_max_age: Duration::from_secs(10),
             heartbeat: Duration::from_millis(100),
             webhook_secret: None,

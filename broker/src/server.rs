@@ -71,11 +71,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(taskraft_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both protocols: grpcurl and Postman ask `v1`, several older tools
+    // (Evans, some grpcurl builds) only `v1alpha`.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(taskraft_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
         .context("building reflection service")?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .context("building v1alpha reflection service")?;
 
     let auth = Auth::new(config.token.as_deref());
     let metrics = if config.metrics {
@@ -107,6 +115,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .layer(crate::metrics::RpcMetricsLayer::new(metrics.clone()))
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(InterceptedService::new(broker, auth.clone()))
             .add_service(InterceptedService::new(admin, auth.clone()))
             .add_service(InterceptedService::new(peer, auth.clone()))

@@ -17,8 +17,10 @@ use super::{lifecycle, Params};
 use crate::client::Pool;
 use crate::report::Report;
 
-/// Bytes of every file under `dir`.
+/// Disk space used by every file under `dir`, as `du` counts it (allocated blocks):
+/// redb extends its files sparsely, so their length overstates what the disk holds.
 pub fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -26,7 +28,7 @@ pub fn dir_bytes(dir: &Path) -> u64 {
         .flatten()
         .map(|e| match e.metadata() {
             Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
+            Ok(m) => m.blocks() * 512,
             Err(_) => 0,
         })
         .sum()

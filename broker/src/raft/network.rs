@@ -27,6 +27,28 @@ use crate::storage::{decode, encode};
 /// Largest peer message (appends of big batches, snapshot chunks).
 pub const MAX_PEER_MESSAGE: usize = 512 * 1024 * 1024;
 
+/// Entries sent in one AppendEntries, by approximate bytes (always at least one entry).
+/// openraft 0.9 gives an AppendEntries one heartbeat interval (100 ms) before it counts
+/// it as failed; 64 entries of up to 4 MiB each could never make it, and a follower that
+/// fell behind a burst of big batches would retry forever. Sending a prefix and
+/// answering `PartialSuccess` is how openraft lets the network cut a batch.
+const APPEND_BUDGET_BYTES: usize = 2 << 20;
+
+/// How many of `entries` fit in [`APPEND_BUDGET_BYTES`] (at least one).
+fn entries_within_budget(entries: &[super::types::Entry]) -> usize {
+    let mut bytes = 0;
+    for (i, e) in entries.iter().enumerate() {
+        bytes += match &e.payload {
+            openraft::EntryPayload::Normal(env) => env.cmd.approx_size(),
+            _ => 256,
+        };
+        if bytes > APPEND_BUDGET_BYTES {
+            return i.max(1);
+        }
+    }
+    entries.len()
+}
+
 /// A peer client that carries the cluster token.
 pub type PeerClient = RaftPeerClient<InterceptedService<Channel, TokenInjector>>;
 
@@ -193,10 +215,19 @@ enum Method {
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.call(Method::Append, &rpc, &option).await
+        let keep = entries_within_budget(&rpc.entries);
+        if keep == rpc.entries.len() {
+            return self.call(Method::Append, &rpc, &option).await;
+        }
+        rpc.entries.truncate(keep);
+        let last = rpc.entries.last().map(|e| e.log_id);
+        match self.call(Method::Append, &rpc, &option).await? {
+            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last)),
+            other => Ok(other),
+        }
     }
 
     async fn install_snapshot(

@@ -81,7 +81,7 @@ fn never_sent(s: &tonic::Status) -> bool {
 }
 
 /// Appended log bytes after which a snapshot is taken (and the log purged behind it).
-pub const SNAPSHOT_LOG_BYTES: u64 = 128 << 20;
+pub const SNAPSHOT_LOG_BYTES: u64 = 64 << 20;
 
 /// Leader wall-clock time in Unix ms.
 pub fn wall_clock_ms() -> u64 {
