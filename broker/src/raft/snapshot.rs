@@ -5,7 +5,8 @@
 //!  leader                                                follower
 //!  build_snapshot: durable commit + read txn (no copy)
 //!  get_current_snapshot ─► SnapshotData::View
-//!     first seek/read: blocking thread dumps the view ─► temp file (unlinked)
+//!     first seek/read: blocking thread writes the view ─► snapshot-tmp/<id>.stream
+//!     (once per snapshot, shared by retried sends; removed when no longer used)
 //!     openraft reads 8 MiB chunks ───────── InstallSnapshot ─────► SnapshotData::File (temp)
 //!                                                       install: load records into
 //!                                                       state.redb.installing, fsync,
@@ -24,7 +25,6 @@ use std::task::{ready, Context, Poll};
 
 use redb::{Database, ReadTransaction, ReadableTable};
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
-use tokio::task::JoinHandle;
 
 use crate::storage::tables;
 
@@ -41,16 +41,17 @@ pub struct SnapshotData {
     inner: Inner,
 }
 
+type FileFuture = Pin<Box<dyn Future<Output = io::Result<std::fs::File>> + Send>>;
+
 enum Inner {
-    /// A consistent view of the store; written to a temp file on first use.
+    /// A snapshot's stream, written out (once per snapshot) on first use.
     View {
-        view: Arc<ReadTransaction>,
-        dir: PathBuf,
+        dump: Arc<Dump>,
         pending: Option<SeekFrom>,
     },
-    /// The view being written out on a blocking thread.
+    /// Waiting for the stream to be written.
     Dumping {
-        task: JoinHandle<io::Result<std::fs::File>>,
+        file: FileFuture,
         pending: Option<SeekFrom>,
     },
     /// A snapshot as a file: dumped from a view, or being received from the leader.
@@ -58,12 +59,11 @@ enum Inner {
 }
 
 impl SnapshotData {
-    /// Data that will be written from `view` (into a temp file under `dir`) when read.
-    pub fn view(view: Arc<ReadTransaction>, dir: &Path) -> Self {
+    /// The stream of `dump`, written out when first read.
+    pub fn view(dump: Arc<Dump>) -> Self {
         Self {
             inner: Inner::View {
-                view,
-                dir: dir.to_path_buf(),
+                dump,
                 pending: None,
             },
         }
@@ -91,13 +91,13 @@ impl SnapshotData {
         loop {
             match &mut self.inner {
                 Inner::File(_) => return Poll::Ready(Ok(())),
-                Inner::View { view, dir, pending } => {
-                    let (view, dir, pending) = (view.clone(), dir.clone(), pending.take());
-                    let task = tokio::task::spawn_blocking(move || dump(&view, &dir));
-                    self.inner = Inner::Dumping { task, pending };
+                Inner::View { dump, pending } => {
+                    let (dump, pending) = (dump.clone(), pending.take());
+                    let file = Box::pin(dump.file());
+                    self.inner = Inner::Dumping { file, pending };
                 }
-                Inner::Dumping { task, pending } => {
-                    let file = ready!(Pin::new(task).poll(cx)).map_err(io::Error::other)??;
+                Inner::Dumping { file, pending } => {
+                    let file = ready!(file.as_mut().poll(cx))?;
                     let pending = pending.take();
                     let mut file = tokio::fs::File::from_std(file);
                     if let Some(pos) = pending {
@@ -181,10 +181,74 @@ fn temp_file(dir: &Path) -> io::Result<std::fs::File> {
     tempfile::tempfile_in(dir)
 }
 
-/// Writes every state table of `view` as a record stream into a temp file.
+/// One snapshot's record stream: written from its read view the first time a follower
+/// needs it, into a file that every later send of the same snapshot reuses (writing
+/// 10M jobs takes a minute; a send that is retried must not start over), and removed
+/// when the snapshot is no longer current and no send uses it.
+pub struct Dump {
+    view: Arc<ReadTransaction>,
+    path: PathBuf,
+    written: tokio::sync::OnceCell<Result<(), String>>,
+}
+
+impl Dump {
+    /// The stream of `view`, to be written to `dir/<name>.stream`.
+    pub fn new(view: Arc<ReadTransaction>, dir: &Path, name: &str) -> Arc<Self> {
+        Arc::new(Self {
+            view,
+            // Snapshot ids come from the leader: keep them to a safe file name.
+            path: dir.join(format!(
+                "{}.stream",
+                name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+            )),
+            written: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The written stream, opened at its start.
+    async fn file(self: Arc<Self>) -> io::Result<std::fs::File> {
+        let me = self.clone();
+        self.written
+            .get_or_init(|| async move {
+                tokio::task::spawn_blocking(move || write_file(&me.view, &me.path))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            })
+            .await
+            .clone()
+            .map_err(io::Error::other)?;
+        std::fs::File::open(&self.path)
+    }
+}
+
+impl Drop for Dump {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Writes the stream of `view` to `path` (through a temp name, so a crash never leaves
+/// a partial file under the final name).
+fn write_file(view: &ReadTransaction, path: &Path) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    dump_into(view, tmp.as_file().try_clone()?)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Writes every state table of `view` as a record stream into a temp file under `dir`.
+#[cfg(test)]
 fn dump(view: &ReadTransaction, dir: &Path) -> io::Result<std::fs::File> {
+    dump_into(view, temp_file(dir)?)
+}
+
+/// Writes every state table of `view` as a record stream into `file`, and returns it
+/// rewound.
+fn dump_into(view: &ReadTransaction, file: std::fs::File) -> io::Result<std::fs::File> {
     let started = std::time::Instant::now();
-    let file = temp_file(dir)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     out.write_all(MAGIC)?;
     let mut records = 0u64;

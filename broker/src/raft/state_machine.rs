@@ -28,7 +28,7 @@ use redb::{
 };
 use tokio::sync::{watch, Notify};
 
-use super::snapshot::{self, SnapshotData};
+use super::snapshot::{self, Dump, SnapshotData};
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::queue::{Outcome, Reply, State};
 use crate::storage::tables::{DiskTables, Handles, ALL};
@@ -121,10 +121,11 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     Ok(())
 }
 
-/// The current snapshot: its meta and the read transaction that holds its data.
+/// The current snapshot: its meta and its data (a read transaction, written out as a
+/// stream when a follower needs it).
 struct Current {
     meta: Meta,
-    view: Arc<ReadTransaction>,
+    dump: Arc<Dump>,
 }
 
 /// The openraft state machine.
@@ -161,6 +162,11 @@ impl StateMachineStore {
              (or rejoin it to the cluster with an empty data dir) before upgrading",
             old_format.display()
         );
+        // Streams written for followers and receive files of an earlier run.
+        let tmp = dir.join("snapshot-tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+        }
         let installing = installing_path(dir);
         if installing.exists() {
             std::fs::remove_file(&installing)
@@ -217,12 +223,12 @@ impl StateMachineStore {
             None => format!("none-{n}"),
         };
         Ok(Current {
+            dump: Dump::new(Arc::new(txn), &self.tmp_dir(), &snapshot_id),
             meta: SnapshotMeta {
                 last_log_id: last_applied,
                 last_membership: membership,
                 snapshot_id,
             },
-            view: Arc::new(txn),
         })
     }
 
@@ -238,7 +244,7 @@ impl StateMachineStore {
         }
         *cur = Some(Current {
             meta: c.meta.clone(),
-            view: c.view.clone(),
+            dump: c.dump.clone(),
         });
     }
 }
@@ -312,7 +318,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         tracing::info!(snapshot_id = %current.meta.snapshot_id, "built snapshot");
         Ok(Snapshot {
             meta: current.meta,
-            snapshot: Box::new(SnapshotData::view(current.view, &self.tmp_dir())),
+            snapshot: Box::new(SnapshotData::view(current.dump)),
         })
     }
 }
@@ -442,7 +448,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let txn = db.begin_read().map_err(read_err)?;
             Current {
                 meta: meta.clone(),
-                view: Arc::new(txn),
+                dump: Dump::new(Arc::new(txn), &self.tmp_dir(), &meta.snapshot_id),
             }
         };
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(current);
@@ -463,7 +469,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
             cur.as_ref().map(|c| Current {
                 meta: c.meta.clone(),
-                view: c.view.clone(),
+                dump: c.dump.clone(),
             })
         };
         let current = match existing {
@@ -481,7 +487,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         Ok(Some(Snapshot {
             meta: current.meta,
-            snapshot: Box::new(SnapshotData::view(current.view, &self.tmp_dir())),
+            snapshot: Box::new(SnapshotData::view(current.dump)),
         }))
     }
 }
