@@ -61,7 +61,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         peers: config.peers.clone(),
         token: config.token.clone(),
         request_timeout: config.request_timeout,
-        snapshot_every: config.snapshot_every,
         keep_logs: config.keep_logs,
         heartbeat: config.heartbeat,
     })
@@ -141,7 +140,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 
     let background = vec![
         tokio::spawn(node.clone().run_ticker(Duration::from_millis(200))),
-        tokio::spawn(node.clone().run_compactor(config.snapshot_max_age)),
+        tokio::spawn(
+            node.clone()
+                .run_compactor(config.snapshot_every, config.snapshot_max_age),
+        ),
         tokio::spawn(report_health(node.clone(), health)),
         tokio::spawn(metrics.run_sampler()),
         tokio::spawn(crate::webhook::run(

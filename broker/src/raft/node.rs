@@ -39,8 +39,6 @@ pub struct NodeOptions {
     pub token: Option<String>,
     /// How long a write or linearizable read may wait for a leader and a quorum.
     pub request_timeout: Duration,
-    /// Take a snapshot (and purge the log behind it) every this many entries.
-    pub snapshot_every: u64,
     /// Entries kept behind a snapshot.
     pub keep_logs: u64,
     /// Raft heartbeat interval.
@@ -80,6 +78,9 @@ fn never_sent(s: &tonic::Status) -> bool {
             || s.message().contains("error trying to connect"))
 }
 
+/// Longest time snapshots are held back for a follower that is behind the last one.
+pub const SNAPSHOT_HOLD_MAX: Duration = Duration::from_secs(600);
+
 /// Appended log bytes after which a snapshot is taken (and the log purged behind it).
 pub const SNAPSHOT_LOG_BYTES: u64 = 64 << 20;
 
@@ -112,7 +113,9 @@ impl RaftNode {
             election_timeout_min: hb * 4,
             election_timeout_max: hb * 8,
             max_payload_entries: 64,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
+            // Snapshots are triggered by `run_compactor`, which holds them back while a
+            // follower catches up (see there).
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: opts.keep_logs,
             install_snapshot_timeout: 30_000,
             snapshot_max_chunk_size: 8 * 1024 * 1024,
@@ -501,13 +504,19 @@ impl RaftNode {
         }
     }
 
-    /// Takes a snapshot when entries were applied since the last one and it is older
-    /// than `max_age`, or when more than [`SNAPSHOT_LOG_BYTES`] of entries were appended
-    /// since the last one, even if fewer than `--snapshot-every` entries came in. A
-    /// snapshot is cheap (a durable commit of the state store), and it is what lets the
-    /// log be purged: this keeps the log file small after bursts of big entries.
-    pub async fn run_compactor(self: Arc<Self>, max_age: Duration) {
+    /// Takes a snapshot (and so purges the log behind it) after `every` entries, after
+    /// [`SNAPSHOT_LOG_BYTES`] of appended log, or when entries came in and the last one
+    /// is older than `max_age`. A snapshot is cheap (a durable commit of the state
+    /// store), and it is what keeps the log file small after bursts of big entries.
+    ///
+    /// Not while this leader has a follower behind its last snapshot (for at most
+    /// [`SNAPSHOT_HOLD_MAX`], so that a node that is down does not make the log grow
+    /// forever): that follower is being sent the snapshot (a minute for 10M jobs) or the
+    /// log right after it, and a new snapshot would purge that log, so after installing
+    /// it would need yet another snapshot, and so on for as long as writes come in.
+    pub async fn run_compactor(self: Arc<Self>, every: u64, max_age: Duration) {
         let mut last = Instant::now();
+        let mut behind_since: Option<Instant> = None;
         let mut bytes_at_last = self.log.appended_bytes();
         let mut interval = tokio::time::interval(
             (max_age / 4).clamp(Duration::from_millis(100), Duration::from_millis(500)),
@@ -515,18 +524,33 @@ impl RaftNode {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            let (applied, snap) = {
+            let (applied, snap, follower_behind) = {
                 let m = self.raft.metrics();
                 let m = m.borrow();
-                (
-                    m.last_applied.map_or(0, |l| l.index),
-                    m.snapshot.map_or(0, |l| l.index),
-                )
+                let snap = m.snapshot.map_or(0, |l| l.index);
+                let behind = m.replication.as_ref().is_some_and(|r| {
+                    r.values()
+                        .any(|matched| matched.map_or(0, |l| l.index) < snap)
+                });
+                (m.last_applied.map_or(0, |l| l.index), snap, behind)
+            };
+            let held = match (follower_behind, behind_since) {
+                (false, _) => {
+                    behind_since = None;
+                    false
+                }
+                (true, None) => {
+                    behind_since = Some(Instant::now());
+                    true
+                }
+                (true, Some(t)) => t.elapsed() < SNAPSHOT_HOLD_MAX,
             };
             let bytes = self.log.appended_bytes();
-            let by_age = applied > snap && last.elapsed() >= max_age;
-            let by_bytes = applied > snap && bytes - bytes_at_last >= SNAPSHOT_LOG_BYTES;
-            if by_age || by_bytes {
+            let due = applied > snap
+                && (applied - snap >= every
+                    || last.elapsed() >= max_age
+                    || bytes - bytes_at_last >= SNAPSHOT_LOG_BYTES);
+            if due && !held {
                 last = Instant::now();
                 bytes_at_last = bytes;
                 if let Err(e) = self.raft.trigger().snapshot().await {
