@@ -234,33 +234,27 @@ impl Metrics {
         }
     }
 
-    /// Counts the jobs of one lease call and remembers when each lease started. Reads
-    /// each job once from the applied state for its due time (the wait histogram) and
-    /// its expiration count (to tell later that the lease ran out).
-    pub fn leased(&self, node: &RaftNode, jobs: &[crate::queue::LeasedJob]) {
+    /// Counts the jobs of one lease call and remembers when each lease started, with
+    /// the job's expiration count (to tell later that the lease ran out). The wait
+    /// histogram uses the due time the core reports with each leased job.
+    pub fn leased(&self, jobs: &[crate::queue::LeasedJob]) {
         let Some(inner) = &self.inner else { return };
         let now_ms = crate::raft::node::wall_clock_ms();
-        let data = node.shared.read();
         let mut leases = lock(&inner.leases);
         for j in jobs {
             let Some(q) = self.queue(&j.queue) else {
                 return;
             };
             q.leased.fetch_add(1, Ordering::Relaxed);
-            // A follower may not have applied the lease yet: then no wait sample.
-            let job = data.state.job_record(&j.job_id);
-            if let Some(job) = &job {
-                let due = job.created_at_ms.max(job.run_at_ms);
-                let wait = now_ms.saturating_sub(due) as f64 / 1000.0;
-                inner.wait.record(wait, &q.attr);
-            }
+            let wait = now_ms.saturating_sub(j.due_ms) as f64 / 1000.0;
+            inner.wait.record(wait, &q.attr);
             leases.insert(
                 j.lease_id,
                 LeaseStart {
                     at: Instant::now(),
                     queue: q,
                     job_id: j.job_id.clone(),
-                    expirations: job.map_or(0, |job| job.expirations),
+                    expirations: j.expirations,
                 },
             );
         }

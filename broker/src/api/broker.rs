@@ -44,7 +44,7 @@ impl BrokerService {
     /// The queue of a job, for metrics when this node did not hand out its lease.
     fn queue_of(&self, job_id: Option<String>) -> Option<String> {
         let data = self.node.shared.read();
-        data.state.job(&job_id?).map(|j| j.queue.clone())
+        data.state.job_record(&job_id?).map(|j| j.queue)
     }
 
     /// Validates one job. W3C trace context in the call's `metadata` is copied into the
@@ -293,7 +293,7 @@ impl Broker for BrokerService {
                             span.record("job_id", one.job_id.as_str());
                             span.record("attempt", one.attempt);
                         }
-                        self.metrics.leased(&self.node, &jobs);
+                        self.metrics.leased(&jobs);
                         return Ok(Response::new(pb::LeaseResponse {
                             jobs: jobs.into_iter().map(leased_to_pb).collect(),
                         }));

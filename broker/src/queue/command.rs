@@ -255,6 +255,12 @@ pub struct LeasedJob {
     pub headers: BTreeMap<String, String>,
     /// Priority.
     pub priority: i32,
+    /// When the job became due (enqueue or `run_at`, whichever is later), for the
+    /// queue-wait metric.
+    pub due_ms: u64,
+    /// Lease expirations before this delivery, so that metrics can tell later that
+    /// this lease ran out without reading the job again.
+    pub expirations: u32,
 }
 
 /// A command that applied but could not do what it asked. Deterministic: every

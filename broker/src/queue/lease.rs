@@ -62,6 +62,8 @@ impl<T: Tables> State<T> {
                     deadline_ms,
                     headers: job.headers,
                     priority: job.priority,
+                    due_ms: job.created_at_ms.max(job.run_at_ms),
+                    expirations: job.expirations,
                 });
             }
         }

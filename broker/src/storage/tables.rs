@@ -171,6 +171,9 @@ pub struct DiskTables<T> {
     /// [`DiskTables::flush`]: a batch of a thousand jobs for one queue then costs one
     /// record write, not a thousand.
     queues: std::collections::HashMap<String, Option<QueueInfo>>,
+    /// Worker records changed in this transaction, likewise (a lease of 100 jobs and
+    /// their acks change the lessee's count 200 times).
+    workers: std::collections::HashMap<String, Option<WorkerInfo>>,
 }
 
 impl<T> DiskTables<T> {
@@ -180,6 +183,7 @@ impl<T> DiskTables<T> {
             h,
             error: RefCell::new(None),
             queues: Default::default(),
+            workers: Default::default(),
         }
     }
 
@@ -380,13 +384,24 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> TablesRead for DiskTables<T
         Some((at, queue, String::from_utf8_lossy(key).into_owned()))
     }
     fn worker(&self, id: &str) -> Option<WorkerInfo> {
-        self.get(&self.h.workers, id.as_bytes(), "workers")
+        match self.workers.get(id) {
+            Some(cached) => cached.clone(),
+            None => self.get(&self.h.workers, id.as_bytes(), "workers"),
+        }
     }
     fn workers(&self) -> Vec<(String, WorkerInfo)> {
-        self.scan(&self.h.workers, b"", usize::MAX, "workers", |_| true)
+        let mut all: std::collections::BTreeMap<String, WorkerInfo> = self
+            .scan(&self.h.workers, b"", usize::MAX, "workers", |_| true)
             .into_iter()
             .filter_map(|(k, v)| Some((String::from_utf8(k).ok()?, decode(&v).ok()?)))
-            .collect()
+            .collect();
+        for (id, cached) in &self.workers {
+            match cached {
+                Some(w) => all.insert(id.clone(), w.clone()),
+                None => all.remove(id),
+            };
+        }
+        all.into_iter().collect()
     }
     fn idle_worker_first(&self) -> Option<(u64, String)> {
         let (k, _) = self
@@ -444,6 +459,12 @@ impl<'txn> DiskTables<W<'txn>> {
             match cached {
                 Some(q) => self.put(|h| &mut h.queues, name.as_bytes(), &q, "queues"),
                 None => self.del_raw(|h| &mut h.queues, name.as_bytes(), "queues"),
+            }
+        }
+        for (id, cached) in std::mem::take(&mut self.workers) {
+            match cached {
+                Some(w) => self.put(|h| &mut h.workers, id.as_bytes(), &w, "workers"),
+                None => self.del_raw(|h| &mut h.workers, id.as_bytes(), "workers"),
             }
         }
     }
@@ -537,10 +558,10 @@ impl<'txn> Tables for DiskTables<W<'txn>> {
         self.del_raw(|h| &mut h.dedup, &k, "dedup");
     }
     fn put_worker(&mut self, id: &str, info: &WorkerInfo) {
-        self.put(|h| &mut h.workers, id.as_bytes(), info, "workers");
+        self.workers.insert(id.to_string(), Some(info.clone()));
     }
     fn delete_worker(&mut self, id: &str) {
-        self.del_raw(|h| &mut h.workers, id.as_bytes(), "workers");
+        self.workers.insert(id.to_string(), None);
     }
     fn idle_worker_insert(&mut self, forget_at_ms: u64, id: &str) {
         self.put_raw(
