@@ -139,6 +139,7 @@ def main() -> None:
             print(f"{label}: {a.jobs} succeeded, sampled payloads and results intact")
 
         leader = client.cluster_status().leader_id
+        check(addrs[leader], "leader before the kill")
         wait("a snapshot on the leader covering every job",
              lambda: nodes[leader].log_text().count("built snapshot") >= 2, 120)
         t0 = time.monotonic()

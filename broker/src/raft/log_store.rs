@@ -10,7 +10,7 @@
 //!
 //! Every write (append, vote, committed pointer, truncate, purge) goes through the same
 //! writer queue, so write I/O stays in the order openraft issued it. The committed
-//! pointer is written without its own fsync (the next append's fsync carries it).
+//! pointer is fsynced like the vote (see `save_committed` for why).
 //!
 //! The file is never compacted (that needs exclusive access and would stall appends):
 //! redb reuses the pages a purge frees, and snapshots are taken often enough (by entry
@@ -47,9 +47,8 @@ enum Op {
     Meta {
         key: &'static str,
         bytes: Vec<u8>,
-        /// Fsync before answering (the vote); without, the next append's fsync carries
-        /// it (the committed pointer: losing its last update only means re-applying a
-        /// few entries that the state store already holds).
+        /// Fsync before answering. Both the vote and the committed pointer need it
+        /// today; the flag keeps the writer able to batch a future non-critical key.
         durable: bool,
         done: tokio::sync::oneshot::Sender<Result<(), String>>,
     },
@@ -354,7 +353,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.meta("committed", encode(&committed).map_err(write_err)?, false)
+        // Durable, not carried by the next append: openraft 0.9 lets a leader that
+        // restarts retake leadership in its old term, and then it answers linearizable
+        // reads at this persisted index until its log is committed again. Written
+        // without fsync, a kill -9 right after the last write made a restarted leader
+        // serve the state from before that write (found by benches/scripts/big_blobs.py:
+        // an acked job read back as leased).
+        self.meta("committed", encode(&committed).map_err(write_err)?, true)
             .await
     }
 
