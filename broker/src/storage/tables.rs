@@ -121,6 +121,9 @@ fn split_qkey(b: &[u8]) -> Option<(String, &[u8])> {
     Some((name, &b[1 + len..]))
 }
 
+/// Records of a name-keyed table changed in one transaction (`None`: deleted).
+type WriteBack<V> = std::collections::HashMap<String, Option<V>>;
+
 /// Open handles on every state table, read-only or writable.
 pub struct Handles<T> {
     meta: T,
@@ -170,10 +173,10 @@ pub struct DiskTables<T> {
     /// Queue records changed in this transaction (`None`: deleted), written back by
     /// [`DiskTables::flush`]: a batch of a thousand jobs for one queue then costs one
     /// record write, not a thousand.
-    queues: std::collections::HashMap<String, Option<QueueInfo>>,
+    queues: WriteBack<QueueInfo>,
     /// Worker records changed in this transaction, likewise (a lease of 100 jobs and
     /// their acks change the lessee's count 200 times).
-    workers: std::collections::HashMap<String, Option<WorkerInfo>>,
+    workers: WriteBack<WorkerInfo>,
 }
 
 impl<T> DiskTables<T> {
@@ -270,6 +273,42 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> DiskTables<T> {
         out
     }
 
+    /// A record of a name-keyed table as this transaction sees it: changed in
+    /// `cache`, or as stored.
+    fn cached_get<V: Clone + serde::de::DeserializeOwned>(
+        &self,
+        cache: &WriteBack<V>,
+        t: &T,
+        key: &str,
+        what: &str,
+    ) -> Option<V> {
+        match cache.get(key) {
+            Some(cached) => cached.clone(),
+            None => self.get(t, key.as_bytes(), what),
+        }
+    }
+
+    /// Every record of a name-keyed table as this transaction sees it, by name.
+    fn cached_all<V: Clone + serde::de::DeserializeOwned>(
+        &self,
+        cache: &WriteBack<V>,
+        t: &T,
+        what: &str,
+    ) -> Vec<(String, V)> {
+        let mut all: std::collections::BTreeMap<String, V> = self
+            .scan(t, b"", usize::MAX, what, |_| true)
+            .into_iter()
+            .filter_map(|(k, v)| Some((String::from_utf8(k).ok()?, decode(&v).ok()?)))
+            .collect();
+        for (key, cached) in cache {
+            match cached {
+                Some(v) => all.insert(key.clone(), v.clone()),
+                None => all.remove(key),
+            };
+        }
+        all.into_iter().collect()
+    }
+
     /// Number of records in a table.
     pub fn count(&self, t: &T) -> u64 {
         t.len().unwrap_or_else(|e| {
@@ -312,24 +351,10 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> TablesRead for DiskTables<T
         (raw.len() == 8).then(|| u64_at(&raw, 0))
     }
     fn queue(&self, name: &str) -> Option<QueueInfo> {
-        match self.queues.get(name) {
-            Some(cached) => cached.clone(),
-            None => self.get(&self.h.queues, name.as_bytes(), "queues"),
-        }
+        self.cached_get(&self.queues, &self.h.queues, name, "queues")
     }
     fn queues(&self) -> Vec<(String, QueueInfo)> {
-        let mut all: std::collections::BTreeMap<String, QueueInfo> = self
-            .scan(&self.h.queues, b"", usize::MAX, "queues", |_| true)
-            .into_iter()
-            .filter_map(|(k, v)| Some((String::from_utf8(k).ok()?, decode(&v).ok()?)))
-            .collect();
-        for (name, cached) in &self.queues {
-            match cached {
-                Some(q) => all.insert(name.clone(), q.clone()),
-                None => all.remove(name),
-            };
-        }
-        all.into_iter().collect()
+        self.cached_all(&self.queues, &self.h.queues, "queues")
     }
     fn ready_first(&self, queue: &str) -> Option<u64> {
         let prefix = qkey(queue);
@@ -384,24 +409,10 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> TablesRead for DiskTables<T
         Some((at, queue, String::from_utf8_lossy(key).into_owned()))
     }
     fn worker(&self, id: &str) -> Option<WorkerInfo> {
-        match self.workers.get(id) {
-            Some(cached) => cached.clone(),
-            None => self.get(&self.h.workers, id.as_bytes(), "workers"),
-        }
+        self.cached_get(&self.workers, &self.h.workers, id, "workers")
     }
     fn workers(&self) -> Vec<(String, WorkerInfo)> {
-        let mut all: std::collections::BTreeMap<String, WorkerInfo> = self
-            .scan(&self.h.workers, b"", usize::MAX, "workers", |_| true)
-            .into_iter()
-            .filter_map(|(k, v)| Some((String::from_utf8(k).ok()?, decode(&v).ok()?)))
-            .collect();
-        for (id, cached) in &self.workers {
-            match cached {
-                Some(w) => all.insert(id.clone(), w.clone()),
-                None => all.remove(id),
-            };
-        }
-        all.into_iter().collect()
+        self.cached_all(&self.workers, &self.h.workers, "workers")
     }
     fn idle_worker_first(&self) -> Option<(u64, String)> {
         let (k, _) = self
@@ -455,16 +466,22 @@ impl<'txn> DiskTables<W<'txn>> {
 
     /// Writes back what is cached for this transaction; call before committing.
     pub fn flush(&mut self) {
-        for (name, cached) in std::mem::take(&mut self.queues) {
+        let queues = std::mem::take(&mut self.queues);
+        self.write_back(queues, |h| &mut h.queues, "queues");
+        let workers = std::mem::take(&mut self.workers);
+        self.write_back(workers, |h| &mut h.workers, "workers");
+    }
+
+    fn write_back<V: serde::Serialize>(
+        &mut self,
+        cache: WriteBack<V>,
+        which: for<'a> fn(&'a mut Handles<W<'txn>>) -> &'a mut W<'txn>,
+        what: &str,
+    ) {
+        for (key, cached) in cache {
             match cached {
-                Some(q) => self.put(|h| &mut h.queues, name.as_bytes(), &q, "queues"),
-                None => self.del_raw(|h| &mut h.queues, name.as_bytes(), "queues"),
-            }
-        }
-        for (id, cached) in std::mem::take(&mut self.workers) {
-            match cached {
-                Some(w) => self.put(|h| &mut h.workers, id.as_bytes(), &w, "workers"),
-                None => self.del_raw(|h| &mut h.workers, id.as_bytes(), "workers"),
+                Some(v) => self.put(which, key.as_bytes(), &v, what),
+                None => self.del_raw(which, key.as_bytes(), what),
             }
         }
     }
