@@ -36,7 +36,9 @@ pub struct Running {
     stop: Option<oneshot::Sender<()>>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
-    background: Vec<JoinHandle<()>>,
+    /// Tasks the node cannot work without, by name: if one ends (or panics) the node
+    /// stops, naming it, instead of answering health checks while writes fail.
+    background: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 /// Starts a node and returns once it is listening.
@@ -138,19 +140,34 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
     });
 
-    let background = vec![
-        tokio::spawn(node.clone().run_ticker(Duration::from_millis(200))),
-        tokio::spawn(
-            node.clone()
-                .run_compactor(config.snapshot_every, config.snapshot_max_age),
+    let mut background = vec![
+        (
+            "ticker",
+            tokio::spawn(node.clone().run_ticker(Duration::from_millis(200))),
         ),
-        tokio::spawn(report_health(node.clone(), health)),
-        tokio::spawn(metrics.run_sampler()),
-        tokio::spawn(crate::webhook::run(
-            node.clone(),
-            config.webhook_secret.clone(),
-        )),
+        (
+            "snapshot trigger",
+            tokio::spawn(
+                node.clone()
+                    .run_compactor(config.snapshot_every, config.snapshot_max_age),
+            ),
+        ),
+        (
+            "health reporter",
+            tokio::spawn(report_health(node.clone(), health)),
+        ),
+        ("metrics sampler", tokio::spawn(metrics.run_sampler())),
+        (
+            "webhook delivery",
+            tokio::spawn(crate::webhook::run(
+                node.clone(),
+                config.webhook_secret.clone(),
+            )),
+        ),
     ];
+    if let Some(task) = node.take_proposer_task() {
+        background.push(("proposer", task));
+    }
     tracing::info!(node_id = config.id, %grpc_addr, %http_addr, advertise = %advertise, data_dir = %config.data_dir.display(), "taskraft node serving");
     Ok(Running {
         grpc_addr,
@@ -195,7 +212,7 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        for t in &self.background {
+        for (_, t) in &self.background {
             t.abort();
         }
         let grpc = (&mut self.grpc).await;
@@ -207,14 +224,24 @@ impl Running {
         Ok(())
     }
 
-    /// Resolves if a server task ends on its own (a fault): the process should exit
-    /// rather than linger as a half-working node.
+    /// Resolves if a server or background task ends on its own (a fault): the process
+    /// should exit rather than linger as a half-working node.
     pub async fn failed(&mut self) -> anyhow::Error {
         let node = self.node.clone();
+        let names: Vec<&'static str> = self.background.iter().map(|(n, _)| *n).collect();
+        let background = futures::future::select_all(self.background.iter_mut().map(|(_, t)| t));
         tokio::select! {
             r = &mut self.grpc => anyhow::anyhow!("gRPC server stopped: {r:?}"),
             r = &mut self.http => anyhow::anyhow!("HTTP server stopped: {r:?}"),
             e = node.fatal() => anyhow::anyhow!("raft stopped: {e}"),
+            (r, i, _) = background => {
+                let how = match r {
+                    Ok(()) => "ended".to_string(),
+                    Err(e) if e.is_panic() => "panicked".to_string(),
+                    Err(e) => format!("stopped: {e}"),
+                };
+                anyhow::anyhow!("the {} task {how}; stopping the node", names[i])
+            }
         }
     }
 }

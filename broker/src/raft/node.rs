@@ -67,6 +67,8 @@ pub struct RaftNode {
     /// Peer connections (also the test router that can cut links).
     pub pool: Arc<PeerPool>,
     proposer: super::proposer::Proposer,
+    /// The proposer's task, until the server takes it to watch it.
+    proposer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     request_timeout: Duration,
 }
 
@@ -133,9 +135,11 @@ impl RaftNode {
         .await
         .context("starting raft")?;
 
+        let (proposer, proposer_task) = super::proposer::Proposer::start(raft.clone());
         let node = Arc::new(Self {
             id: opts.id,
-            proposer: super::proposer::Proposer::start(raft.clone()),
+            proposer,
+            proposer_task: std::sync::Mutex::new(Some(proposer_task)),
             raft,
             shared,
             log,
@@ -175,6 +179,14 @@ impl RaftNode {
             Err(e) => return Err(anyhow::anyhow!("initializing cluster: {e}")),
         }
         Ok(())
+    }
+
+    /// The proposer's task, for the server to supervise (once).
+    pub fn take_proposer_task(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.proposer_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// The leader as this node knows it.

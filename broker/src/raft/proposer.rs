@@ -39,11 +39,12 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Starts the batching task for `raft`.
-    pub fn start(raft: Raft) -> Self {
+    /// Starts the batching task for `raft`; the handle lets the server watch it (every
+    /// write goes through it, so a node whose proposer died must not stay up).
+    pub fn start(raft: Raft) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx));
-        Self { tx }
+        let task = tokio::spawn(run(raft, rx));
+        (Self { tx }, task)
     }
 
     /// Proposes `cmd` (this node believes it leads) and waits for its reply until
