@@ -232,6 +232,13 @@ impl StateMachineStore {
         })
     }
 
+    /// The log id of the membership the store has applied.
+    fn applied_membership(&self) -> anyhow::Result<Option<LogId>> {
+        let db = self.shared.db();
+        let txn = db.begin_read()?;
+        Ok(*applied_of(&txn)?.1.log_id())
+    }
+
     /// Makes `c` the current snapshot unless a newer one is already current (a snapshot
     /// installed while this one was being built).
     fn set_current(&self, c: &Current) {
@@ -473,6 +480,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             })
         };
         let current = match existing {
+            // A membership change applied after the current snapshot (a node removed and
+            // added back): a follower that installed the older one would believe it
+            // still holds its old role (a voter, campaigning) until the log after it
+            // arrived. Send the store as it is now instead; a view costs a read
+            // transaction.
+            Some(c)
+                if *c.meta.last_membership.log_id()
+                    < self.applied_membership().map_err(read_err)? =>
+            {
+                let c = self.snapshot_now(&self.shared.db()).map_err(read_err)?;
+                self.set_current(&c);
+                c
+            }
             Some(c) => c,
             None => {
                 // After a restart: the store as it is now, which is durable (it is what
