@@ -17,6 +17,7 @@
 //! u32le . value` (tables as in [`tables::ALL`]), then `0xFF`. A stream without the end
 //! mark is refused, so a transfer cut short never installs half a state.
 
+use std::future::Future;
 use std::io::{self, BufReader, BufWriter, Read, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -109,8 +110,6 @@ impl SnapshotData {
         }
     }
 }
-
-use std::future::Future;
 
 impl AsyncRead for SnapshotData {
     fn poll_read(
@@ -375,16 +374,6 @@ mod tests {
     use crate::storage::tables::{DiskTables, Handles};
     use proptest::strategy::{Strategy, ValueTree};
 
-    fn store(path: &Path) -> Database {
-        let db = Database::create(path).unwrap();
-        let txn = db.begin_write().unwrap();
-        for def in tables::ALL {
-            txn.open_table(*def).unwrap();
-        }
-        txn.commit().unwrap();
-        db
-    }
-
     fn view_text(db: &Database, ids: &[String]) -> String {
         let read = db.begin_read().unwrap();
         let h = Handles::open(|d| read.open_table(d)).unwrap();
@@ -396,7 +385,7 @@ mod tests {
     #[test]
     fn dumped_view_loads_into_an_equal_store_and_a_cut_stream_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let db = store(&dir.path().join("a.redb"));
+        let db = tables::test_store(&dir.path().join("a.redb"));
         let mut runner = proptest::test_runner::TestRunner::deterministic();
         let ops = proptest::collection::vec(op(), 300)
             .new_tree(&mut runner)
@@ -419,7 +408,7 @@ mod tests {
 
         let view = Arc::new(db.begin_read().unwrap());
         let mut file = dump(&view, dir.path()).unwrap();
-        let b = store(&dir.path().join("b.redb"));
+        let b = tables::test_store(&dir.path().join("b.redb"));
         load(file.try_clone().unwrap(), &b).unwrap();
         assert_eq!(view_text(&b, &driver.ids), want);
 
@@ -429,7 +418,7 @@ mod tests {
         for cut in [0, 5, 8, 9, bytes.len() / 2, bytes.len() - 1] {
             let mut part = tempfile::tempfile().unwrap();
             part.write_all(&bytes[..cut]).unwrap();
-            let c = store(&dir.path().join(format!("cut{cut}.redb")));
+            let c = tables::test_store(&dir.path().join(format!("cut{cut}.redb")));
             let err = load(part, &c).unwrap_err();
             assert_eq!(
                 err.kind(),

@@ -31,7 +31,7 @@ use tokio::sync::{watch, Notify};
 use super::snapshot::{self, Dump, SnapshotData};
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::queue::{Outcome, Reply, State};
-use crate::storage::tables::{DiskTables, Handles, ALL};
+use crate::storage::tables::{create_all, DiskTables, Handles};
 use crate::storage::{read_err, write_err};
 
 /// redb page cache of the state store: what memory the job tables may take.
@@ -105,20 +105,11 @@ fn empty_view() -> ReadView {
     let scratch = redb::Builder::new()
         .create_with_backend(redb::backends::InMemoryBackend::new())
         .ok()
-        .filter(|db| create_tables(db).is_ok());
+        .filter(|db| create_all(db).is_ok());
     let view = scratch
         .and_then(|db| db.begin_read().ok())
         .and_then(|txn| view_of(&txn).ok());
     view.expect("an in-memory redb database can always be created and read")
-}
-
-fn create_tables(db: &Database) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
-    for def in ALL {
-        txn.open_table(*def)?;
-    }
-    txn.commit()?;
-    Ok(())
 }
 
 /// The current snapshot: its meta and its data (a read transaction, written out as a
@@ -144,7 +135,7 @@ fn open_store(path: &Path) -> anyhow::Result<Database> {
         .set_cache_size(CACHE_BYTES)
         .create(path)
         .with_context(|| format!("opening the state store {}", path.display()))?;
-    create_tables(&db).with_context(|| format!("creating tables in {}", path.display()))?;
+    create_all(&db).with_context(|| format!("creating tables in {}", path.display()))?;
     Ok(db)
 }
 

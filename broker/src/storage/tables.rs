@@ -63,6 +63,24 @@ tables! {
     OUTBOX = "outbox",
 }
 
+/// Creates every state table in `db` (a no-op for those that exist).
+pub fn create_all(db: &redb::Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    for def in ALL {
+        txn.open_table(*def)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// A new store file at `path` with every table (tests).
+#[cfg(test)]
+pub fn test_store(path: &std::path::Path) -> redb::Database {
+    let db = redb::Database::create(path).expect("creating a test store");
+    create_all(&db).expect("creating the tables");
+    db
+}
+
 /// `sm_meta` key of the core's counters.
 pub const COUNTERS_KEY: &[u8] = b"counters";
 
@@ -307,19 +325,6 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> DiskTables<T> {
             };
         }
         all.into_iter().collect()
-    }
-
-    /// Number of records in a table.
-    pub fn count(&self, t: &T) -> u64 {
-        t.len().unwrap_or_else(|e| {
-            self.fail("count", e);
-            0
-        })
-    }
-
-    /// Number of job records.
-    pub fn job_records(&self) -> u64 {
-        self.count(&self.h.jobs)
     }
 
     /// A record of the state machine's own metadata.
@@ -606,22 +611,11 @@ impl<'txn> Tables for DiskTables<W<'txn>> {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
-    use redb::{Database, Durability, ReadableDatabase};
+    use redb::{Durability, ReadableDatabase};
 
     use super::*;
     use crate::queue::testing::{observe, op, Driver};
     use crate::queue::State;
-
-    /// A fresh store file with every table.
-    pub(crate) fn store(dir: &std::path::Path) -> Database {
-        let db = Database::create(dir.join("state.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        for def in ALL {
-            txn.open_table(*def).unwrap();
-        }
-        txn.commit().unwrap();
-        db
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
@@ -630,7 +624,7 @@ mod tests {
         #[test]
         fn redb_tables_answer_like_memory_tables(ops in proptest::collection::vec(op(), 1..100)) {
             let dir = tempfile::tempdir().unwrap();
-            let db = store(dir.path());
+            let db = test_store(&dir.path().join("state.redb"));
             let mut mem = State::new();
             let mut driver = Driver::default();
             for op in ops {
