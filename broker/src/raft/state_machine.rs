@@ -169,8 +169,8 @@ struct Writer {
     opened: Instant,
     /// Index of the last entry applied into `txn`.
     index: Option<u64>,
-    /// Bumped at every commit, so that a timer finds whether its transaction is gone.
-    generation: u64,
+    /// A [`commit_timer`] is pending.
+    timer_armed: bool,
     last_durable: Instant,
     /// A commit by the timer failed: the entries in it are lost to this process, so
     /// every later call fails (openraft then stops the node, and a restart applies
@@ -184,7 +184,7 @@ impl Writer {
             txn: None,
             opened: Instant::now(),
             index: None,
-            generation: 0,
+            timer_armed: false,
             last_durable: Instant::now(),
             failed: None,
         }
@@ -199,7 +199,6 @@ impl Writer {
         let Some(mut txn) = self.txn.take() else {
             return Ok(());
         };
-        self.generation += 1;
         let durable = durable || self.last_durable.elapsed() >= DURABLE_EVERY;
         txn.set_durability(if durable {
             Durability::Immediate
@@ -394,6 +393,45 @@ impl StateMachineStore {
     }
 }
 
+/// Commits the open transaction once it is [`COMMIT_EVERY`] old, when no apply came to
+/// do it; waits again if a newer transaction was opened meanwhile.
+async fn commit_timer(
+    writer: std::sync::Weak<Mutex<Writer>>,
+    shared: std::sync::Weak<Shared>,
+    mut due: Instant,
+) {
+    loop {
+        tokio::time::sleep_until(due.into()).await;
+        let (writer, shared) = (writer.clone(), shared.clone());
+        let again = tokio::task::spawn_blocking(move || {
+            let (Some(writer), Some(shared)) = (writer.upgrade(), shared.upgrade()) else {
+                return None;
+            };
+            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+            if w.txn.is_none() || w.failed.is_some() {
+                w.timer_armed = false;
+                return None;
+            }
+            if w.opened.elapsed() < COMMIT_EVERY {
+                return Some(w.opened + COMMIT_EVERY);
+            }
+            w.timer_armed = false;
+            if let Err(e) = w.commit(&shared, false) {
+                tracing::error!(error = %e, "committing applied entries failed");
+                w.failed = Some(e.to_string());
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        match again {
+            Some(next) => due = next,
+            None => return,
+        }
+    }
+}
+
 fn installing_path(dir: &Path) -> PathBuf {
     dir.join("state.redb.installing")
 }
@@ -514,39 +552,28 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 w.index = Some(i);
                 this.shared.applied_latest.store(i, Ordering::Release);
             }
-            let left_open = if w.opened.elapsed() >= COMMIT_EVERY {
+            let arm = if w.opened.elapsed() >= COMMIT_EVERY {
                 w.commit(&this.shared, false)?;
                 None
+            } else if w.timer_armed {
+                None
             } else {
-                Some((w.generation, w.opened + COMMIT_EVERY))
+                w.timer_armed = true;
+                Some(w.opened + COMMIT_EVERY)
             };
-            Ok((replies, left_open))
+            Ok((replies, arm))
         })
         .await
         .map_err(write_err)?
         .map_err(write_err)?;
-        let (replies, left_open) = left_open;
-        if let Some((generation, due)) = left_open {
-            // No later apply may come to commit it: a timer does. It holds the store
-            // weakly, so that a store dropped (a node stopping) closes its file at once.
+        let (replies, arm) = left_open;
+        if let Some(due) = arm {
+            // No later apply may come to commit the open transaction: a timer does (one
+            // at a time). It holds the store weakly, so that a store dropped (a node
+            // stopping) closes its file at once.
             let writer = Arc::downgrade(&self.writer);
             let shared = Arc::downgrade(&self.shared);
-            tokio::spawn(async move {
-                tokio::time::sleep_until(due.into()).await;
-                let _ = tokio::task::spawn_blocking(move || {
-                    let (Some(writer), Some(shared)) = (writer.upgrade(), shared.upgrade()) else {
-                        return;
-                    };
-                    let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-                    if w.generation == generation && w.failed.is_none() {
-                        if let Err(e) = w.commit(&shared, false) {
-                            tracing::error!(error = %e, "committing applied entries failed");
-                            w.failed = Some(e.to_string());
-                        }
-                    }
-                })
-                .await;
-            });
+            tokio::spawn(commit_timer(writer, shared, due));
         }
         Ok(replies)
     }
