@@ -5,7 +5,7 @@
 
 mod cli;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use taskraft_broker::config::ServeArgs;
 
 /// taskraft: a Raft-replicated task broker.
@@ -41,8 +41,29 @@ struct ServeCommand {
     json: bool,
 }
 
+/// Parses the command line; for `serve` with `--config FILE`, parses it again with the
+/// file's keys appended where neither a flag nor a variable set them (see
+/// `config::file_args`).
+fn parse_cli() -> anyhow::Result<Cli> {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let file = match &cli.command {
+        Command::Serve(s) => s.args.config.clone(),
+        _ => None,
+    };
+    let (Some(path), Some((name, sub))) = (file, matches.subcommand()) else {
+        return Ok(cli);
+    };
+    let cmd = Cli::command();
+    let sub_cmd = cmd
+        .find_subcommand(name)
+        .expect("the parsed subcommand exists");
+    let extra = taskraft_broker::config::file_args(sub_cmd, sub, &path)?;
+    Ok(Cli::parse_from(std::env::args_os().chain(extra)))
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse_cli()?;
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve(serve) => {

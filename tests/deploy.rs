@@ -1,0 +1,163 @@
+//! Deployment and operations: the config file, node ids from StatefulSet host names,
+//! peers whose DNS names resolve late, backup and restore. Real `taskraft` processes or
+//! in-process nodes on loopback ports, over real gRPC.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use taskraft_proto::v1 as pb;
+use taskraft_tests::*;
+
+fn loopback() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+/// Runs `taskraft` with `args` and `envs`, expecting it to exit (not serve) within
+/// [`SOON`]; returns (exit status, stderr).
+fn run_to_exit(args: &[&str], envs: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(taskraft_bin())
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning taskraft");
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            return (status, err);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("taskraft {args:?} did not exit within {SOON:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `--config` (here from `TASKRAFT_CONFIG`) fills what flags and variables leave
+/// unset: the file's listen address and max payload lose to the command line and to
+/// `TASKRAFT_MAX_PAYLOAD`, its visibility timeout (set nowhere else) is used.
+#[tokio::test]
+async fn config_file_is_overridden_by_flags_and_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    // The file names an address that is taken: the node can only serve if the
+    // command line's --listen and --http win.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap();
+    let path = dir.path().join("taskraft.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "# taskraft serve --config\nlisten = \"{taken}\"\nhttp = \"{taken}\"\n\
+             max-payload = 100\nvisibility_timeout = \"7s\"\nmax-attempts = 5\n"
+        ),
+    )
+    .unwrap();
+    let path = path.display().to_string();
+    let node = ProcessNode::spawn_with_env(
+        &dir.path().join("data"),
+        loopback(),
+        loopback(),
+        &[],
+        &[
+            ("TASKRAFT_CONFIG", path.as_str()),
+            ("TASKRAFT_MAX_PAYLOAD", "200"),
+        ],
+    )
+    .await;
+    node.wait_ready().await;
+    let mut c = node.clients().await;
+    // 150 bytes: over the file's 100, within the variable's 200.
+    let id = c
+        .broker
+        .enqueue(job("cfg", &"x".repeat(150)))
+        .await
+        .expect("150 bytes fit the environment's max payload")
+        .into_inner()
+        .job_id;
+    let err = c
+        .broker
+        .enqueue(job("cfg", &"x".repeat(250)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("200"), "{}", err.message());
+    // Visibility timeout 0 means the configured default: 7 s from the file.
+    let before = taskraft_broker::raft::node::wall_clock_ms();
+    let leased = c
+        .broker
+        .lease(lease("cfg", 1, 0, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].job_id, id);
+    let visibility = leased[0].lease_deadline_ms.saturating_sub(before);
+    assert!(
+        (5_000..=9_000).contains(&visibility),
+        "lease deadline {visibility} ms away, want about 7 s"
+    );
+    assert_eq!(get_job(&mut c, &id).await.max_attempts, 5);
+}
+
+/// A key that is no flag stops the node before it serves, naming the key.
+#[test]
+fn config_file_with_an_unknown_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("taskraft.toml");
+    std::fs::write(&path, "listen = \"127.0.0.1:0\"\nretries = 4\n").unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let (status, stderr) = run_to_exit(
+        &[
+            "serve",
+            "--config",
+            &path.display().to_string(),
+            "--data-dir",
+            &data,
+        ],
+        &[],
+    );
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("unknown key \"retries\""), "{stderr}");
+}
+
+/// `--id-from-hostname` in a pod named `taskraft-2`: node 3 of the cluster.
+#[tokio::test]
+async fn node_id_comes_from_the_statefulset_pod_ordinal() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = loopback();
+    let peers = format!("3={addr}");
+    let node = ProcessNode::spawn_with_env(
+        &dir.path().join("data"),
+        addr,
+        loopback(),
+        &["--id-from-hostname", "--peers", &peers],
+        &[("HOSTNAME", "taskraft-2")],
+    )
+    .await;
+    // Ready only if it is node 3: the one-node cluster --peers describes.
+    node.wait_ready().await;
+    let mut c = node.clients().await;
+    let status = c
+        .admin
+        .get_cluster_status(pb::GetClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.node_id, 3);
+    assert_eq!(status.leader_id, 3);
+
+    let (status, stderr) = run_to_exit(
+        &["serve", "--id-from-hostname", "--data-dir", "unused"],
+        &[("HOSTNAME", "taskraft")],
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("does not end in -<ordinal>"), "{stderr}");
+}
