@@ -161,3 +161,114 @@ async fn node_id_comes_from_the_statefulset_pod_ordinal() {
     assert!(!status.success());
     assert!(stderr.contains("does not end in -<ordinal>"), "{stderr}");
 }
+
+/// A StatefulSet's pods start before their peers' DNS names exist. Nodes 1 and 2 start
+/// while no name resolves: neither can elect. Once their names resolve they form a
+/// quorum and serve. Node 3 starts later, and its own name resolves later still: it
+/// waits (it can reach the others but, behind on the log, cannot win a vote), then
+/// catches up and serves once the leader can reach it.
+#[tokio::test]
+async fn peers_named_by_dns_that_resolve_late_form_the_cluster() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use taskraft_broker::config::Config;
+    use taskraft_broker::raft::network::Resolver;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let name = |id: u64| {
+        format!(
+            "taskraft-{}.taskraft.test:{}",
+            id - 1,
+            ports[id as usize - 1]
+        )
+    };
+    // The "DNS zone": a name resolves once the test publishes it.
+    let zone: Arc<Mutex<HashMap<String, SocketAddr>>> = Arc::default();
+    let publish = |id: u64| {
+        let addr: SocketAddr = format!("127.0.0.1:{}", ports[id as usize - 1])
+            .parse()
+            .unwrap();
+        zone.lock().unwrap().insert(name(id), addr);
+    };
+    let resolver = {
+        let zone = zone.clone();
+        Resolver::from_fn(move |host_port| {
+            zone.lock()
+                .unwrap()
+                .get(host_port)
+                .map(|a| vec![*a])
+                .ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such host (yet)")
+                })
+        })
+    };
+    let peers: std::collections::BTreeMap<u64, String> = (1..=3).map(|id| (id, name(id))).collect();
+    let start = |id: u64| {
+        let mut c = Config::ephemeral(dir.path().join(format!("node-{id}")));
+        c.id = id;
+        c.listen = format!("127.0.0.1:{}", ports[id as usize - 1])
+            .parse()
+            .unwrap();
+        c.peers = peers.clone();
+        c.advertise = Some(name(id));
+        c.resolver = resolver.clone();
+        c.request_timeout = Duration::from_secs(3);
+        taskraft_broker::server::start(c)
+    };
+    let mut nodes = vec![start(1).await.unwrap(), start(2).await.unwrap()];
+    // Several election timeouts (0.4-0.8 s each after a 0.8 s lease) with no name
+    // resolving: no node can have won a vote.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        nodes.iter().all(|n| n.node.leader().is_none()),
+        "a leader was elected while no peer name resolved"
+    );
+
+    publish(1);
+    publish(2);
+    let leader = eventually("a leader among nodes 1 and 2", SOON, || async {
+        let l = nodes[0].node.leader()?;
+        (nodes[1].node.leader() == Some(l)).then_some(l)
+    })
+    .await;
+    let mut c = connect(nodes[leader as usize - 1].grpc_addr).await;
+    let id = c
+        .broker
+        .enqueue(job("dns", "hello"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    nodes.push(start(3).await.unwrap());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        nodes[2].node.leader().is_none(),
+        "node 3 heard from a leader that cannot resolve it"
+    );
+    assert_eq!(
+        nodes[0].node.leader(),
+        Some(leader),
+        "node 3 disrupted the leader"
+    );
+
+    publish(3);
+    let mut c3 = connect(nodes[2].grpc_addr).await;
+    let job = eventually("node 3 serving a linearizable read", SOON, || {
+        let (c3, id) = (c3.clone(), id.clone());
+        async move {
+            let mut c3 = c3;
+            c3.broker
+                .get_job(pb::GetJobRequest { job_id: id })
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert_eq!(job.into_inner().payload.as_ref(), b"hello");
+    assert_eq!(nodes[2].node.leader(), Some(leader));
+    let _ = &mut c3;
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -149,6 +149,9 @@ pub struct Config {
     pub webhook_secret: Option<String>,
     /// Metrics on (default) or off.
     pub metrics: bool,
+    /// How peer host names are resolved: the system's resolver, at every connection
+    /// attempt (tests inject names that start resolving late).
+    pub resolver: crate::raft::network::Resolver,
 }
 
 impl ServeArgs {
@@ -226,6 +229,7 @@ impl ServeArgs {
             heartbeat: self.heartbeat,
             webhook_secret: self.webhook_secret.filter(|s| !s.is_empty()),
             metrics: self.metrics,
+            resolver: Default::default(),
         })
     }
 }
@@ -374,6 +378,7 @@ impl Config {
             heartbeat: Duration::from_millis(100),
             webhook_secret: None,
             metrics: true,
+            resolver: Default::default(),
         }
     }
 }

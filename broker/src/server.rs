@@ -65,6 +65,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         request_timeout: config.request_timeout,
         keep_logs: config.keep_logs,
         heartbeat: config.heartbeat,
+        resolver: config.resolver.clone(),
     })
     .await?;
 

@@ -43,6 +43,8 @@ pub struct NodeOptions {
     pub keep_logs: u64,
     /// Raft heartbeat interval.
     pub heartbeat: Duration,
+    /// How peer host names are resolved (the system's resolver outside tests).
+    pub resolver: super::network::Resolver,
 }
 
 /// Errors a leader sends back to a forwarding follower.
@@ -103,7 +105,7 @@ impl RaftNode {
         let log = LogStore::open(&opts.data_dir.join("raft-log.redb"))?;
         let sm = StateMachineStore::open(&opts.data_dir)?;
         let shared = sm.shared();
-        let pool = PeerPool::new(opts.token.as_deref())?;
+        let pool = PeerPool::new(opts.token.as_deref(), opts.resolver.clone())?;
 
         let hb = opts.heartbeat.as_millis() as u64;
         let config = openraft::Config {
