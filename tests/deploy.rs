@@ -272,3 +272,243 @@ async fn peers_named_by_dns_that_resolve_late_form_the_cluster() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A job in each state, a payload, a schedule, a dead job with its error, a result and
+/// a paused queue are backed up from a live 3-node cluster (while writes go on) by
+/// `taskraft backup`, restored by `taskraft restore` into the three data dirs of a new
+/// cluster, and read back there; the new cluster takes new work. A backup cut short,
+/// and a data dir that already holds a node, are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_of_a_live_cluster_restores_into_a_new_cluster() {
+    let mut source = ProcessCluster::spawn(3, &[]).await;
+    for id in 1..=3 {
+        source.node(id).wait_ready().await;
+    }
+    let mut c = source.node(1).clients().await;
+    let producer = c.clone();
+    let enqueue = |req: pb::EnqueueRequest| {
+        let mut c = producer.clone();
+        async move { c.broker.enqueue(req).await.unwrap().into_inner().job_id }
+    };
+    let ready = enqueue(pb::EnqueueRequest {
+        priority: 7,
+        headers: [("k".to_string(), "v".to_string())].into(),
+        ..job("bk", "alpha")
+    })
+    .await;
+    let scheduled = enqueue(pb::EnqueueRequest {
+        delay_ms: 3_600_000,
+        ..job("bk-later", "later")
+    })
+    .await;
+    let dead = enqueue(pb::EnqueueRequest {
+        max_attempts: 1,
+        ..job("bk-dead", "doomed")
+    })
+    .await;
+    let leased = c
+        .broker
+        .lease(lease("bk-dead", 1, 30_000, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    c.broker
+        .nack(pb::NackRequest {
+            job_id: dead.clone(),
+            lease_id: leased[0].lease_id.clone(),
+            error: "boom".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let done = enqueue(job("bk-done", "work")).await;
+    let leased = c
+        .broker
+        .lease(lease("bk-done", 1, 30_000, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    c.broker
+        .ack(pb::AckRequest {
+            job_id: done.clone(),
+            lease_id: leased[0].lease_id.clone(),
+            result: bytes::Bytes::from_static(b"the result"),
+        })
+        .await
+        .unwrap();
+    enqueue(job("bk-paused", "held")).await;
+    c.admin
+        .pause_queue(pb::PauseQueueRequest {
+            queue: "bk-paused".into(),
+        })
+        .await
+        .unwrap();
+
+    // Writes go on while the backup is taken from node 2.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (mut c, stop) = (c.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                c.broker.enqueue(job("bk-live", "x")).await.unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.backup");
+    let out = file.display().to_string();
+    let server = source.nodes[1].addr.to_string();
+    let (status, stderr) = tokio::task::block_in_place(|| {
+        run_to_exit(&["backup", "--server", &server, "--out", &out], &[])
+    });
+    assert!(status.success(), "backup failed: {stderr}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let live_written = writer.await.unwrap();
+    assert!(file.exists() && !dir.path().join("cluster.backup.partial").exists());
+    drop(c);
+    drop(source);
+
+    // A new cluster on new ports, every node restored from the same file.
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| loopback()).collect();
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let data = |id: usize| dir.path().join(format!("new-{id}"));
+    for id in 1..=3usize {
+        let (id_s, d) = (id.to_string(), data(id).display().to_string());
+        let (status, stderr) = run_to_exit(
+            &[
+                "restore",
+                "--from",
+                &out,
+                "--id",
+                &id_s,
+                "--peers",
+                &peers,
+                "--data-dir",
+                &d,
+            ],
+            &[],
+        );
+        assert!(status.success(), "restore of node {id} failed: {stderr}");
+    }
+    // Never over an existing node, never from a cut file.
+    let d1 = data(1).display().to_string();
+    let (status, stderr) = run_to_exit(
+        &[
+            "restore",
+            "--from",
+            &out,
+            "--id",
+            "1",
+            "--peers",
+            &peers,
+            "--data-dir",
+            &d1,
+        ],
+        &[],
+    );
+    assert!(
+        !status.success() && stderr.contains("never overwrites"),
+        "{stderr}"
+    );
+    let bytes = std::fs::read(&file).unwrap();
+    let cut = dir.path().join("cut.backup");
+    std::fs::write(&cut, &bytes[..bytes.len() - 1]).unwrap();
+    let spare = dir.path().join("spare").display().to_string();
+    let (status, stderr) = run_to_exit(
+        &[
+            "restore",
+            "--from",
+            &cut.display().to_string(),
+            "--id",
+            "1",
+            "--data-dir",
+            &spare,
+        ],
+        &[],
+    );
+    assert!(
+        !status.success() && stderr.contains("cut short"),
+        "{stderr}"
+    );
+
+    let mut nodes = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let id = (i + 1).to_string();
+        nodes.push(
+            ProcessNode::spawn_at(
+                &data(i + 1),
+                *addr,
+                loopback(),
+                &["--id", &id, "--peers", &peers],
+            )
+            .await,
+        );
+    }
+    for n in &nodes {
+        n.wait_ready().await;
+    }
+    // Read through node 3, whatever its role.
+    let mut c = nodes[2].clients().await;
+    let j = get_job(&mut c, &ready).await;
+    assert_eq!(
+        (j.state(), j.priority, j.payload.as_ref()),
+        (pb::JobState::Ready, 7, &b"alpha"[..])
+    );
+    assert_eq!(j.headers.get("k").map(String::as_str), Some("v"));
+    let j = get_job(&mut c, &scheduled).await;
+    assert_eq!(j.state(), pb::JobState::Scheduled);
+    assert!(j.run_at_ms > j.created_at_ms + 3_500_000, "{j:?}");
+    let j = get_job(&mut c, &dead).await;
+    assert_eq!(
+        (j.state(), j.last_error.as_str()),
+        (pb::JobState::Dead, "boom")
+    );
+    let j = get_job(&mut c, &done).await;
+    assert_eq!(
+        (j.state(), j.result.as_ref()),
+        (pb::JobState::Succeeded, &b"the result"[..])
+    );
+    let s = stats(&mut c, "bk-paused").await;
+    assert!(s.paused && s.ready == 1, "{s:?}");
+    let live = stats(&mut c, "bk-live").await.ready;
+    assert!(
+        live <= live_written,
+        "{live} live jobs restored, {live_written} written"
+    );
+    // The restored cluster works: the dead job retried, the ready one leased.
+    c.admin
+        .retry_job(pb::RetryJobRequest {
+            job_id: dead.clone(),
+        })
+        .await
+        .unwrap();
+    let leased = c
+        .broker
+        .lease(lease("bk", 1, 30_000, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(leased[0].job_id, ready);
+    let new = c
+        .broker
+        .enqueue(job("bk", "new"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    assert_eq!(
+        get_job(&mut nodes[0].clients().await, &new).await.state(),
+        pb::JobState::Ready
+    );
+}

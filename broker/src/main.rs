@@ -1,6 +1,7 @@
-//! The `taskraft` binary: `taskraft serve` runs a broker node, `taskraft dev` a local
-//! cluster in one process; the other subcommands
-//! (`enqueue`, `job`, `jobs`, `queues`, `queue`, `cluster`, `workers`) are clients of a
+//! The `taskraft` binary: `taskraft serve` runs a broker node, `taskraft restore` seeds
+//! a new node from a backup, `taskraft dev` runs a local cluster in one process; the
+//! other subcommands
+//! (`enqueue`, `job`, `jobs`, `queues`, `queue`, `cluster`, `workers`, `backup`) are clients of a
 //! running cluster, see [`cli`].
 
 mod cli;
@@ -22,6 +23,10 @@ struct Cli {
 enum Command {
     /// Run a broker node.
     Serve(Box<ServeCommand>),
+    /// Seed a new node's empty data dir from a `taskraft backup` file (offline: run it
+    /// before `serve`, with the same flags or config file, on every node of the new
+    /// cluster).
+    Restore(Box<RestoreCommand>),
     /// Run a local multi-node cluster in this process, for trying things out.
     Dev(taskraft_broker::dev::DevArgs),
     #[command(flatten)]
@@ -49,6 +54,7 @@ fn parse_cli() -> anyhow::Result<Cli> {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let file = match &cli.command {
         Command::Serve(s) => s.args.config.clone(),
+        Command::Restore(r) => r.args.config.clone(),
         _ => None,
     };
     let (Some(path), Some((name, sub))) = (file, matches.subcommand()) else {
@@ -62,6 +68,20 @@ fn parse_cli() -> anyhow::Result<Cli> {
     Ok(Cli::parse_from(std::env::args_os().chain(extra)))
 }
 
+/// `restore`: the backup file and the new node's `serve` flags.
+#[derive(clap::Args)]
+struct RestoreCommand {
+    /// The backup file written by `taskraft backup --out`.
+    #[arg(long)]
+    from: std::path::PathBuf,
+    #[command(flatten)]
+    args: ServeArgs,
+    #[arg(long, hide = true)]
+    server: Option<String>,
+    #[arg(long, hide = true)]
+    json: bool,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = parse_cli()?;
     let runtime = tokio::runtime::Runtime::new()?;
@@ -71,6 +91,24 @@ fn main() -> anyhow::Result<()> {
             taskraft_broker::telemetry::init_with(&args.log_format, args.otlp_endpoint.as_deref())?;
             let config = args.into_config()?;
             runtime.block_on(taskraft_broker::server::run(config, shutdown_signal()))
+        }
+        Command::Restore(restore) => {
+            taskraft_broker::telemetry::init_with(&restore.args.log_format, None)?;
+            let config = restore.args.into_config()?;
+            let done =
+                runtime.block_on(taskraft_broker::restore::restore(&config, &restore.from))?;
+            println!(
+                "restored node {} in {} at log index {} (cluster: {}); start it with `taskraft serve` and the same flags",
+                config.id,
+                config.data_dir.display(),
+                done.applied_index,
+                done.members
+                    .iter()
+                    .map(|(id, addr)| format!("{id}={addr}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            Ok(())
         }
         Command::Dev(args) => {
             taskraft_broker::telemetry::init_with("text", None)?;

@@ -40,7 +40,8 @@ const CACHE_BYTES: usize = 256 << 20;
 /// and lets redb reuse the pages freed by non-durable commits).
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
-const APPLIED_KEY: &[u8] = b"applied";
+/// `sm_meta` key of the last applied log id.
+pub const APPLIED_KEY: &[u8] = b"applied";
 const MEMBERSHIP_KEY: &[u8] = b"membership";
 
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
@@ -78,6 +79,14 @@ impl Shared {
                 empty_view()
             }
         }
+    }
+
+    /// A read transaction of the store as of the last applied batch, and the log id it
+    /// is at: what a backup streams (`raft::snapshot::dump_to`).
+    pub fn backup_view(&self) -> Result<(ReadTransaction, Option<LogId>), String> {
+        let txn = self.db().begin_read().map_err(|e| e.to_string())?;
+        let applied = view_of(&txn)?.last_applied;
+        Ok((txn, applied))
     }
 
     fn try_read(&self) -> Result<ReadView, String> {
