@@ -43,7 +43,7 @@ fn run_to_exit(args: &[&str], envs: &[(&str, &str)]) -> (std::process::ExitStatu
 /// `--config` (here from `TASKRAFT_CONFIG`) fills what flags and variables leave
 /// unset: the file's listen address and max payload lose to the command line and to
 /// `TASKRAFT_MAX_PAYLOAD`, its visibility timeout (set nowhere else) is used.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_file_is_overridden_by_flags_and_environment() {
     let dir = tempfile::tempdir().unwrap();
     // The file names an address that is taken: the node can only serve if the
@@ -105,6 +105,19 @@ async fn config_file_is_overridden_by_flags_and_environment() {
         "lease deadline {visibility} ms away, want about 7 s"
     );
     assert_eq!(get_job(&mut c, &id).await.max_attempts, 5);
+
+    // The container health check: `taskraft probe` exits 0 on /readyz, 1 on a 404.
+    let http = node.http.to_string();
+    let (status, stderr) =
+        tokio::task::block_in_place(|| run_to_exit(&["probe", "--http", &http], &[]));
+    assert!(status.success(), "{stderr}");
+    let (status, stderr) = tokio::task::block_in_place(|| {
+        run_to_exit(&["probe", "--http", &http, "--path", "/nowhere"], &[])
+    });
+    assert!(
+        !status.success() && stderr.contains("answered 404"),
+        "{stderr}"
+    );
 }
 
 /// A key that is no flag stops the node before it serves, naming the key.

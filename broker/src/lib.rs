@@ -21,6 +21,7 @@ pub mod dev;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod probe;
 pub mod queue;
 pub mod raft;
 pub mod restore;

@@ -27,6 +27,8 @@ enum Command {
     /// before `serve`, with the same flags or config file, on every node of the new
     /// cluster).
     Restore(Box<RestoreCommand>),
+    /// Ask a node's HTTP port for /readyz (container health checks): exit 0 when ready.
+    Probe(taskraft_broker::probe::ProbeArgs),
     /// Run a local multi-node cluster in this process, for trying things out.
     Dev(taskraft_broker::dev::DevArgs),
     #[command(flatten)]
@@ -110,6 +112,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Probe(args) => runtime.block_on(taskraft_broker::probe::run(&args)),
         Command::Dev(args) => {
             taskraft_broker::telemetry::init_with("text", None)?;
             runtime.block_on(taskraft_broker::dev::run(args, shutdown_signal()))
