@@ -525,3 +525,162 @@ async fn backup_of_a_live_cluster_restores_into_a_new_cluster() {
         pb::JobState::Ready
     );
 }
+
+/// The repository root (tests/ is one level down).
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// The venv with the manifest validators (built once per machine from
+/// tests/manifests/requirements.txt).
+fn validators() -> std::path::PathBuf {
+    let dir = repo().join("tests/manifests");
+    let python = taskraft_tests::setup::python_venv(
+        &dir.join(".venv"),
+        &dir.join("requirements.txt"),
+        "import kubernetes_validate, yaml",
+    );
+    python.parent().expect("venv bin").to_path_buf()
+}
+
+fn output(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .expect("running a validator");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// deploy/k8s/taskraft.yaml passes strict validation against the Kubernetes 1.33
+/// schemas (unknown fields are errors), and agrees with the Helm chart it renders.
+#[test]
+fn kubernetes_manifests_validate_and_match_the_helm_chart() {
+    let bin = validators();
+    let rendered = repo().join("deploy/k8s/taskraft.yaml");
+    let (ok, stdout, stderr) = output(
+        Command::new(bin.join("kubernetes-validate"))
+            .args(["--strict", "-k", "1.33.0"])
+            .arg(&rendered),
+    );
+    assert!(ok, "kubernetes-validate failed:\n{stdout}\n{stderr}");
+    for kind in [
+        "statefulset/taskraft",
+        "service/taskraft-headless",
+        "poddisruptionbudget/taskraft",
+    ] {
+        assert!(
+            stdout.contains(&format!("passed for resource {kind}")),
+            "{stdout}"
+        );
+    }
+    let (ok, stdout, stderr) = output(
+        Command::new(bin.join("python"))
+            .arg(repo().join("tests/manifests/check_chart.py"))
+            .arg(repo().join("deploy/helm/taskraft"))
+            .arg(&rendered),
+    );
+    assert!(ok, "chart check failed:\n{stdout}\n{stderr}");
+}
+
+/// docker-compose.yml loads in Compose v2's own validator (no daemon needed): three
+/// nodes with distinct ids and one peer list, each with its own volume.
+#[test]
+fn compose_file_is_a_valid_three_node_cluster() {
+    let bin = validators();
+    let (ok, stdout, stderr) = output(
+        Command::new(bin.join("docker-compose"))
+            .arg("-f")
+            .arg(repo().join("docker-compose.yml"))
+            .args(["config", "--format", "json"]),
+    );
+    // This build reports validation errors on stderr with exit status 0.
+    assert!(
+        ok && stderr.trim().is_empty(),
+        "compose config failed:\n{stderr}"
+    );
+    let config: serde_json::Value = serde_json::from_str(&stdout).expect("compose JSON");
+    let services = config["services"].as_object().expect("services");
+    assert_eq!(services.len(), 3);
+    let mut ids = Vec::new();
+    for (name, s) in services {
+        let env = &s["environment"];
+        ids.push(env["TASKRAFT_ID"].as_str().unwrap().to_string());
+        assert_eq!(
+            env["TASKRAFT_PEERS"], "1=taskraft-1:7070,2=taskraft-2:7070,3=taskraft-3:7070",
+            "{name}"
+        );
+        assert_eq!(s["volumes"][0]["target"], "/var/lib/taskraft", "{name}");
+    }
+    ids.sort();
+    assert_eq!(ids, ["1", "2", "3"]);
+}
+
+/// The systemd unit passes `systemd-analyze verify` (with ExecStart pointed at the
+/// built binary) and its hardening scores at most 2.5 on `systemd-analyze security`
+/// (0 is the most locked down, 10 the least).
+#[test]
+fn systemd_unit_verifies_and_is_hardened() {
+    let analyze = std::path::Path::new("/usr/bin/systemd-analyze");
+    taskraft_tests::setup::apt_install(&["systemd"], || analyze.exists());
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(repo().join("deploy/systemd/taskraft.service")).unwrap();
+    let env = repo().join("deploy/systemd/taskraft.env");
+    let unit = unit
+        .replace(
+            "/usr/local/bin/taskraft",
+            &taskraft_bin().display().to_string(),
+        )
+        .replace("/etc/taskraft/taskraft.env", &env.display().to_string());
+    let path = dir.path().join("taskraft.service");
+    std::fs::write(&path, unit).unwrap();
+    let (ok, stdout, stderr) = output(Command::new(analyze).arg("verify").arg(&path));
+    assert!(
+        ok && stderr.trim().is_empty(),
+        "verify:\n{stdout}\n{stderr}"
+    );
+    let (ok, stdout, stderr) = output(
+        Command::new(analyze)
+            .args(["security", "--offline=true", "--threshold=25", "--no-pager"])
+            .arg(&path),
+    );
+    assert!(ok, "hardening above 2.5:\n{stdout}\n{stderr}");
+}
+
+/// What the image promises: a build stage at least at the workspace's Rust version, a
+/// non-root user, the data volume, and a health check on /readyz through the binary.
+#[test]
+fn dockerfile_builds_with_the_workspace_toolchain_and_runs_unprivileged() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let cargo = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    let want = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("workspace rust-version");
+    let from: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(from.len(), 2, "a build and a run stage: {from:?}");
+    assert!(
+        from[0].starts_with(&format!("FROM rust:{want}")),
+        "{from:?} vs rust-version {want}"
+    );
+    for needle in [
+        "USER 10001:10001",
+        "VOLUME [\"/var/lib/taskraft\"]",
+        "CMD [\"taskraft\", \"probe\", \"--http\", \"127.0.0.1:7071\", \"--path\", \"/readyz\"]",
+        "TASKRAFT_HTTP=0.0.0.0:7071",
+        "TASKRAFT_DATA_DIR=/var/lib/taskraft",
+        "--locked",
+    ] {
+        assert!(dockerfile.contains(needle), "Dockerfile lacks {needle:?}");
+    }
+}

@@ -462,6 +462,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/taskraft.toml");
+        let c = parse_serve(["serve", "--config", path])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!((c.id, c.peers.len()), (1, 3));
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/taskraft"));
+    }
+
+    #[test]
     fn node_id_is_the_statefulset_ordinal_plus_one() {
         assert_eq!(id_from_hostname("taskraft-0").unwrap(), 1);
         assert_eq!(id_from_hostname("taskraft-2").unwrap(), 3);
