@@ -48,7 +48,8 @@ env = {e["name"]: e.get("value") for e in c["env"]}
 n = values["replicas"]
 name = sts["metadata"]["name"]
 grpc, http = values["ports"]["grpc"], values["ports"]["http"]
-want_peers = ",".join(f"{i + 1}={name}-{i}.{name}-headless:{grpc}" for i in range(n))
+initial = values.get("initialReplicas") or n
+want_peers = ",".join(f"{i + 1}={name}-{i}.{name}-headless:{grpc}" for i in range(initial))
 checks = [
     (spec["replicas"], n, "replicas"),
     (spec["podManagementPolicy"], "Parallel", "podManagementPolicy"),

@@ -21,7 +21,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "taskraft.peers" -}}
 {{- $name := include "taskraft.fullname" . -}}
 {{- $peers := list -}}
-{{- range $i := until (int .Values.replicas) -}}
+{{- range $i := until (int (.Values.initialReplicas | default .Values.replicas)) -}}
 {{- $peers = append $peers (printf "%d=%s-%d.%s-headless:%d" (add $i 1) $name $i $name (int $.Values.ports.grpc)) -}}
 {{- end -}}
 {{- join "," $peers -}}
