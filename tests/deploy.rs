@@ -684,3 +684,33 @@ fn dockerfile_builds_with_the_workspace_toolchain_and_runs_unprivileged() {
         assert!(dockerfile.contains(needle), "Dockerfile lacks {needle:?}");
     }
 }
+
+/// A client that opened an HTTP/2 connection and then stopped reading (hung, or its
+/// process stopped) cannot hold a node's shutdown: the drain ends after
+/// `--request-timeout` + 5 s. (HTTP/2's graceful close waits for the client to
+/// acknowledge the GOAWAY, which this one never does.)
+#[tokio::test]
+async fn shutdown_is_not_held_by_a_client_that_never_answers() {
+    use tokio::io::AsyncWriteExt;
+    let mut node = InProcNode::start_with(|c| c.request_timeout = Duration::from_secs(1)).await;
+    let mut stuck = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
+    // The client preface and an empty SETTINGS frame; then silence.
+    stuck
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    // Let the server take the connection in.
+    let mut c = node.clients().await;
+    c.broker.enqueue(job("drain", "x")).await.unwrap();
+    drop(c);
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), node.stop())
+        .await
+        .expect("shutdown finished despite the silent client");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(stuck);
+}
