@@ -29,7 +29,8 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// Polls nodes `among` until they agree on a leader; returns it and when it was seen.
+/// Polls nodes `among` until they agree on a leader that is one of them (a stopped
+/// leader is still named by its followers until they elect another).
 async fn agreed_leader(cluster: &ProcessCluster, among: &[u64]) -> u64 {
     eventually("an agreed leader", SOON, || async {
         let mut leaders = Vec::new();
@@ -37,7 +38,7 @@ async fn agreed_leader(cluster: &ProcessCluster, among: &[u64]) -> u64 {
             leaders.push(cluster.status(*id).await.map(|s| s.leader_id));
         }
         let first = leaders.first().copied().flatten()?;
-        (first != 0 && leaders.iter().all(|l| *l == Some(first))).then_some(first)
+        (among.contains(&first) && leaders.iter().all(|l| *l == Some(first))).then_some(first)
     })
     .await
 }
@@ -168,10 +169,14 @@ async fn rolling_restart_under_load_loses_no_job_and_fails_no_call() {
             .status(others[0])
             .await
             .map_or(0, |s| s.commit_index);
-        eventually("the restarted node to catch up", SOON, || async {
-            let s = cluster.status(id).await?;
-            (s.applied_index >= target).then_some(())
-        })
+        eventually(
+            &format!("node {id} to catch up to index {target} after its restart"),
+            SOON,
+            || async {
+                let s = cluster.status(id).await?;
+                (s.applied_index >= target).then_some(())
+            },
+        )
         .await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -184,11 +189,32 @@ async fn rolling_restart_under_load_loses_no_job_and_fails_no_call() {
     let unique: HashSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "an idempotency key gave two ids");
 
-    eventually("every enqueued job processed", SOON, || async {
-        let d = done.lock().unwrap();
-        ids.iter().all(|id| d.contains(id)).then_some(())
-    })
-    .await;
+    // Every enqueued job processed; a worker that stopped, or jobs still missing after
+    // SOON, fail with what is known.
+    let deadline = Instant::now() + SOON;
+    loop {
+        let missing = {
+            let d = done.lock().unwrap();
+            ids.iter().filter(|id| !d.contains(*id)).count()
+        };
+        if missing == 0 {
+            break;
+        }
+        if worker.is_finished() {
+            let r = worker.await;
+            panic!("the worker stopped with {missing} jobs unprocessed: {r:?}");
+        }
+        if Instant::now() > deadline {
+            let s = client.queue_stats("rolling").await;
+            let logs: Vec<String> = cluster.nodes.iter().map(|n| n.log_tail()).collect();
+            panic!(
+                "{missing} of {} jobs unprocessed after {SOON:?}; stats {s:?}; logs:\n{}",
+                ids.len(),
+                logs.join("\n-----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = worker_stop.send(());
     worker.await.unwrap().expect("worker ran");
     let s = client.queue_stats("rolling").await.expect("stats");

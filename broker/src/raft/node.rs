@@ -636,10 +636,11 @@ impl RaftNode {
 
     /// Leadership hand-off, on the follower: `old_leader` has stopped. openraft 0.9 has
     /// no transfer call, and voters refuse a candidate for a leader lease (8 heartbeats)
-    /// after they last heard from the leader. So this node starts an election every
-    /// half heartbeat until some other leader is known or it leads: it wins as soon as the
-    /// lease runs out (its log is complete: the old leader chose it for that), instead
-    /// of after the lease plus a random election timeout (4-8 heartbeats more).
+    /// after they last heard from the leader. So this node waits out most of that
+    /// lease, then starts an election every half heartbeat until some other leader is
+    /// known or it leads: it wins as soon as the lease runs out (its log is complete:
+    /// the old leader chose it for that), instead of after the lease plus a random
+    /// election timeout (4-8 heartbeats more).
     pub async fn campaign(self: Arc<Self>, old_leader: NodeId) {
         let deadline = Instant::now() + self.leader_lease() * 3;
         tracing::info!(
@@ -647,6 +648,9 @@ impl RaftNode {
             old_leader,
             "leader is stopping: campaigning to take over"
         );
+        // The voters' lease began at the old leader's last heartbeat, shortly before this
+        // request: no election can succeed before about a lease minus a heartbeat.
+        tokio::time::sleep(self.leader_lease().saturating_sub(self.heartbeat)).await;
         let mut elections = 0u32;
         while Instant::now() < deadline {
             {
