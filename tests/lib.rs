@@ -209,6 +209,7 @@ pub struct ProcessNode {
     /// Data dir.
     pub data_dir: PathBuf,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
     log: PathBuf,
 }
 
@@ -227,6 +228,17 @@ impl ProcessNode {
         http: SocketAddr,
         extra: &[&str],
     ) -> Self {
+        Self::spawn_with_env(data_dir, addr, http, extra, &[]).await
+    }
+
+    /// Starts `taskraft serve` on the given addresses with extra environment variables.
+    pub async fn spawn_with_env(
+        data_dir: &Path,
+        addr: SocketAddr,
+        http: SocketAddr,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         let mut args = vec![
             "serve".to_string(),
             "--listen".into(),
@@ -243,6 +255,10 @@ impl ProcessNode {
             http,
             data_dir: data_dir.to_path_buf(),
             args,
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log: data_dir.with_extension("log"),
         };
         node.launch();
@@ -258,6 +274,7 @@ impl ProcessNode {
         let child = Command::new(taskraft_bin())
             .args(&self.args)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

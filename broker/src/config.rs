@@ -1,12 +1,22 @@
-//! `taskraft serve` configuration: flags with `TASKRAFT_*` environment fallbacks,
-//! validated into one [`Config`].
+//! `taskraft serve` configuration: flags with `TASKRAFT_*` environment fallbacks and an
+//! optional TOML file, validated into one [`Config`].
+//!
+//! Precedence, highest first: a flag on the command line, its `TASKRAFT_*` variable, the
+//! `--config` file, the default. The file's keys are the flags' long names (`data-dir`
+//! or `data_dir`), taken from the clap definition itself ([`file_args`]), so every flag,
+//! including ones added later, is a key, and a key that is no flag is an error naming it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::ffi::OsString;
+use std::path::Path;
+
 use anyhow::{bail, Context};
+use clap::parser::ValueSource;
+use clap::ArgAction;
 
 use crate::api::ApiSettings;
 use crate::queue::{Backoff, Retention};
@@ -14,9 +24,18 @@ use crate::queue::{Backoff, Retention};
 /// Flags of `taskraft serve`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServeArgs {
+    /// A TOML file whose keys are these flags' names (`data-dir = "/var/lib/taskraft"`,
+    /// `peers = ["1=a:7070", "2=b:7070"]`); flags and TASKRAFT_* variables override it.
+    #[arg(long, env = "TASKRAFT_CONFIG")]
+    pub config: Option<PathBuf>,
     /// This node's id (unique in the cluster, >= 1).
     #[arg(long, env = "TASKRAFT_ID", default_value_t = 1)]
     pub id: u64,
+    /// Take the node id from the host name's trailing ordinal plus one, as a Kubernetes
+    /// StatefulSet names its pods: `taskraft-0` is node 1, `taskraft-2` node 3 (the host
+    /// name is $HOSTNAME, else the kernel's). Overrides --id.
+    #[arg(long, env = "TASKRAFT_ID_FROM_HOSTNAME")]
+    pub id_from_hostname: bool,
     /// gRPC listen address (public API and peer service).
     #[arg(long, env = "TASKRAFT_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
@@ -130,11 +149,19 @@ pub struct Config {
     pub webhook_secret: Option<String>,
     /// Metrics on (default) or off.
     pub metrics: bool,
+    /// How peer host names are resolved: the system's resolver, at every connection
+    /// attempt (tests inject names that start resolving late).
+    pub resolver: crate::raft::network::Resolver,
 }
 
 impl ServeArgs {
     /// Checks the flags and builds a [`Config`].
-    pub fn into_config(self) -> anyhow::Result<Config> {
+    pub fn into_config(mut self) -> anyhow::Result<Config> {
+        if self.id_from_hostname {
+            let host = hostname()?;
+            self.id = id_from_hostname(&host)?;
+            tracing::info!(host = %host, node_id = self.id, "node id taken from the host name");
+        }
         if self.id == 0 {
             bail!("--id must be >= 1");
         }
@@ -202,8 +229,134 @@ impl ServeArgs {
             heartbeat: self.heartbeat,
             webhook_secret: self.webhook_secret.filter(|s| !s.is_empty()),
             metrics: self.metrics,
+            resolver: Default::default(),
         })
     }
+}
+
+/// This machine's host name: `$HOSTNAME` (set by Kubernetes to the pod name), else the
+/// kernel's.
+fn hostname() -> anyhow::Result<String> {
+    if let Some(h) = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+    {
+        return Ok(h.trim().to_string());
+    }
+    for path in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
+        if let Ok(h) = std::fs::read_to_string(path) {
+            if !h.trim().is_empty() {
+                return Ok(h.trim().to_string());
+            }
+        }
+    }
+    bail!("--id-from-hostname: no host name ($HOSTNAME is unset and the kernel's is unreadable)")
+}
+
+/// The node id of a StatefulSet pod: its ordinal (after the last `-` of the first label)
+/// plus one, since node ids start at 1. `taskraft-0` → 1, `tr-db-4.tr.ns.svc` → 5.
+pub fn id_from_hostname(host: &str) -> anyhow::Result<u64> {
+    let short = host.split('.').next().unwrap_or(host);
+    let ordinal = short
+        .rsplit_once('-')
+        .map(|(_, n)| n)
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .with_context(|| {
+            format!("--id-from-hostname: host name {host:?} does not end in -<ordinal> (like taskraft-0)")
+        })?;
+    let n: u64 = ordinal
+        .parse()
+        .with_context(|| format!("--id-from-hostname: ordinal {ordinal:?} is too large"))?;
+    n.checked_add(1)
+        .with_context(|| format!("--id-from-hostname: ordinal {ordinal:?} is too large"))
+}
+
+/// The extra arguments that bring a config file's keys into a command line: one
+/// `--key=value` per key that neither the command line nor its environment variable set
+/// (for a list, one per element; for an on/off flag, `--key` when true). Append them to
+/// the arguments and parse again. `cmd` is the subcommand whose flags are the keys and
+/// `matches` what it parsed without the file.
+pub fn file_args(
+    cmd: &clap::Command,
+    matches: &clap::ArgMatches,
+    path: &Path,
+) -> anyhow::Result<Vec<OsString>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing the config file {}", path.display()))?;
+    let mut out = Vec::new();
+    for (key, value) in &table {
+        let name = key.replace('_', "-");
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(name.as_str()) && !a.is_hide_set() && name != "config")
+            .with_context(|| {
+                format!(
+                    "config file {}: unknown key {key:?} (keys are the long flags of `taskraft {} --help`)",
+                    path.display(),
+                    cmd.get_name()
+                )
+            })?;
+        if matches!(
+            matches.value_source(arg.get_id().as_str()),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let bad = |what: &str| format!("config file {}: key {key:?} {what}", path.display());
+        match arg.get_action() {
+            ArgAction::SetTrue | ArgAction::SetFalse => match value {
+                toml::Value::Boolean(b) => {
+                    if *b == matches!(arg.get_action(), ArgAction::SetTrue) {
+                        out.push(format!("--{name}").into());
+                    }
+                }
+                _ => bail!(bad("takes true or false")),
+            },
+            action => {
+                let values = match value {
+                    toml::Value::Array(items) if matches!(action, ArgAction::Append) => {
+                        items.iter().collect()
+                    }
+                    toml::Value::Array(_) => bail!(bad("takes one value, not a list")),
+                    v => vec![v],
+                };
+                for v in values {
+                    let v = match v {
+                        toml::Value::String(s) => s.clone(),
+                        toml::Value::Integer(i) => i.to_string(),
+                        toml::Value::Float(f) => f.to_string(),
+                        toml::Value::Boolean(b) => b.to_string(),
+                        _ => bail!(bad("takes a string, number or boolean")),
+                    };
+                    out.push(format!("--{name}={v}").into());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses `taskraft serve`'s flags from `argv` (its first item is the program name),
+/// with the `--config` file when one is named: what `main` does, for tests and embedding.
+pub fn parse_serve<I, T>(argv: I) -> anyhow::Result<ServeArgs>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    use clap::{Args, FromArgMatches};
+    let cmd = ServeArgs::augment_args(clap::Command::new("serve"));
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    let matches = cmd.clone().try_get_matches_from(&argv)?;
+    let args = ServeArgs::from_arg_matches(&matches)?;
+    let Some(path) = &args.config else {
+        return Ok(args);
+    };
+    let extra = file_args(&cmd, &matches, path)?;
+    let matches = cmd.try_get_matches_from(argv.into_iter().chain(extra))?;
+    Ok(ServeArgs::from_arg_matches(&matches)?)
 }
 
 impl Config {
@@ -225,6 +378,117 @@ impl Config {
             heartbeat: Duration::from_millis(100),
             webhook_secret: None,
             metrics: true,
+            resolver: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    fn parse(file: &tempfile::NamedTempFile, flags: &[&str]) -> anyhow::Result<ServeArgs> {
+        let path = file.path().display().to_string();
+        let mut argv = vec!["serve", "--config", path.as_str()];
+        argv.extend_from_slice(flags);
+        parse_serve(argv)
+    }
+
+    #[test]
+    fn config_file_keys_are_the_flags_and_flags_override_them() {
+        let f = file(
+            r#"
+            id = 3
+            listen = "0.0.0.0:7070"
+            data_dir = "/var/lib/taskraft"
+            peers = ["1=a:7070", "2=b:7070", "3=c:7070"]
+            max-payload = 2048
+            visibility-timeout = "45s"
+            metrics = false
+            id-from-hostname = false
+            "#,
+        );
+        let a = parse(&f, &["--max-payload", "4096", "--peers", "1=x:1"]).unwrap();
+        assert_eq!(a.id, 3);
+        assert_eq!(a.listen.to_string(), "0.0.0.0:7070");
+        assert_eq!(a.data_dir, PathBuf::from("/var/lib/taskraft"));
+        assert_eq!(a.visibility_timeout, Duration::from_secs(45));
+        assert!(!a.metrics);
+        assert!(!a.id_from_hostname);
+        // The command line wins, for single values and lists alike.
+        assert_eq!(a.max_payload, 4096);
+        assert_eq!(a.peers, vec!["1=x:1".to_string()]);
+        // Defaults stay for what neither sets.
+        assert_eq!(a.max_attempts, 3);
+
+        let b = parse(&f, &[]).unwrap();
+        assert_eq!(b.peers.len(), 3);
+        assert_eq!(b.max_payload, 2048);
+        let on = file("id-from-hostname = true\npeers = \"1=a:1,2=b:2\"");
+        let c = parse(&on, &[]).unwrap();
+        assert!(c.id_from_hostname);
+        assert_eq!(c.peers, vec!["1=a:1".to_string(), "2=b:2".to_string()]);
+    }
+
+    #[test]
+    fn config_file_errors_name_the_key() {
+        let err = |text: &str| parse(&file(text), &[]).unwrap_err().to_string();
+        let e = err("listen = \"127.0.0.1:1\"\nlisten_adress = \"x\"");
+        assert!(e.contains("unknown key \"listen_adress\""), "{e}");
+        let e = err("config = \"other.toml\"");
+        assert!(e.contains("unknown key \"config\""), "{e}");
+        let e = err("server = \"x\"");
+        assert!(e.contains("unknown key \"server\""), "{e}");
+        let e = err("max-payload = [1, 2]");
+        assert!(e.contains("\"max-payload\" takes one value"), "{e}");
+        let e = err("id-from-hostname = \"yes\"");
+        assert!(
+            e.contains("\"id-from-hostname\" takes true or false"),
+            "{e}"
+        );
+        let e = err("[tls]\ncert = \"x\"");
+        assert!(e.contains("unknown key \"tls\""), "{e}");
+        let e = err("id = ");
+        assert!(e.contains("parsing the config file"), "{e}");
+        // A value clap refuses is reported by clap, naming the flag.
+        let e = err("visibility-timeout = \"soon\"");
+        assert!(e.contains("--visibility-timeout"), "{e}");
+    }
+
+    #[test]
+    fn the_example_config_file_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/taskraft.toml");
+        let c = parse_serve(["serve", "--config", path])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!((c.id, c.peers.len()), (1, 3));
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/taskraft"));
+    }
+
+    #[test]
+    fn node_id_is_the_statefulset_ordinal_plus_one() {
+        assert_eq!(id_from_hostname("taskraft-0").unwrap(), 1);
+        assert_eq!(id_from_hostname("taskraft-2").unwrap(), 3);
+        assert_eq!(
+            id_from_hostname("my-broker-10.my-broker.ns.svc").unwrap(),
+            11
+        );
+        for bad in [
+            "taskraft",
+            "taskraft-",
+            "taskraft-x1",
+            "-",
+            "",
+            "t-99999999999999999999",
+        ] {
+            assert!(id_from_hostname(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -8,7 +8,8 @@
 //! - [`http`]: health, readiness, `/metrics`, the web dashboard and its JSON API.
 //! - [`metrics`]: OpenTelemetry instruments exported in Prometheus format.
 //! - [`server`]: binds, serves, owns the tasks, shuts down.
-//! - [`config`]: `taskraft serve` flags.
+//! - [`config`]: `taskraft serve` flags and the config file.
+//! - [`restore`]: `taskraft restore`, seeding a new node from a backup.
 //! - [`telemetry`]: logging, tracing and OTLP export.
 //! - [`webhook`]: leader-side delivery of the webhook outbox.
 #![warn(missing_docs)]
@@ -20,8 +21,10 @@ pub mod dev;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod probe;
 pub mod queue;
 pub mod raft;
+pub mod restore;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

@@ -1,6 +1,7 @@
-//! The `taskraft` binary: `taskraft serve` runs a broker node, `taskraft dev` a local
-//! cluster in one process; the other subcommands
-//! (`enqueue`, `job`, `jobs`, `queues`, `queue`, `cluster`, `workers`) are clients of a
+//! The `taskraft` binary: `taskraft serve` runs a broker node, `taskraft restore` seeds
+//! a new node from a backup, `taskraft dev` runs a local cluster in one process; the
+//! other subcommands
+//! (`enqueue`, `job`, `jobs`, `queues`, `queue`, `cluster`, `workers`, `backup`) are clients of a
 //! running cluster, see [`cli`].
 
 mod cli;
@@ -11,7 +12,7 @@ mod cli;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use taskraft_broker::config::ServeArgs;
 
 /// taskraft: a Raft-replicated task broker.
@@ -28,6 +29,12 @@ struct Cli {
 enum Command {
     /// Run a broker node.
     Serve(Box<ServeCommand>),
+    /// Seed a new node's empty data dir from a `taskraft backup` file (offline: run it
+    /// before `serve`, with the same flags or config file, on every node of the new
+    /// cluster).
+    Restore(Box<RestoreCommand>),
+    /// Ask a node's HTTP port for /readyz (container health checks): exit 0 when ready.
+    Probe(taskraft_broker::probe::ProbeArgs),
     /// Run a local multi-node cluster in this process, for trying things out.
     Dev(taskraft_broker::dev::DevArgs),
     #[command(flatten)]
@@ -47,8 +54,44 @@ struct ServeCommand {
     json: bool,
 }
 
+/// Parses the command line; for `serve` with `--config FILE`, parses it again with the
+/// file's keys appended where neither a flag nor a variable set them (see
+/// `config::file_args`).
+fn parse_cli() -> anyhow::Result<Cli> {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let file = match &cli.command {
+        Command::Serve(s) => s.args.config.clone(),
+        Command::Restore(r) => r.args.config.clone(),
+        _ => None,
+    };
+    let (Some(path), Some((name, sub))) = (file, matches.subcommand()) else {
+        return Ok(cli);
+    };
+    let cmd = Cli::command();
+    let sub_cmd = cmd
+        .find_subcommand(name)
+        .expect("the parsed subcommand exists");
+    let extra = taskraft_broker::config::file_args(sub_cmd, sub, &path)?;
+    Ok(Cli::parse_from(std::env::args_os().chain(extra)))
+}
+
+/// `restore`: the backup file and the new node's `serve` flags.
+#[derive(clap::Args)]
+struct RestoreCommand {
+    /// The backup file written by `taskraft backup --out`.
+    #[arg(long)]
+    from: std::path::PathBuf,
+    #[command(flatten)]
+    args: ServeArgs,
+    #[arg(long, hide = true)]
+    server: Option<String>,
+    #[arg(long, hide = true)]
+    json: bool,
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse_cli()?;
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve(serve) => {
@@ -57,6 +100,25 @@ fn main() -> anyhow::Result<()> {
             let config = args.into_config()?;
             runtime.block_on(taskraft_broker::server::run(config, shutdown_signal()))
         }
+        Command::Restore(restore) => {
+            taskraft_broker::telemetry::init_with(&restore.args.log_format, None)?;
+            let config = restore.args.into_config()?;
+            let done =
+                runtime.block_on(taskraft_broker::restore::restore(&config, &restore.from))?;
+            println!(
+                "restored node {} in {} at log index {} (cluster: {}); start it with `taskraft serve` and the same flags",
+                config.id,
+                config.data_dir.display(),
+                done.applied_index,
+                done.members
+                    .iter()
+                    .map(|(id, addr)| format!("{id}={addr}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            Ok(())
+        }
+        Command::Probe(args) => runtime.block_on(taskraft_broker::probe::run(&args)),
         Command::Dev(args) => {
             taskraft_broker::telemetry::init_with("text", None)?;
             runtime.block_on(taskraft_broker::dev::run(args, shutdown_signal()))

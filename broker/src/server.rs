@@ -39,6 +39,8 @@ pub struct Running {
     /// Tasks the node cannot work without, by name: if one ends (or panics) the node
     /// stops, naming it, instead of answering health checks while writes fail.
     background: Vec<(&'static str, JoinHandle<()>)>,
+    /// How long shutdown waits for open calls and connections.
+    drain_limit: Duration,
 }
 
 /// Starts a node and returns once it is listening.
@@ -65,6 +67,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         request_timeout: config.request_timeout,
         keep_logs: config.keep_logs,
         heartbeat: config.heartbeat,
+        resolver: config.resolver.clone(),
     })
     .await?;
 
@@ -177,6 +180,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         grpc,
         http,
         background,
+        drain_limit: config.request_timeout + Duration::from_secs(5),
     })
 }
 
@@ -207,7 +211,10 @@ async fn report_health(node: Arc<RaftNode>, health: tonic_health::server::Health
 }
 
 impl Running {
-    /// Stops accepting calls, waits for in-flight ones, and stops Raft.
+    /// Stops accepting calls, waits for in-flight ones, and stops Raft. A leader then
+    /// hands leadership to its most up-to-date follower (see `RaftNode::campaign`), so
+    /// a rolling restart waits about one leader lease per leader instead of a lease
+    /// plus an election timeout.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -215,9 +222,38 @@ impl Running {
         for (_, t) in &self.background {
             t.abort();
         }
-        let grpc = (&mut self.grpc).await;
-        let http = (&mut self.http).await;
+        // HTTP/2's graceful close waits for each client to acknowledge the GOAWAY: a
+        // client that never does (hung, or its process stopped) must not keep the node
+        // from stopping, so the drain is bounded.
+        let grpc = match tokio::time::timeout(self.drain_limit, &mut self.grpc).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(limit = ?self.drain_limit, "gRPC calls still open after the drain limit: closing them");
+                self.grpc.abort();
+                Ok(Ok(()))
+            }
+        };
+        let http = match tokio::time::timeout(self.drain_limit, &mut self.http).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.http.abort();
+                Ok(Ok(()))
+            }
+        };
+        let successor = self.node.successor(Duration::from_secs(1)).await;
         let _ = self.node.raft.shutdown().await;
+        if let Some((to, addr)) = successor {
+            match self.node.hand_off(to, &addr).await {
+                Ok(()) => tracing::info!(
+                    node_id = self.node.id,
+                    successor = to,
+                    "handed leadership off"
+                ),
+                Err(e) => {
+                    tracing::warn!(node_id = self.node.id, error = %e, "leadership hand-off failed")
+                }
+            }
+        }
         grpc.context("gRPC server task")?.context("gRPC server")?;
         http.context("HTTP server task")?.context("HTTP server")?;
         tracing::info!(node_id = self.node.id, "node stopped");

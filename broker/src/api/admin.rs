@@ -311,6 +311,16 @@ impl Admin for AdminService {
         Ok(Response::new(cluster_status(&self.node)))
     }
 
+    type BackupStream = super::backup::BackupStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn backup(
+        &self,
+        _req: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        Ok(Response::new(super::backup::start(&self.node).await?))
+    }
+
     async fn list_workers(
         &self,
         _req: Request<pb::ListWorkersRequest>,

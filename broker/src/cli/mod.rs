@@ -13,6 +13,7 @@
 //! | 3    | cannot reach the server, or it is UNAVAILABLE                  |
 //! | 4    | UNAUTHENTICATED: missing or wrong token                        |
 
+mod backup;
 mod cluster;
 mod enqueue;
 mod job;
@@ -68,6 +69,9 @@ pub enum ClientCommand {
     Cluster(cluster::ClusterCommand),
     /// Workers that leased jobs recently.
     Workers,
+    /// Stream a consistent backup of the whole queue state to a file (restore it into a
+    /// new cluster with `taskraft restore`).
+    Backup(backup::BackupArgs),
 }
 
 /// A failed command, with what to do about it.
@@ -257,6 +261,7 @@ pub async fn run(global: GlobalArgs, command: ClientCommand) -> i32 {
             ClientCommand::Queue(cmd) => queue::run(&mut conn, cmd).await,
             ClientCommand::Cluster(cmd) => cluster::run(&mut conn, cmd).await,
             ClientCommand::Workers => cluster::workers(&mut conn).await,
+            ClientCommand::Backup(args) => backup::run(&mut conn, args).await,
         }
     }
     .await;

@@ -92,6 +92,7 @@ impl LogStore {
         txn.open_table(LOG)?;
         txn.open_table(META)?;
         txn.commit()?;
+        crate::storage::format::check_log(&db)?;
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
             db,

@@ -1,13 +1,23 @@
 //! Client side of the peer service: openraft's network, plus the connection pool the
 //! node uses to forward writes and read-index requests to the leader.
 //!
+//! Peer addresses may be DNS names (a StatefulSet's stable names): they are resolved at
+//! every connection attempt through a [`Resolver`], so a name that does not resolve yet
+//! (a pod not created yet) is simply an unreachable peer that is tried again, and a pod
+//! that comes back with a new IP is found under its name.
+//!
 //! Raft messages travel postcard-encoded inside `taskraft.raft.v1.RaftMessage`.
 //! openraft 0.9 keeps one append in flight per follower, so `max_payload_entries`
 //! (entries per append) is what lets replication keep up under load.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use openraft::error::{NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -49,6 +59,102 @@ fn entries_within_budget(entries: &[super::types::Entry]) -> usize {
     entries.len()
 }
 
+type Resolving = Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>;
+
+/// Turns `host:port` into socket addresses at each connection attempt. The system
+/// resolver by default; tests give one whose names start resolving when they say.
+#[derive(Clone)]
+pub struct Resolver(Arc<dyn Fn(String) -> Resolving + Send + Sync>);
+
+impl Resolver {
+    /// The system's resolver (`getaddrinfo` on a blocking thread).
+    pub fn system() -> Self {
+        Self(Arc::new(|host_port| {
+            Box::pin(async move { Ok(tokio::net::lookup_host(host_port).await?.collect()) })
+        }))
+    }
+
+    /// A resolver that answers with `f` (which sees `host:port`).
+    pub fn from_fn(
+        f: impl Fn(&str) -> std::io::Result<Vec<SocketAddr>> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(move |host_port| {
+            let r = f(&host_port);
+            Box::pin(async move { r })
+        }))
+    }
+
+    /// The addresses of `host_port` now.
+    pub async fn resolve(&self, host_port: &str) -> std::io::Result<Vec<SocketAddr>> {
+        (self.0)(host_port.to_string()).await
+    }
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver")
+    }
+}
+
+/// Opens peer TCP connections: resolves the URI's host through the [`Resolver`] (at
+/// every attempt) and tries each address in turn.
+#[derive(Clone)]
+struct PeerConnector {
+    resolver: Resolver,
+}
+
+impl tower::Service<http::Uri> for PeerConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let resolver = self.resolver.clone();
+        Box::pin(async move {
+            let host = uri.host().unwrap_or_default();
+            let host_port = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+            let addrs = resolver.resolve(&host_port).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("resolving {host_port}: {e}"))
+            })?;
+            let mut last = std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{host_port} resolved to no address"),
+            );
+            for addr in addrs {
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => {
+                        stream.set_nodelay(true)?;
+                        return Ok(hyper_util::rt::TokioIo::new(stream));
+                    }
+                    Ok(Err(e)) => last = e,
+                    Err(_) => {
+                        last = std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("connecting to {addr} ({host_port}) timed out"),
+                        )
+                    }
+                }
+            }
+            Err(last)
+        })
+    }
+}
+
 /// A peer client that carries the cluster token.
 pub type PeerClient = RaftPeerClient<InterceptedService<Channel, TokenInjector>>;
 
@@ -71,20 +177,22 @@ impl tonic::service::Interceptor for TokenInjector {
 /// so that fault tests can isolate a node without touching the kernel's network.
 pub struct PeerPool {
     token: TokenInjector,
+    resolver: Resolver,
     clients: Mutex<HashMap<String, PeerClient>>,
     cut: Mutex<HashSet<String>>,
     isolated: AtomicBool,
 }
 
 impl PeerPool {
-    /// A pool whose clients send `token` (if any).
-    pub fn new(token: Option<&str>) -> anyhow::Result<Arc<Self>> {
+    /// A pool whose clients send `token` (if any) and find peers through `resolver`.
+    pub fn new(token: Option<&str>, resolver: Resolver) -> anyhow::Result<Arc<Self>> {
         let token = match token {
             Some(t) => Some(format!("Bearer {t}").parse()?),
             None => None,
         };
         Ok(Arc::new(Self {
             token: TokenInjector(token),
+            resolver,
             clients: Mutex::new(HashMap::new()),
             cut: Mutex::new(HashSet::new()),
             isolated: AtomicBool::new(false),
@@ -132,7 +240,9 @@ impl PeerPool {
             .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
             .connect_timeout(std::time::Duration::from_secs(2))
             .tcp_nodelay(true)
-            .connect_lazy();
+            .connect_with_connector_lazy(PeerConnector {
+                resolver: self.resolver.clone(),
+            });
         let client = RaftPeerClient::with_interceptor(channel, self.token.clone())
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);

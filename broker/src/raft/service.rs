@@ -73,6 +73,12 @@ impl RaftPeer for PeerService {
         reply(&res)
     }
 
+    async fn campaign(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let old_leader: super::types::NodeId = parse(req)?;
+        tokio::spawn(self.node.clone().campaign(old_leader));
+        reply(&())
+    }
+
     async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let deadline = deadline_of(&req);
         let res = if self.node.is_leader() {

@@ -77,6 +77,13 @@ impl SnapshotData {
         })
     }
 
+    /// A stream already in a file (a backup being restored).
+    pub fn from_file(file: std::fs::File) -> Self {
+        Self {
+            inner: Inner::File(tokio::fs::File::from_std(file)),
+        }
+    }
+
     /// The data as a file, written out if it was still a view.
     pub async fn into_file(mut self) -> io::Result<std::fs::File> {
         std::future::poll_fn(|cx| self.poll_file(cx)).await?;
@@ -249,6 +256,24 @@ fn dump(view: &ReadTransaction, dir: &Path) -> io::Result<std::fs::File> {
 fn dump_into(view: &ReadTransaction, file: std::fs::File) -> io::Result<std::fs::File> {
     let started = std::time::Instant::now();
     let mut out = BufWriter::with_capacity(1 << 20, file);
+    let records = dump_to(view, &mut out)?;
+    let mut file = out.into_inner().map_err(|e| e.into_error())?;
+    file.flush()?;
+    let bytes = std::io::Seek::seek(&mut file, SeekFrom::End(0))?;
+    std::io::Seek::seek(&mut file, SeekFrom::Start(0))?;
+    tracing::info!(
+        records,
+        bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "wrote snapshot stream"
+    );
+    Ok(file)
+}
+
+/// Writes every state table of `view` as a record stream (magic, records, end mark) to
+/// `out`; returns the number of records. Backups use it too: a backup file is a
+/// snapshot stream.
+pub fn dump_to(view: &ReadTransaction, out: &mut impl Write) -> io::Result<u64> {
     out.write_all(MAGIC)?;
     let mut records = 0u64;
     for (i, def) in tables::ALL.iter().enumerate() {
@@ -269,17 +294,40 @@ fn dump_into(view: &ReadTransaction, file: std::fs::File) -> io::Result<std::fs:
         }
     }
     out.write_all(&[END])?;
-    let mut file = out.into_inner().map_err(|e| e.into_error())?;
-    file.flush()?;
-    let bytes = std::io::Seek::seek(&mut file, SeekFrom::End(0))?;
-    std::io::Seek::seek(&mut file, SeekFrom::Start(0))?;
-    tracing::info!(
-        records,
-        bytes,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "wrote snapshot stream"
-    );
-    Ok(file)
+    out.flush()?;
+    Ok(records)
+}
+
+/// Reads a value of the `sm_meta` table (streamed first) from the start of a record
+/// stream, without loading it: `restore` learns the log id a backup was taken at.
+/// Leaves the file rewound.
+pub fn peek_meta(file: &mut std::fs::File, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    std::io::Seek::seek(file, SeekFrom::Start(0))?;
+    let mut input = BufReader::new(&mut *file);
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a taskraft snapshot stream (bad magic)",
+        ));
+    }
+    let (mut k, mut v) = (Vec::new(), Vec::new());
+    let found = loop {
+        let mut tag = [0u8; 1];
+        input.read_exact(&mut tag)?;
+        if tag[0] != 0 {
+            break None; // past sm_meta (table 0), or the end mark
+        }
+        read_blob(&mut input, &mut k)?;
+        read_blob(&mut input, &mut v)?;
+        if k == key {
+            break Some(v);
+        }
+    };
+    drop(input);
+    std::io::Seek::seek(file, SeekFrom::Start(0))?;
+    Ok(found)
 }
 
 /// Loads a record stream into `db` (a new, empty store), committing every

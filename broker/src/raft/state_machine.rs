@@ -43,12 +43,13 @@ const DURABLE_EVERY: Duration = Duration::from_secs(1);
 /// committed and readers see them (see [`Writer`]).
 const COMMIT_EVERY: Duration = Duration::from_millis(3);
 
-const APPLIED_KEY: &[u8] = b"applied";
+/// `sm_meta` key of the last applied log id.
+pub const APPLIED_KEY: &[u8] = b"applied";
 /// `sm_meta` key of the store's format, [`FORMAT`].
 const FORMAT_KEY: &[u8] = b"format";
-/// Layout of the state tables. 2: jobs are listed once per queue (`by_state` marker
-/// 0xff) and only dead jobs have a state index.
-const FORMAT: u32 = 2;
+/// Layout of the state tables (`storage/format.rs`). 2: jobs are listed once per queue
+/// (`by_state` marker 0xff) and only dead jobs have a state index.
+const FORMAT: u32 = crate::storage::format::STATE_FORMAT;
 const MEMBERSHIP_KEY: &[u8] = b"membership";
 
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
@@ -101,6 +102,14 @@ impl Shared {
                 return;
             }
         }
+    }
+
+    /// A read transaction of the store as of the last applied batch, and the log id it
+    /// is at: what a backup streams (`raft::snapshot::dump_to`).
+    pub fn backup_view(&self) -> Result<(ReadTransaction, Option<LogId>), String> {
+        let txn = self.db().begin_read().map_err(|e| e.to_string())?;
+        let applied = view_of(&txn)?.last_applied;
+        Ok((txn, applied))
     }
 
     fn try_read(&self) -> Result<ReadView, String> {

@@ -11,6 +11,7 @@
 //! `sync_file_range`, not fsync), it has had no release since 2021, and openraft dropped
 //! its sled store.
 
+pub mod format;
 pub mod tables;
 
 use std::path::Path;
