@@ -206,6 +206,8 @@ pub struct ProcessNode {
     pub addr: SocketAddr,
     /// HTTP address (fixed across restarts).
     pub http: SocketAddr,
+    /// Peer (Raft) address (fixed across restarts).
+    pub peer: SocketAddr,
     /// Data dir.
     pub data_dir: PathBuf,
     args: Vec<String>,
@@ -217,14 +219,16 @@ impl ProcessNode {
     pub async fn spawn(data_dir: &Path, extra: &[&str]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        Self::spawn_at(data_dir, addr, http, extra).await
+        let peer: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::spawn_at(data_dir, addr, http, peer, extra).await
     }
 
-    /// Starts `taskraft serve` on the given addresses.
+    /// Starts `taskraft serve` on the given client, HTTP and peer addresses.
     pub async fn spawn_at(
         data_dir: &Path,
         addr: SocketAddr,
         http: SocketAddr,
+        peer: SocketAddr,
         extra: &[&str],
     ) -> Self {
         let mut args = vec![
@@ -233,6 +237,8 @@ impl ProcessNode {
             addr.to_string(),
             "--http".into(),
             http.to_string(),
+            "--peer-listen".into(),
+            peer.to_string(),
             "--data-dir".into(),
             data_dir.display().to_string(),
         ];
@@ -241,6 +247,7 @@ impl ProcessNode {
             child: None,
             addr,
             http,
+            peer,
             data_dir: data_dir.to_path_buf(),
             args,
             log: data_dir.with_extension("log"),
@@ -425,19 +432,22 @@ impl InProcCluster {
     /// Starts `n` nodes on fresh loopback ports, all listing each other as peers.
     pub async fn start(n: u64, tweak: impl Fn(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let peers: std::collections::BTreeMap<u64, String> = ports
             .iter()
             .enumerate()
-            .map(|(i, p)| (i as u64 + 1, format!("127.0.0.1:{p}")))
+            .map(|(i, (c, p))| (i as u64 + 1, format!("127.0.0.1:{c}/127.0.0.1:{p}")))
             .collect();
         let configs: Vec<Config> = (0..n)
             .map(|i| {
+                let (client, peer) = ports[i as usize];
                 let mut c = Config::ephemeral(dir.path().join(format!("node-{}", i + 1)));
                 c.id = i + 1;
-                c.listen = format!("127.0.0.1:{}", ports[i as usize]).parse().unwrap();
+                c.listen = format!("127.0.0.1:{client}").parse().unwrap();
+                c.peer_listen = format!("127.0.0.1:{peer}").parse().unwrap();
                 c.peers = peers.clone();
-                c.advertise = Some(peers[&(i + 1)].clone());
+                c.advertise = Some(format!("127.0.0.1:{client}"));
+                c.peer_advertise = Some(format!("127.0.0.1:{peer}"));
                 c.request_timeout = Duration::from_secs(3);
                 tweak(&mut c);
                 c
@@ -520,7 +530,7 @@ impl InProcCluster {
 
     /// Cuts every link to and from node `id` (messages are dropped both ways).
     pub fn isolate(&self, id: u64) {
-        let addr = self.configs[id as usize - 1].peers[&id].clone();
+        let addr = self.configs[id as usize - 1].peer_listen.to_string();
         for other in self.running_ids() {
             if other == id {
                 self.node(other).node.pool.isolate();
@@ -554,17 +564,17 @@ impl ProcessCluster {
     /// Spawns `n` processes with `extra` flags each.
     pub async fn spawn(n: u64, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addrs: Vec<SocketAddr> = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
-            .collect();
+        let loopback = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+        let addrs: Vec<(SocketAddr, SocketAddr)> =
+            (0..n).map(|_| (loopback(), loopback())).collect();
         let peers = addrs
             .iter()
             .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
+            .map(|(i, (a, p))| format!("{}={a}/{p}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
         let mut nodes = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
+        for (i, (addr, peer)) in addrs.iter().enumerate() {
             let id = (i + 1).to_string();
             let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let mut args = vec!["--id", id.as_str(), "--peers", peers.as_str()];
@@ -574,6 +584,7 @@ impl ProcessCluster {
                     &dir.path().join(format!("node-{}", i + 1)),
                     *addr,
                     http,
+                    *peer,
                     &args,
                 )
                 .await,

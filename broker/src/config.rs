@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 
 use crate::api::ApiSettings;
 use crate::queue::{Backoff, Retention};
+use crate::raft::addr::{MemberAddr, DEFAULT_PEER_PORT_OFFSET};
 
 /// Flags of `taskraft serve`.
 #[derive(clap::Args, Clone, Debug)]
@@ -17,13 +18,36 @@ pub struct ServeArgs {
     /// This node's id (unique in the cluster, >= 1).
     #[arg(long, env = "TASKRAFT_ID", default_value_t = 1)]
     pub id: u64,
-    /// gRPC listen address (public API and peer service).
+    /// gRPC listen address of the public API (Broker, Admin). The Raft peer service is
+    /// never served here: see --peer-listen.
     #[arg(long, env = "TASKRAFT_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
-    /// Address other nodes reach this one at (defaults to this node's --peers entry, or
-    /// the bound --listen address).
+    /// Address clients are told to reach this node at (defaults to the client part of
+    /// this node's --peers entry, or the bound --listen address).
     #[arg(long, env = "TASKRAFT_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Listen address of the Raft peer service (only cluster nodes call it). Defaults
+    /// to the --listen host with port + 2 (7072). A non-loopback address needs
+    /// --cluster-secret.
+    #[arg(long, env = "TASKRAFT_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// Address other nodes reach this node's peer service at (defaults to the peer
+    /// part of this node's --peers entry, or the bound --peer-listen address).
+    #[arg(long, env = "TASKRAFT_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
+    /// Secret every node of the cluster shares and sends on each peer call; a peer
+    /// call without it is refused. Distinct from client tokens, which never open the
+    /// peer service.
+    #[arg(
+        long,
+        env = "TASKRAFT_CLUSTER_SECRET",
+        hide_env_values = true,
+        conflicts_with = "cluster_secret_file"
+    )]
+    pub cluster_secret: Option<String>,
+    /// File holding the cluster secret (surrounding whitespace is ignored).
+    #[arg(long, env = "TASKRAFT_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// HTTP listen address (/healthz, /readyz, /metrics, dashboard).
     #[arg(long, env = "TASKRAFT_HTTP", default_value = "127.0.0.1:7071")]
     pub http: SocketAddr,
@@ -34,7 +58,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TASKRAFT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Initial cluster, e.g. `1=127.0.0.1:7070,2=127.0.0.1:7080,3=127.0.0.1:7090`. The
-    /// same on every node. Empty: a one-node cluster.
+    /// same on every node. Empty: a one-node cluster. Each entry is `ID=CLIENT` or
+    /// `ID=CLIENT/PEER` (client and peer `host:port`); the peer address defaults to the
+    /// client host with port + 2.
     #[arg(long, env = "TASKRAFT_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
     /// Largest payload or result in bytes.
@@ -104,15 +130,22 @@ pub struct Config {
     pub id: u64,
     /// gRPC listen address.
     pub listen: SocketAddr,
-    /// Advertised address (None: the bound listen address).
+    /// Advertised client address (None: the bound listen address).
     pub advertise: Option<String>,
+    /// Peer service listen address (never the client listener).
+    pub peer_listen: SocketAddr,
+    /// Advertised peer address (None: the bound peer address).
+    pub peer_advertise: Option<String>,
+    /// Shared secret peers authenticate each other with (None: the peer service is
+    /// open, which is only allowed on a loopback --peer-listen).
+    pub cluster_secret: Option<String>,
     /// HTTP listen address.
     pub http: SocketAddr,
     /// Data dir.
     pub data_dir: PathBuf,
     /// Bearer token.
     pub token: Option<String>,
-    /// Initial cluster.
+    /// Initial cluster: id -> `CLIENT/PEER` (see [`crate::raft::addr::MemberAddr`]).
     pub peers: BTreeMap<u64, String>,
     /// Handler limits and defaults.
     pub api: ApiSettings,
@@ -150,9 +183,17 @@ impl ServeArgs {
             if id == 0 || addr.trim().is_empty() {
                 bail!("--peers entry {p:?}: ids start at 1 and need an address");
             }
-            if peers.insert(id, addr.trim().to_string()).is_some() {
+            let addr =
+                MemberAddr::parse(addr).map_err(|e| anyhow::anyhow!("--peers entry {p:?}: {e}"))?;
+            if peers.insert(id, addr.encode()).is_some() {
                 bail!("--peers names node {id} twice");
             }
+        }
+        if self.max_payload > crate::api::validate::MAX_PAYLOAD_LIMIT {
+            bail!(
+                "--max-payload must be at most {} bytes (16 MiB): a job must fit one Raft entry",
+                crate::api::validate::MAX_PAYLOAD_LIMIT
+            );
         }
         if self.max_attempts == 0 {
             bail!("--max-attempts must be >= 1");
@@ -171,12 +212,40 @@ impl ServeArgs {
         if self.snapshot_max_age < Duration::from_millis(100) {
             bail!("--snapshot-max-age must be at least 100ms");
         }
-        let advertise = self.advertise.or_else(|| peers.get(&self.id).cloned());
+        let own = peers.get(&self.id).and_then(|a| MemberAddr::parse(a).ok());
+        let advertise = self
+            .advertise
+            .or_else(|| own.as_ref().map(|a| a.client.clone()));
+        let peer_advertise = self
+            .peer_advertise
+            .or_else(|| own.as_ref().map(|a| a.peer.clone()));
+        let peer_listen = match self.peer_listen {
+            Some(a) => a,
+            None => default_peer_listen(self.listen)?,
+        };
+        if peer_listen == self.listen && self.listen.port() != 0 {
+            bail!("--peer-listen must differ from --listen: the peer service is never served on the client port");
+        }
+        let cluster_secret = match (self.cluster_secret, &self.cluster_secret_file) {
+            (Some(s), _) => Some(s),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --cluster-secret-file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        }
+        .filter(|s| !s.is_empty());
+        check_peer_exposure(peer_listen, cluster_secret.as_deref())?;
         let ms = |d: Duration| d.as_millis() as u64;
         Ok(Config {
             id: self.id,
             listen: self.listen,
             advertise,
+            peer_listen,
+            peer_advertise,
+            cluster_secret,
             http: self.http,
             data_dir: self.data_dir,
             token: self.token.filter(|t| !t.is_empty()),
@@ -213,6 +282,9 @@ impl Config {
             id: 1,
             listen: "127.0.0.1:0".parse().expect("literal"),
             advertise: None,
+            peer_listen: "127.0.0.1:0".parse().expect("literal"),
+            peer_advertise: None,
+            cluster_secret: None,
             http: "127.0.0.1:0".parse().expect("literal"),
             data_dir: data_dir.into(),
             token: None,
@@ -226,5 +298,75 @@ impl Config {
             webhook_secret: None,
             metrics: true,
         }
+    }
+}
+
+/// The --listen host with port + 2 (port 0 stays 0: an ephemeral port).
+fn default_peer_listen(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let port = match listen.port() {
+        0 => 0,
+        p => p.checked_add(DEFAULT_PEER_PORT_OFFSET).with_context(|| {
+            format!("--listen port {p} + {DEFAULT_PEER_PORT_OFFSET} (the default --peer-listen) is over 65535: set --peer-listen")
+        })?,
+    };
+    Ok(SocketAddr::new(listen.ip(), port))
+}
+
+/// Anyone who reaches an unauthenticated peer port can rewrite the cluster's state, so
+/// an open peer service is only allowed on loopback.
+pub fn check_peer_exposure(peer_listen: SocketAddr, secret: Option<&str>) -> anyhow::Result<()> {
+    if secret.is_none() && !peer_listen.ip().is_loopback() {
+        bail!(
+            "--peer-listen {peer_listen} is not a loopback address: set --cluster-secret (or --cluster-secret-file) so that only cluster nodes can call the Raft service"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<Config> {
+        let mut all = vec!["taskraft"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all)?.serve.into_config()
+    }
+
+    #[test]
+    fn peer_service_defaults_to_client_port_plus_two() {
+        let c = config(&["--listen", "127.0.0.1:7070"]).unwrap();
+        assert_eq!(c.peer_listen, "127.0.0.1:7072".parse().unwrap());
+        let c = config(&["--id", "2", "--peers", "1=a:7070,2=b:7080/b:9999"]).unwrap();
+        assert_eq!(c.peers[&1], "a:7070/a:7072");
+        assert_eq!(c.advertise.as_deref(), Some("b:7080"));
+        assert_eq!(c.peer_advertise.as_deref(), Some("b:9999"));
+    }
+
+    #[test]
+    fn peer_service_is_never_the_client_listener() {
+        let e = config(&[
+            "--listen",
+            "127.0.0.1:7070",
+            "--peer-listen",
+            "127.0.0.1:7070",
+        ]);
+        assert!(e.unwrap_err().to_string().contains("--peer-listen"));
+    }
+
+    #[test]
+    fn an_exposed_peer_port_needs_a_cluster_secret() {
+        let e = config(&["--peer-listen", "0.0.0.0:7072"]).unwrap_err();
+        assert!(e.to_string().contains("--cluster-secret"), "{e}");
+        let c = config(&["--peer-listen", "0.0.0.0:7072", "--cluster-secret", "s"]).unwrap();
+        assert_eq!(c.cluster_secret.as_deref(), Some("s"));
     }
 }

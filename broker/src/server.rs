@@ -21,7 +21,9 @@ use crate::api::admin::AdminService;
 use crate::api::auth::Auth;
 use crate::api::broker::BrokerService;
 use crate::config::Config;
+use crate::raft::addr::MemberAddr;
 use crate::raft::network::MAX_PEER_MESSAGE;
+use crate::raft::peer_auth::PeerAuth;
 use crate::raft::service::PeerService;
 use crate::raft::{NodeOptions, RaftNode};
 
@@ -31,10 +33,13 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     /// Bound HTTP address.
     pub http_addr: SocketAddr,
+    /// Bound peer (Raft) address.
+    pub peer_addr: SocketAddr,
     /// The Raft node.
     pub node: Arc<RaftNode>,
     stop: Option<oneshot::Sender<()>>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    peer: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
     /// Tasks the node cannot work without, by name: if one ends (or panics) the node
     /// stops, naming it, instead of answering health checks while writes fail.
@@ -51,17 +56,28 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding HTTP address {}", config.http))?;
     let http_addr = http_listener.local_addr()?;
-    let advertise = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| grpc_addr.to_string());
+    crate::config::check_peer_exposure(config.peer_listen, config.cluster_secret.as_deref())?;
+    let peer_listener = TcpListener::bind(config.peer_listen)
+        .await
+        .with_context(|| format!("binding peer address {}", config.peer_listen))?;
+    let peer_addr = peer_listener.local_addr()?;
+    let advertise = MemberAddr {
+        client: config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| grpc_addr.to_string()),
+        peer: config
+            .peer_advertise
+            .clone()
+            .unwrap_or_else(|| peer_addr.to_string()),
+    };
 
     let node = RaftNode::start(NodeOptions {
         id: config.id,
-        advertise: advertise.clone(),
+        advertise: advertise.encode(),
         data_dir: config.data_dir.clone(),
         peers: config.peers.clone(),
-        token: config.token.clone(),
+        cluster_secret: config.cluster_secret.clone(),
         request_timeout: config.request_timeout,
         keep_logs: config.keep_logs,
         heartbeat: config.heartbeat,
@@ -104,12 +120,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let admin = AdminServer::new(AdminService::new(node.clone(), config.token.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
-    let peer = RaftPeerServer::new(PeerService::new(node.clone()))
+    let peer = RaftPeerServer::new(PeerService::new(node.clone(), config.api.max_payload))
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE);
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
+    let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -119,7 +136,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .add_service(reflection_v1alpha)
             .add_service(InterceptedService::new(broker, auth.clone()))
             .add_service(InterceptedService::new(admin, auth.clone()))
-            .add_service(InterceptedService::new(peer, auth.clone()))
             // tcp_nodelay on the builder does not apply to a pre-bound listener: set it on
             // the incoming stream, or Nagle + delayed ACKs add ~40 ms to small replies.
             .serve_with_incoming_shutdown(
@@ -127,6 +143,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 async move {
                     let _ = stop_rx.await;
                     let _ = http_stop_tx.send(true);
+                    let _ = peer_stop_tx.send(true);
+                },
+            ),
+    );
+    // The Raft peer service on its own listener, behind the cluster secret: client
+    // credentials never reach it, and the client port does not serve it at all.
+    let peer_auth = PeerAuth::new(config.cluster_secret.as_deref());
+    let peer = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(InterceptedService::new(peer, peer_auth))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(peer_listener).with_nodelay(Some(true)),
+                async move {
+                    let mut rx = peer_stop_rx;
+                    let _ = rx.wait_for(|v| *v).await;
                 },
             ),
     );
@@ -168,13 +200,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if let Some(task) = node.take_proposer_task() {
         background.push(("proposer", task));
     }
-    tracing::info!(node_id = config.id, %grpc_addr, %http_addr, advertise = %advertise, data_dir = %config.data_dir.display(), "taskraft node serving");
+    tracing::info!(node_id = config.id, %grpc_addr, %http_addr, %peer_addr, advertise = %advertise, data_dir = %config.data_dir.display(), "taskraft node serving");
     Ok(Running {
         grpc_addr,
         http_addr,
+        peer_addr,
         node,
         stop: Some(stop_tx),
         grpc,
+        peer,
         http,
         background,
     })
@@ -218,7 +252,9 @@ impl Running {
         let grpc = (&mut self.grpc).await;
         let http = (&mut self.http).await;
         let _ = self.node.raft.shutdown().await;
+        let peer = (&mut self.peer).await;
         grpc.context("gRPC server task")?.context("gRPC server")?;
+        peer.context("peer server task")?.context("peer server")?;
         http.context("HTTP server task")?.context("HTTP server")?;
         tracing::info!(node_id = self.node.id, "node stopped");
         Ok(())
@@ -232,6 +268,7 @@ impl Running {
         let background = futures::future::select_all(self.background.iter_mut().map(|(_, t)| t));
         tokio::select! {
             r = &mut self.grpc => anyhow::anyhow!("gRPC server stopped: {r:?}"),
+            r = &mut self.peer => anyhow::anyhow!("peer server stopped: {r:?}"),
             r = &mut self.http => anyhow::anyhow!("HTTP server stopped: {r:?}"),
             e = node.fatal() => anyhow::anyhow!("raft stopped: {e}"),
             (r, i, _) = background => {

@@ -14,6 +14,7 @@ use super::convert::{job_to_pb, state_from_pb, stats_to_pb};
 use super::validate::{self as v, MAX_PAGE};
 use crate::error::BrokerError;
 use crate::queue::{Command, Outcome, QueueStats};
+use crate::raft::addr::MemberAddr;
 use crate::raft::RaftNode;
 
 /// The Admin service of one node.
@@ -80,7 +81,8 @@ pub fn cluster_status(node: &RaftNode) -> pb::ClusterStatus {
         .nodes()
         .map(|(id, n)| pb::ClusterNode {
             id: *id,
-            addr: n.addr.clone(),
+            addr: MemberAddr::client_of(&n.addr),
+            peer_addr: MemberAddr::peer_of(&n.addr),
             role: if Some(*id) == m.current_leader {
                 "leader"
             } else if voters.contains(id) {
@@ -264,15 +266,16 @@ impl Admin for AdminService {
         if r.node_id == 0 {
             return Err(BrokerError::invalid("node_id", "node ids start at 1").into());
         }
-        if r.addr.parse::<std::net::SocketAddr>().is_err() && !r.addr.contains(':') {
-            return Err(
-                BrokerError::invalid("addr", format!("{:?} is not host:port", r.addr)).into(),
-            );
+        let member = if r.peer_addr.is_empty() {
+            MemberAddr::parse(&r.addr)
+        } else {
+            MemberAddr::parse(&format!("{}/{}", r.addr, r.peer_addr))
         }
+        .map_err(|e| BrokerError::invalid("addr", e))?;
         if let Some(mut leader) = self.leader_admin().await? {
             return leader.add_node(r).await;
         }
-        self.node.add_node(r.node_id, r.addr).await?;
+        self.node.add_node(r.node_id, member.encode()).await?;
         Ok(Response::new(cluster_status(&self.node)))
     }
 

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{job_to_pb, leased_to_pb, state_to_pb};
 use super::validate::{
-    self as v, MAX_ATTEMPTS, MAX_BATCH, MAX_DELAY_MS, MAX_HEADERS, MAX_LEASE_JOBS, MAX_NAME,
+    self as v, MAX_BATCH, MAX_DELAY_MS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_LEASE_JOBS, MAX_NAME,
     MAX_TEXT,
 };
 use super::ApiSettings;
@@ -71,35 +71,10 @@ impl BrokerService {
             v::text("job_type", &r.job_type, MAX_NAME)?;
             v::text("idempotency_key", &r.idempotency_key, MAX_NAME)?;
             v::webhook_url(&r.webhook_url)?;
-            if r.max_attempts > MAX_ATTEMPTS {
-                return Err(BrokerError::invalid(
-                    "max_attempts",
-                    format!("{} is over the limit of {MAX_ATTEMPTS}", r.max_attempts),
-                ));
-            }
-            if r.delay_ms > MAX_DELAY_MS {
-                return Err(BrokerError::invalid(
-                    "delay_ms",
-                    format!(
-                        "{} ms is over the limit of {MAX_DELAY_MS} ms (366 days)",
-                        r.delay_ms
-                    ),
-                ));
-            }
-            if r.delay_ms > 0 && r.run_at_ms > 0 {
-                return Err(BrokerError::invalid(
-                    "run_at_ms",
-                    "set delay_ms or run_at_ms, not both",
-                ));
-            }
-            if r.headers.len() > MAX_HEADERS {
-                return Err(BrokerError::invalid(
-                    "headers",
-                    format!("{} headers; at most {MAX_HEADERS}", r.headers.len()),
-                ));
-            }
-            for (k, val) in &r.headers {
-                v::text("headers", k, MAX_NAME)?;
+            v::max_attempts(r.max_attempts)?;
+            v::due(r.delay_ms, r.run_at_ms, crate::raft::wall_clock_ms())?;
+            v::headers(r.headers.iter())?;
+            for val in r.headers.values() {
                 v::text("headers", val, MAX_TEXT)?;
             }
             Ok(())
@@ -107,8 +82,15 @@ impl BrokerService {
         .map_err(at)?;
         let mut headers: std::collections::BTreeMap<String, String> =
             r.headers.into_iter().collect();
+        // Trace context rides along only while the headers stay within their limits.
+        let mut header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
         for (k, val) in crate::telemetry::trace_headers(metadata) {
-            if val.len() <= MAX_TEXT && !headers.contains_key(k) {
+            let add = k.len() + val.len();
+            if headers.len() < MAX_HEADERS
+                && header_bytes + add <= MAX_HEADER_BYTES
+                && !headers.contains_key(k)
+            {
+                header_bytes += add;
                 headers.insert(k.to_string(), val.to_string());
             }
         }
@@ -219,6 +201,18 @@ impl Broker for BrokerService {
             )
             .into());
         }
+        // The whole batch becomes one Raft entry: bound it before any per-job work.
+        v::batch_bytes(
+            jobs.iter()
+                .map(|j| {
+                    v::job_bytes(
+                        j.payload.len(),
+                        &[&j.job_type, &j.idempotency_key, &j.webhook_url, &j.queue],
+                        j.headers.iter(),
+                    )
+                })
+                .sum(),
+        )?;
         let jobs = jobs
             .into_iter()
             .enumerate()
@@ -235,12 +229,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<pb::LeaseResponse>, Status> {
         let caller_timeout = crate::deadline::grpc_timeout(req.metadata());
         let r = req.into_inner();
-        if r.queues.is_empty() {
-            return Err(BrokerError::invalid("queues", "name at least one queue").into());
-        }
-        for q in &r.queues {
-            v::queue_name("queues", q)?;
-        }
+        v::lease_queues(&r.queues)?;
         v::text("worker_id", &r.worker_id, MAX_NAME)?;
         if r.max_jobs > MAX_LEASE_JOBS {
             return Err(BrokerError::invalid(

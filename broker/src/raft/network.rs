@@ -21,11 +21,16 @@ use taskraft_proto::raft::RaftMessage;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use super::addr::MemberAddr;
+use super::peer_auth::SecretInjector;
 use super::types::{NodeId, TypeConfig};
 use crate::storage::{decode, encode};
 
-/// Largest peer message (appends of big batches, snapshot chunks).
-pub const MAX_PEER_MESSAGE: usize = 512 * 1024 * 1024;
+/// Largest peer message, sent or accepted. An append carries at least one entry, and an
+/// entry is at most a 4 MiB proposer batch or one command the API admitted (payloads
+/// and enqueue batches are capped at 16 MiB, see `api/validate.rs`); snapshot chunks
+/// are 8 MiB. A message over this is refused before it is decoded.
+pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Entries sent in one AppendEntries, by approximate bytes (always at least one entry).
 /// openraft 0.9 gives an AppendEntries one heartbeat interval (100 ms) before it counts
@@ -49,42 +54,25 @@ fn entries_within_budget(entries: &[super::types::Entry]) -> usize {
     entries.len()
 }
 
-/// A peer client that carries the cluster token.
-pub type PeerClient = RaftPeerClient<InterceptedService<Channel, TokenInjector>>;
-
-/// Adds `authorization: Bearer <token>` to peer calls when the cluster has a token.
-#[derive(Clone)]
-pub struct TokenInjector(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for TokenInjector {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
+/// A peer client that carries the cluster secret.
+pub type PeerClient = RaftPeerClient<InterceptedService<Channel, SecretInjector>>;
 
 /// Lazily connected clients, one per peer address.
 ///
 /// It doubles as the test router: links to chosen addresses (or all links) can be cut,
 /// so that fault tests can isolate a node without touching the kernel's network.
 pub struct PeerPool {
-    token: TokenInjector,
+    secret: SecretInjector,
     clients: Mutex<HashMap<String, PeerClient>>,
     cut: Mutex<HashSet<String>>,
     isolated: AtomicBool,
 }
 
 impl PeerPool {
-    /// A pool whose clients send `token` (if any).
-    pub fn new(token: Option<&str>) -> anyhow::Result<Arc<Self>> {
-        let token = match token {
-            Some(t) => Some(format!("Bearer {t}").parse()?),
-            None => None,
-        };
+    /// A pool whose clients send the cluster `secret` (if any).
+    pub fn new(secret: Option<&str>) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
-            token: TokenInjector(token),
+            secret: SecretInjector::new(secret)?,
             clients: Mutex::new(HashMap::new()),
             cut: Mutex::new(HashSet::new()),
             isolated: AtomicBool::new(false),
@@ -119,7 +107,7 @@ impl PeerPool {
                 .contains(addr)
     }
 
-    /// A client for `addr` (host:port); connects on first use.
+    /// A client for the peer address `addr` (host:port); connects on first use.
     pub fn client(&self, addr: &str) -> Result<PeerClient, String> {
         if self.is_cut(addr) {
             return Err(format!("link to {addr} is cut"));
@@ -133,7 +121,7 @@ impl PeerPool {
             .connect_timeout(std::time::Duration::from_secs(2))
             .tcp_nodelay(true)
             .connect_lazy();
-        let client = RaftPeerClient::with_interceptor(channel, self.token.clone())
+        let client = RaftPeerClient::with_interceptor(channel, self.secret.clone())
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);
         clients.insert(addr.to_string(), client.clone());
@@ -159,7 +147,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
         PeerConnection {
             target,
-            addr: node.addr.clone(),
+            addr: MemberAddr::peer_of(&node.addr),
             pool: self.pool.clone(),
         }
     }

@@ -1,0 +1,254 @@
+//! Security: the Raft peer service is apart from the public API and closed to anyone
+//! without the cluster secret (client tokens included), a forwarded write is checked
+//! again by the leader, and every input limit answers INVALID_ARGUMENT naming its field.
+
+use std::net::SocketAddr;
+
+use taskraft_broker::queue::Command;
+use taskraft_broker::storage::encode;
+use taskraft_proto::raft::raft_peer_client::RaftPeerClient;
+use taskraft_proto::raft::RaftMessage;
+use taskraft_proto::v1 as pb;
+use taskraft_tests::*;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const SECRET: &str = "cluster-s3cret";
+const TOKEN: &str = "client-t0ken";
+
+async fn peer_client(addr: SocketAddr) -> RaftPeerClient<Channel> {
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    RaftPeerClient::new(ch)
+}
+
+/// A peer call carrying `metadata` (key, value) pairs.
+fn msg(data: Vec<u8>, metadata: &[(&'static str, String)]) -> tonic::Request<RaftMessage> {
+    let mut req = tonic::Request::new(RaftMessage { data: data.into() });
+    for (k, v) in metadata {
+        req.metadata_mut().insert(*k, v.parse().unwrap());
+    }
+    req
+}
+
+/// Calls every RaftPeer method with `metadata` and returns the codes.
+async fn every_peer_rpc(addr: SocketAddr, metadata: &[(&'static str, String)]) -> Vec<Code> {
+    let mut c = peer_client(addr).await;
+    let mut codes = Vec::new();
+    let err = |r: Result<tonic::Response<RaftMessage>, tonic::Status>| match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    };
+    codes.push(err(c.vote(msg(vec![1, 2, 3], metadata)).await));
+    codes.push(err(c.append_entries(msg(vec![1, 2, 3], metadata)).await));
+    codes.push(err(c.install_snapshot(msg(vec![1, 2, 3], metadata)).await));
+    codes.push(err(c.propose(msg(vec![1, 2, 3], metadata)).await));
+    codes.push(err(c.read_index(msg(vec![], metadata)).await));
+    codes
+}
+
+async fn secured_cluster() -> InProcCluster {
+    InProcCluster::start(3, |c| {
+        c.cluster_secret = Some(SECRET.into());
+        c.token = Some(TOKEN.into());
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn raft_rpcs_are_not_served_on_the_client_port() {
+    let cluster = secured_cluster().await;
+    cluster.wait_leader().await;
+    let bearer = [("authorization", format!("Bearer {TOKEN}"))];
+    for id in 1..=3 {
+        let node = cluster.node(id);
+        assert_ne!(node.grpc_addr, node.peer_addr);
+        // With the client token, and even with the cluster secret: not served here.
+        let with_secret = [
+            ("authorization", format!("Bearer {TOKEN}")),
+            ("taskraft-cluster-secret", SECRET.to_string()),
+        ];
+        for md in [&bearer[..], &with_secret[..], &[]] {
+            let codes = every_peer_rpc(node.grpc_addr, md).await;
+            assert!(
+                codes.iter().all(|c| *c == Code::Unimplemented),
+                "node {id} client port answered a Raft RPC: {codes:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_port_refuses_client_tokens_and_unauthenticated_callers() {
+    let cluster = secured_cluster().await;
+    let leader = cluster.wait_leader().await;
+    for id in 1..=3 {
+        let peer = cluster.node(id).peer_addr;
+        let callers: [&[(&'static str, String)]; 4] = [
+            &[],
+            &[("authorization", format!("Bearer {TOKEN}"))],
+            &[("taskraft-cluster-secret", TOKEN.to_string())],
+            &[("taskraft-cluster-secret", format!("{SECRET}x"))],
+        ];
+        for md in callers {
+            let codes = every_peer_rpc(peer, md).await;
+            assert!(
+                codes.iter().all(|c| *c == Code::Unauthenticated),
+                "node {id} peer port with {md:?}: {codes:?}"
+            );
+        }
+        // With the secret the call gets past authentication (and the garbage is refused
+        // by the decoder, not applied).
+        let codes = every_peer_rpc(peer, &[("taskraft-cluster-secret", SECRET.into())]).await;
+        assert_eq!(codes[0], Code::InvalidArgument, "{codes:?}");
+    }
+    // The cluster itself, which knows the secret, replicates and forwards.
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let mut c = cluster.clients(follower).await;
+    let mut req = tonic::Request::new(job("sec", "x"));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let id = c
+        .broker
+        .enqueue(req)
+        .await
+        .expect("forwarded enqueue")
+        .into_inner()
+        .job_id;
+    assert!(!id.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_with_the_wrong_secret_cannot_take_part() {
+    let cluster = InProcCluster::start(3, |c| {
+        c.cluster_secret = Some(if c.id == 3 {
+            "wrong".into()
+        } else {
+            SECRET.into()
+        });
+    })
+    .await;
+    let leader = cluster.wait_leader_among(&[1, 2]).await;
+    assert_ne!(leader, 3);
+    // Node 3 never hears from the leader: it knows no leader, or only itself as a
+    // candidate, while writes commit on the other two.
+    let mut c = cluster.clients(leader).await;
+    c.broker
+        .enqueue(job("w", "x"))
+        .await
+        .expect("enqueue on 1+2");
+    let applied_3 = cluster.applied(3);
+    let leader_applied = cluster.applied(leader);
+    assert!(
+        applied_3 < leader_applied,
+        "node 3 applied {applied_3} of {leader_applied}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarded_commands_are_checked_again_by_the_leader() {
+    let cluster = secured_cluster().await;
+    let leader = cluster.wait_leader().await;
+    let mut c = peer_client(cluster.node(leader).peer_addr).await;
+    let secret = [("taskraft-cluster-secret", SECRET.to_string())];
+    let propose = |cmd: &Command| msg(encode(cmd).unwrap(), &secret);
+
+    let too_many_queues = Command::Lease {
+        queues: (0..100_000).map(|i| format!("q{i}")).collect(),
+        worker_id: "w".into(),
+        max_jobs: 1,
+        visibility_timeout_ms: 1000,
+    };
+    let err = c.propose(propose(&too_many_queues)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("queues"), "{}", err.message());
+
+    for internal in [
+        Command::Batch(vec![Command::Tick]),
+        Command::Tick,
+        Command::WebhookDelivered { id: 1 },
+    ] {
+        let err = c.propose(propose(&internal)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{internal:?}: {err:?}");
+    }
+
+    // A million nested batches: refused by the decoder, the leader keeps serving.
+    let batch = encode(&Command::Batch(vec![])).unwrap()[0];
+    let mut nested = Vec::new();
+    for _ in 0..1_000_000 {
+        nested.extend_from_slice(&[batch, 1]);
+    }
+    nested.extend_from_slice(&encode(&Command::Tick).unwrap());
+    let err = c.propose(msg(nested, &secret)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    let ok = Command::Pause {
+        queue: "fine".into(),
+    };
+    c.propose(propose(&ok))
+        .await
+        .expect("a valid forwarded command");
+}
+
+/// Asserts INVALID_ARGUMENT with a message naming `field`.
+fn refused(r: Result<impl std::fmt::Debug, tonic::Status>, field: &str) {
+    let e = r.expect_err("refused");
+    assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e:?}");
+    assert!(e.message().contains(field), "{field}: {}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_input_limit_answers_invalid_argument_naming_the_field() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+
+    let lease = |queues: Vec<String>, worker: &str| pb::LeaseRequest {
+        queues,
+        worker_id: worker.into(),
+        max_jobs: 1,
+        ..Default::default()
+    };
+    let many: Vec<String> = (0..65).map(|i| format!("q{i}")).collect();
+    refused(c.broker.lease(lease(many, "w")).await, "queues");
+    let r = c
+        .broker
+        .lease(lease(vec!["q".into()], &"w".repeat(257)))
+        .await;
+    refused(r, "worker_id");
+    let r = c
+        .broker
+        .lease(lease((0..64).map(|i| format!("q{i}")).collect(), "w"))
+        .await;
+    assert!(r.is_ok(), "64 queues are allowed: {r:?}");
+
+    let mut j = job("lim", "x");
+    j.run_at_ms = u64::MAX;
+    refused(c.broker.enqueue(j).await, "run_at_ms");
+    let mut j = job("lim", "x");
+    j.job_type = "t".repeat(257);
+    refused(c.broker.enqueue(j).await, "job_type");
+    let mut j = job("lim", "x");
+    j.headers = (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
+    refused(c.broker.enqueue(j).await, "headers");
+    let mut j = job("lim", "x");
+    j.headers = (0..2)
+        .map(|i| (format!("k{i}"), "v".repeat(40_000)))
+        .collect();
+    refused(c.broker.enqueue(j).await, "headers");
+
+    // 17 jobs of 1 MiB (each within --max-payload): over the 16 MiB of one batch.
+    let big = pb::EnqueueRequest {
+        queue: "lim".into(),
+        payload: vec![7u8; 1 << 20].into(),
+        ..Default::default()
+    };
+    let batch = pb::EnqueueBatchRequest {
+        jobs: vec![big.clone(); 17],
+    };
+    refused(c.broker.enqueue_batch(batch).await, "jobs");
+    let ok = pb::EnqueueBatchRequest { jobs: vec![big; 8] };
+    c.broker.enqueue_batch(ok).await.expect("8 MiB batch");
+}
