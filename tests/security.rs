@@ -252,3 +252,84 @@ async fn every_input_limit_answers_invalid_argument_naming_the_field() {
     let ok = pb::EnqueueBatchRequest { jobs: vec![big; 8] };
     c.broker.enqueue_batch(ok).await.expect("8 MiB batch");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_its_call_rate_gets_resource_exhausted() {
+    let node = InProcNode::start_with(|c| c.rate_per_connection = Some(5)).await;
+    let mut c = node.clients().await;
+    let mut codes = Vec::new();
+    for _ in 0..30 {
+        let r = c
+            .admin
+            .get_queue_stats(pb::GetQueueStatsRequest { queue: "r".into() })
+            .await;
+        codes.push(r.map_or_else(|s| s.code(), |_| Code::Ok));
+    }
+    assert!(codes.contains(&Code::Ok), "{codes:?}");
+    let exhausted = codes
+        .iter()
+        .filter(|c| **c == Code::ResourceExhausted)
+        .count();
+    assert!(exhausted >= 20, "only {exhausted} of 30 refused: {codes:?}");
+    // Another connection has its own budget.
+    let mut other = connect(node.addr()).await;
+    other
+        .admin
+        .get_queue_stats(pb::GetQueueStatsRequest { queue: "r".into() })
+        .await
+        .expect("a fresh connection is not limited by the first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_its_concurrency_gets_resource_exhausted() {
+    let node = InProcNode::start_with(|c| c.max_concurrent_per_connection = 2).await;
+    let c = node.clients().await;
+    let poll = |mut c: Clients| async move {
+        c.broker
+            .lease(pb::LeaseRequest {
+                queues: vec!["empty".into()],
+                worker_id: "w".into(),
+                max_jobs: 1,
+                wait_ms: 20_000,
+                ..Default::default()
+            })
+            .await
+    };
+    // Two long polls fill the connection; a third call on it is shed. (A poll that
+    // raced a probe for a slot may itself have been shed: start it again.)
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let probe = c.clone();
+    let code = eventually("a call shed for concurrency", SOON, || {
+        let (mut probe, c, held) = (probe.clone(), c.clone(), held.clone());
+        async move {
+            {
+                let mut held = held.lock().unwrap();
+                held.retain(|h: &tokio::task::JoinHandle<_>| !h.is_finished());
+                while held.len() < 2 {
+                    held.push(tokio::spawn(poll(c.clone())));
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let r = probe
+                .admin
+                .get_queue_stats(pb::GetQueueStatsRequest { queue: "x".into() })
+                .await;
+            match r {
+                Err(s) if s.code() == Code::ResourceExhausted => Some(s.code()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(code, Code::ResourceExhausted);
+    // Another connection is served meanwhile.
+    let mut other = connect(node.addr()).await;
+    other
+        .admin
+        .get_queue_stats(pb::GetQueueStatsRequest { queue: "x".into() })
+        .await
+        .expect("another connection is served");
+    for h in held.lock().unwrap().drain(..) {
+        h.abort();
+    }
+}

@@ -110,6 +110,18 @@ pub struct ServeArgs {
     /// Key for the `X-Taskraft-Signature` HMAC of webhook bodies (unsigned when unset).
     #[arg(long, env = "TASKRAFT_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// Most calls one client connection may have in flight (long polls included); more
+    /// are answered RESOURCE_EXHAUSTED at once.
+    #[arg(
+        long,
+        env = "TASKRAFT_MAX_CONCURRENT_PER_CONNECTION",
+        default_value_t = 1024
+    )]
+    pub max_concurrent_per_connection: usize,
+    /// Most calls per second one client connection may make (burst: one second's
+    /// worth); more are answered RESOURCE_EXHAUSTED. 0: no limit.
+    #[arg(long, env = "TASKRAFT_RATE_PER_CONNECTION", default_value_t = 0)]
+    pub rate_per_connection: u32,
     /// Log format.
     #[arg(long, env = "TASKRAFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -163,6 +175,10 @@ pub struct Config {
     pub webhook_secret: Option<String>,
     /// Metrics on (default) or off.
     pub metrics: bool,
+    /// Calls in flight per client connection.
+    pub max_concurrent_per_connection: usize,
+    /// Calls per second per client connection (None: unlimited).
+    pub rate_per_connection: Option<u32>,
 }
 
 impl ServeArgs {
@@ -271,6 +287,8 @@ impl ServeArgs {
             heartbeat: self.heartbeat,
             webhook_secret: self.webhook_secret.filter(|s| !s.is_empty()),
             metrics: self.metrics,
+            max_concurrent_per_connection: self.max_concurrent_per_connection.max(1),
+            rate_per_connection: (self.rate_per_connection > 0).then_some(self.rate_per_connection),
         })
     }
 }
@@ -297,6 +315,8 @@ impl Config {
             heartbeat: Duration::from_millis(100),
             webhook_secret: None,
             metrics: true,
+            max_concurrent_per_connection: 1024,
+            rate_per_connection: None,
         }
     }
 }

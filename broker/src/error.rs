@@ -27,6 +27,9 @@ pub enum BrokerError {
     /// No leader, no quorum, shutting down, or not yet a member: retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller is over a rate or concurrency limit: back off and retry.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Not built yet.
     #[error("{0}")]
     Unimplemented(String),

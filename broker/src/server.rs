@@ -130,7 +130,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            // Per connection: calls beyond the limits are answered RESOURCE_EXHAUSTED at
+            // once (load shedding) instead of queueing without bound.
+            .concurrency_limit_per_connection(config.max_concurrent_per_connection)
+            .load_shed(true)
             .layer(crate::metrics::RpcMetricsLayer::new(metrics.clone()))
+            .layer(crate::api::limits::RateLimitLayer::new(
+                config.rate_per_connection,
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod convert;
+pub mod limits;
 pub mod status;
 pub mod validate;
 

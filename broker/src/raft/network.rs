@@ -186,7 +186,17 @@ impl PeerConnection {
             Method::Vote => client.vote(request).await,
             Method::Snapshot => client.install_snapshot(request).await,
         }
-        .map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))?
+        .map_err(|s| {
+            // Only a peer that could not be reached at all is `Unreachable` (openraft
+            // then backs off); a timeout, a reset stream or a refusal is a `Network`
+            // error, retried at the next heartbeat, so a slow append to a lagging
+            // follower is not mistaken for a dead node.
+            if super::node::never_sent(&s) {
+                RPCError::Unreachable(Unreachable::new(&s))
+            } else {
+                RPCError::Network(NetworkError::new(&s))
+            }
+        })?
         .into_inner();
         let res: Result<Resp, RaftError<NodeId, E>> =
             decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

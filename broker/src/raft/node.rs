@@ -76,7 +76,7 @@ pub struct RaftNode {
 
 /// True when a peer call failed before the request could reach the peer (connection
 /// refused, link cut), so retrying it elsewhere cannot apply it twice.
-fn never_sent(s: &tonic::Status) -> bool {
+pub(crate) fn never_sent(s: &tonic::Status) -> bool {
     s.code() == tonic::Code::Unavailable
         && (s.message().contains("tcp connect error")
             || s.message().contains("error trying to connect"))
