@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use crate::api::ApiSettings;
 use crate::queue::{Backoff, Retention};
 use crate::raft::addr::{MemberAddr, DEFAULT_PEER_PORT_OFFSET};
+use crate::webhook_target::{Cidr, TargetPolicy};
 
 /// Flags of `taskraft serve`.
 #[derive(clap::Args, Clone, Debug)]
@@ -107,6 +108,11 @@ pub struct ServeArgs {
     /// leader lease) plus a random 4-8 more starts an election.
     #[arg(long, env = "TASKRAFT_HEARTBEAT", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
+    /// Address ranges webhooks may reach although they are refused by default
+    /// (loopback, link-local, private, CGNAT, multicast, reserved), e.g.
+    /// `--webhook-allow 10.20.0.0/16,127.0.0.1/32`.
+    #[arg(long, env = "TASKRAFT_WEBHOOK_ALLOW", value_delimiter = ',')]
+    pub webhook_allow: Vec<String>,
     /// Key for the `X-Taskraft-Signature` HMAC of webhook bodies (unsigned when unset).
     #[arg(long, env = "TASKRAFT_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
@@ -254,6 +260,15 @@ impl ServeArgs {
         }
         .filter(|s| !s.is_empty());
         check_peer_exposure(peer_listen, cluster_secret.as_deref())?;
+        let webhook_allow = self
+            .webhook_allow
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                s.parse::<Cidr>()
+                    .map_err(|e| anyhow::anyhow!("--webhook-allow: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let ms = |d: Duration| d.as_millis() as u64;
         Ok(Config {
             id: self.id,
@@ -279,6 +294,7 @@ impl ServeArgs {
                     result_ttl_ms: ms(self.result_ttl),
                     failure_ttl_ms: ms(self.failure_ttl),
                 },
+                webhook_targets: std::sync::Arc::new(TargetPolicy::new(webhook_allow)),
             },
             request_timeout: self.request_timeout,
             snapshot_every: self.snapshot_every,

@@ -26,3 +26,4 @@ pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod webhook;
+pub mod webhook_target;

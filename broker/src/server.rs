@@ -120,7 +120,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let admin = AdminServer::new(AdminService::new(node.clone(), config.token.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
-    let peer = RaftPeerServer::new(PeerService::new(node.clone(), config.api.max_payload))
+    let peer = RaftPeerServer::new(PeerService::new(node.clone(), config.api.clone()))
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE);
 
@@ -201,6 +201,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tokio::spawn(crate::webhook::run(
                 node.clone(),
                 config.webhook_secret.clone(),
+                config.api.webhook_targets.clone(),
             )),
         ),
     ];

@@ -70,7 +70,7 @@ impl BrokerService {
             v::blob("payload", r.payload.len(), self.settings.max_payload)?;
             v::text("job_type", &r.job_type, MAX_NAME)?;
             v::text("idempotency_key", &r.idempotency_key, MAX_NAME)?;
-            v::webhook_url(&r.webhook_url)?;
+            v::webhook_url(&r.webhook_url, &self.settings.webhook_targets)?;
             v::max_attempts(r.max_attempts)?;
             v::due(r.delay_ms, r.run_at_ms, crate::raft::wall_clock_ms())?;
             v::headers(r.headers.iter())?;

@@ -6,6 +6,9 @@
 
 use crate::error::BrokerError;
 use crate::queue::{Command, Due, NewJob};
+use crate::webhook_target::TargetPolicy;
+
+use super::ApiSettings;
 
 /// Longest timeout a caller may ask for (visibility, long-poll wait).
 pub const MAX_TIMEOUT_MS: u64 = 12 * 3600 * 1000;
@@ -119,8 +122,10 @@ pub fn text(field: &'static str, value: &str, max: usize) -> R {
     Ok(())
 }
 
-/// Webhook targets are http:// URLs (the broker has no TLS client yet).
-pub fn webhook_url(url: &str) -> R {
+/// Webhook targets are http:// URLs (the broker has no TLS client yet). A host given as
+/// an IP address must be one `targets` allows (names are checked when delivering,
+/// after resolution: see `webhook_target.rs`).
+pub fn webhook_url(url: &str, targets: &TargetPolicy) -> R {
     if url.is_empty() {
         return Ok(());
     }
@@ -131,13 +136,25 @@ pub fn webhook_url(url: &str) -> R {
             "https:// targets are not supported yet: use http:// (e.g. a local TLS-terminating proxy)",
         ));
     }
-    let ok =
-        url.starts_with("http://") && url.parse::<http::Uri>().is_ok_and(|u| u.host().is_some());
-    if !ok {
+    let host = url
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|_| url.starts_with("http://"))
+        .and_then(|u| u.host().map(str::to_string));
+    let Some(host) = host else {
         return Err(BrokerError::invalid(
             "webhook_url",
             format!("{url:?} is not an http:// URL"),
         ));
+    };
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
+        if let Some(kind) = targets.refusal(ip) {
+            return Err(BrokerError::invalid(
+                "webhook_url",
+                format!("{ip} is a {kind} address; webhooks may not reach it unless --webhook-allow covers it"),
+            ));
+        }
     }
     Ok(())
 }
@@ -252,13 +269,13 @@ pub fn lease_queues(queues: &[String]) -> R {
 }
 
 /// A job as a follower forwarded it (ids and defaults already resolved).
-fn new_job(j: &NewJob, max_payload: usize, now_ms: u64) -> R {
+fn new_job(j: &NewJob, settings: &ApiSettings, now_ms: u64) -> R {
     job_id(&j.id)?;
     queue_name("queue", &j.queue)?;
-    blob("payload", j.payload.len(), max_payload)?;
+    blob("payload", j.payload.len(), settings.max_payload)?;
     text("job_type", &j.job_type, MAX_NAME)?;
     text("idempotency_key", &j.idempotency_key, MAX_NAME)?;
-    webhook_url(&j.webhook_url)?;
+    webhook_url(&j.webhook_url, &settings.webhook_targets)?;
     max_attempts(j.max_attempts)?;
     headers(j.headers.iter())?;
     match j.due {
@@ -270,7 +287,8 @@ fn new_job(j: &NewJob, max_payload: usize, now_ms: u64) -> R {
 /// Checks a command a follower forwarded to this leader with the API's limits. Only
 /// commands the public API produces are accepted: batches, ticks and webhook outcomes
 /// are the leader's own.
-pub fn forwarded(cmd: &Command, max_payload: usize, now_ms: u64) -> R {
+pub fn forwarded(cmd: &Command, settings: &ApiSettings, now_ms: u64) -> R {
+    let max_payload = settings.max_payload;
     match cmd {
         Command::Enqueue(jobs) => {
             if jobs.is_empty() || jobs.len() > MAX_BATCH {
@@ -281,7 +299,7 @@ pub fn forwarded(cmd: &Command, max_payload: usize, now_ms: u64) -> R {
             }
             let mut total = 0;
             for j in jobs {
-                new_job(j, max_payload, now_ms)?;
+                new_job(j, settings, now_ms)?;
                 total += job_bytes(
                     j.payload.len(),
                     &[&j.job_type, &j.idempotency_key, &j.webhook_url],

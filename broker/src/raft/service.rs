@@ -14,19 +14,20 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::node::{PeerError, RaftNode};
+use crate::api::ApiSettings;
 use crate::queue::Command;
 use crate::storage::{decode, encode};
 
 /// The peer service of one node.
 pub struct PeerService {
     node: Arc<RaftNode>,
-    max_payload: usize,
+    settings: ApiSettings,
 }
 
 impl PeerService {
-    /// Serves `node`; forwarded writes are held to `max_payload` like API calls.
-    pub fn new(node: Arc<RaftNode>, max_payload: usize) -> Self {
-        Self { node, max_payload }
+    /// Serves `node`; forwarded writes are held to the API's limits in `settings`.
+    pub fn new(node: Arc<RaftNode>, settings: ApiSettings) -> Self {
+        Self { node, settings }
     }
 }
 
@@ -77,7 +78,7 @@ impl RaftPeer for PeerService {
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let deadline = deadline_of(&req);
         let cmd: Command = parse(req)?;
-        crate::api::validate::forwarded(&cmd, self.max_payload, super::wall_clock_ms())
+        crate::api::validate::forwarded(&cmd, &self.settings, super::wall_clock_ms())
             .map_err(|e| Status::invalid_argument(format!("forwarded command refused: {e}")))?;
         let res = if self.node.is_leader() {
             self.node.propose_local(cmd, deadline).await
