@@ -324,6 +324,16 @@ impl ProcessNode {
         c.wait().expect("wait")
     }
 
+    /// SIGHUP (reloads the tokens file).
+    pub fn hangup(&self) {
+        let c = self.child.as_ref().expect("running");
+        let ok = Command::new("kill")
+            .args(["-HUP", &c.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(ok.success(), "kill -HUP failed");
+    }
+
     /// Starts the process again with the same flags and data dir.
     pub async fn restart(&mut self) {
         self.kill9();
@@ -371,6 +381,40 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((code, body))
+}
+
+/// One HTTP/1.1 request with an optional bearer token: (status code, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }
 
 /// An enqueue request with the usual defaults.

@@ -333,3 +333,236 @@ async fn a_connection_over_its_concurrency_gets_resource_exhausted() {
         h.abort();
     }
 }
+
+const TOKENS: &str = "\
+# token        roles                 queues
+prod-t         produce
+work-t         work
+read-t         read
+ops-t          admin
+scoped-t       produce,work,read     emails,sms.*
+";
+
+/// A call with a bearer token.
+fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+fn code<T>(r: Result<T, tonic::Status>) -> Code {
+    r.map_or_else(|s| s.code(), |_| Code::Ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_is_refused_what_it_may_not_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, TOKENS).unwrap();
+    let node = InProcNode::start_with(|c| c.tokens_file = Some(file.clone())).await;
+    let mut c = node.clients().await;
+    let seeded = c
+        .broker
+        .enqueue(authed(job("emails", "x"), "ops-t"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let other = c
+        .broker
+        .enqueue(authed(job("payments", "x"), "ops-t"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+
+    let denied = Code::PermissionDenied;
+    for (token, may_produce, may_work, may_read, may_admin) in [
+        ("prod-t", true, false, false, false),
+        ("work-t", false, true, false, false),
+        ("read-t", false, false, true, false),
+        ("ops-t", true, true, true, true),
+    ] {
+        let want = |may: bool, r: Code| assert_eq!(r == denied, !may, "{token}: {r:?}");
+        want(
+            may_produce,
+            code(c.broker.enqueue(authed(job("emails", "y"), token)).await),
+        );
+        let lease = pb::LeaseRequest {
+            queues: vec!["nothing-here".into()],
+            worker_id: "w".into(),
+            max_jobs: 1,
+            ..Default::default()
+        };
+        want(may_work, code(c.broker.lease(authed(lease, token)).await));
+        let get = pb::GetJobRequest {
+            job_id: seeded.clone(),
+        };
+        want(may_read, code(c.broker.get_job(authed(get, token)).await));
+        let list = pb::ListQueuesRequest {};
+        want(
+            may_read,
+            code(c.admin.list_queues(authed(list, token)).await),
+        );
+        let pause = pb::PauseQueueRequest {
+            queue: "paused".into(),
+        };
+        want(
+            may_admin,
+            code(c.admin.pause_queue(authed(pause, token)).await),
+        );
+        let remove = pb::RemoveNodeRequest { node_id: 1 };
+        want(
+            may_admin,
+            code(c.admin.remove_node(authed(remove, token)).await),
+        );
+    }
+    // No token, an unknown token: UNAUTHENTICATED.
+    let r = c.broker.enqueue(job("emails", "z")).await;
+    assert_eq!(code(r), Code::Unauthenticated);
+    let r = c.broker.enqueue(authed(job("emails", "z"), "nope")).await;
+    assert_eq!(code(r), Code::Unauthenticated);
+
+    // A token limited to emails and sms.*: other queues and their jobs are refused.
+    let s = "scoped-t";
+    assert_eq!(
+        code(c.broker.enqueue(authed(job("sms.eu", "y"), s)).await),
+        Code::Ok
+    );
+    assert_eq!(
+        code(c.broker.enqueue(authed(job("payments", "y"), s)).await),
+        denied
+    );
+    let batch = pb::EnqueueBatchRequest {
+        jobs: vec![job("emails", "a"), job("payments", "b")],
+    };
+    assert_eq!(code(c.broker.enqueue_batch(authed(batch, s)).await), denied);
+    let get = |id: &str| pb::GetJobRequest { job_id: id.into() };
+    assert_eq!(
+        code(c.broker.get_job(authed(get(&seeded), s)).await),
+        Code::Ok
+    );
+    assert_eq!(code(c.broker.get_job(authed(get(&other), s)).await), denied);
+    let lease = pb::LeaseRequest {
+        queues: vec!["emails".into(), "payments".into()],
+        worker_id: "w".into(),
+        max_jobs: 1,
+        ..Default::default()
+    };
+    assert_eq!(code(c.broker.lease(authed(lease, s)).await), denied);
+    let listed = c
+        .admin
+        .list_queues(authed(pb::ListQueuesRequest {}, s))
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<String> = listed.queues.into_iter().map(|q| q.queue).collect();
+    assert!(names.contains(&"emails".to_string()), "{names:?}");
+    assert!(!names.contains(&"payments".to_string()), "{names:?}");
+
+    // The dashboard API: reads need read, changes admin, and no queue patterns.
+    let http = node.http_addr();
+    assert_eq!(
+        http_request(http, "GET", "/api/queues", Some("read-t"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        http_request(http, "GET", "/api/queues", Some("prod-t"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        http_request(http, "GET", "/api/queues", Some("scoped-t"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(http_request(http, "GET", "/api/queues", None).await.0, 401);
+    let pause = "/api/queues/emails/pause";
+    assert_eq!(
+        http_request(http, "POST", pause, Some("read-t")).await.0,
+        403
+    );
+    assert_eq!(
+        http_request(http, "POST", pause, Some("ops-t")).await.0,
+        200
+    );
+    // /metrics stays open unless --http-auth all.
+    assert_eq!(http_request(http, "GET", "/metrics", None).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_dashboard_can_require_a_token() {
+    let node = InProcNode::start_with(|c| {
+        c.token = Some(TOKEN.into());
+        c.http_auth_all = true;
+    })
+    .await;
+    let http = node.http_addr();
+    for path in ["/metrics", "/", "/assets/app.js"] {
+        assert_eq!(http_request(http, "GET", path, None).await.0, 401, "{path}");
+        assert_eq!(
+            http_request(http, "GET", path, Some(TOKEN)).await.0,
+            200,
+            "{path}"
+        );
+    }
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(http_request(http, "GET", path, None).await.0, 200, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_file_is_reloaded_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, "old-t admin\n").unwrap();
+    let node = ProcessNode::spawn(
+        &dir.path().join("data"),
+        &["--tokens-file", file.to_str().unwrap()],
+    )
+    .await;
+    node.wait_ready().await;
+    let mut c = node.clients().await;
+    let stats = || pb::GetQueueStatsRequest { queue: "q".into() };
+    assert_eq!(
+        code(c.admin.get_queue_stats(authed(stats(), "old-t")).await),
+        Code::Ok
+    );
+    assert_eq!(
+        code(c.admin.get_queue_stats(authed(stats(), "new-t")).await),
+        Code::Unauthenticated
+    );
+
+    std::fs::write(&file, "new-t read\n").unwrap();
+    node.hangup();
+    eventually("the new token to work", SOON, || {
+        let mut c = c.clone();
+        async move {
+            let r = c.admin.get_queue_stats(authed(stats(), "new-t")).await;
+            (code(r) == Code::Ok).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        code(c.admin.get_queue_stats(authed(stats(), "old-t")).await),
+        Code::Unauthenticated
+    );
+    // A broken file keeps the tokens in force.
+    std::fs::write(&file, "new-t nonsense-role\n").unwrap();
+    node.hangup();
+    let log = eventually("the reload error in the log", SOON, || async {
+        let log = node.log_tail();
+        log.contains("credentials not reloaded").then_some(log)
+    })
+    .await;
+    assert!(log.contains("nonsense-role"), "{log}");
+    assert_eq!(
+        code(c.admin.get_queue_stats(authed(stats(), "new-t")).await),
+        Code::Ok
+    );
+}

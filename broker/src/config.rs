@@ -55,9 +55,19 @@ pub struct ServeArgs {
     /// Where the Raft log and snapshots are stored.
     #[arg(long, env = "TASKRAFT_DATA_DIR", default_value = "./taskraft-data")]
     pub data_dir: PathBuf,
-    /// Require `authorization: Bearer <token>` on every call.
+    /// Require `authorization: Bearer <token>` on every call; this token has every
+    /// role on every queue.
     #[arg(long, env = "TASKRAFT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// More tokens, one per line: `TOKEN ROLES [QUEUES]` with roles produce, work,
+    /// read, admin (comma separated) and optional queue patterns (`emails,sms.*`).
+    /// Reloaded on SIGHUP.
+    #[arg(long, env = "TASKRAFT_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// What the HTTP port protects with the tokens: `api` (the dashboard's JSON API)
+    /// or `all` (also /metrics and the dashboard page; /healthz and /readyz stay open).
+    #[arg(long, env = "TASKRAFT_HTTP_AUTH", default_value = "api", value_parser = ["api", "all"])]
+    pub http_auth: String,
     /// Initial cluster, e.g. `1=127.0.0.1:7070,2=127.0.0.1:7080,3=127.0.0.1:7090`. The
     /// same on every node. Empty: a one-node cluster. Each entry is `ID=CLIENT` or
     /// `ID=CLIENT/PEER` (client and peer `host:port`); the peer address defaults to the
@@ -161,8 +171,12 @@ pub struct Config {
     pub http: SocketAddr,
     /// Data dir.
     pub data_dir: PathBuf,
-    /// Bearer token.
+    /// Bearer token (every role).
     pub token: Option<String>,
+    /// Scoped tokens, reloaded on SIGHUP.
+    pub tokens_file: Option<PathBuf>,
+    /// /metrics and the dashboard page need a read token too.
+    pub http_auth_all: bool,
     /// Initial cluster: id -> `CLIENT/PEER` (see [`crate::raft::addr::MemberAddr`]).
     pub peers: BTreeMap<u64, String>,
     /// Handler limits and defaults.
@@ -280,6 +294,8 @@ impl ServeArgs {
             http: self.http,
             data_dir: self.data_dir,
             token: self.token.filter(|t| !t.is_empty()),
+            tokens_file: self.tokens_file,
+            http_auth_all: self.http_auth == "all",
             peers,
             api: ApiSettings {
                 max_payload: self.max_payload,
@@ -322,6 +338,8 @@ impl Config {
             http: "127.0.0.1:0".parse().expect("literal"),
             data_dir: data_dir.into(),
             token: None,
+            tokens_file: None,
+            http_auth_all: false,
             peers: BTreeMap::new(),
             api: ApiSettings::default(),
             request_timeout: Duration::from_secs(5),

@@ -18,7 +18,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 use crate::api::admin::AdminService;
-use crate::api::auth::Auth;
+use crate::api::auth::{Auth, AuthLayer};
 use crate::api::broker::BrokerService;
 use crate::config::Config;
 use crate::raft::addr::MemberAddr;
@@ -37,6 +37,8 @@ pub struct Running {
     pub peer_addr: SocketAddr,
     /// The Raft node.
     pub node: Arc<RaftNode>,
+    /// Client credentials (reload them with [`Auth::reload`]; SIGHUP does).
+    pub auth: Auth,
     stop: Option<oneshot::Sender<()>>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     peer: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -102,7 +104,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .build_v1alpha()
         .context("building v1alpha reflection service")?;
 
-    let auth = Auth::new(config.token.as_deref());
+    let auth = Auth::with_file(config.token.as_deref(), config.tokens_file.as_deref())?;
     let metrics = if config.metrics {
         crate::metrics::Metrics::new(&node).context("creating metrics")?
     } else {
@@ -138,11 +140,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .layer(crate::api::limits::RateLimitLayer::new(
                 config.rate_per_connection,
             ))
+            // Credential and role of every Broker/Admin call, before it is decoded.
+            .layer(AuthLayer::new(auth.clone()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
-            .add_service(InterceptedService::new(broker, auth.clone()))
-            .add_service(InterceptedService::new(admin, auth.clone()))
+            .add_service(broker)
+            .add_service(admin)
             // tcp_nodelay on the builder does not apply to a pre-bound listener: set it on
             // the incoming stream, or Nagle + delayed ACKs add ~40 ms to small replies.
             .serve_with_incoming_shutdown(
@@ -169,7 +173,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 },
             ),
     );
-    let router = crate::http::router(node.clone(), metrics.clone(), auth.clone());
+    let router = crate::http::router(
+        node.clone(),
+        metrics.clone(),
+        auth.clone(),
+        config.http_auth_all,
+    );
     let http = tokio::spawn(async move {
         let mut rx = http_stop_rx;
         axum::serve(http_listener, router)
@@ -208,18 +217,49 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if let Some(task) = node.take_proposer_task() {
         background.push(("proposer", task));
     }
+    if config.tokens_file.is_some() {
+        background.push((
+            "credentials reloader",
+            tokio::spawn(reload_on_sighup(auth.clone())),
+        ));
+    }
     tracing::info!(node_id = config.id, %grpc_addr, %http_addr, %peer_addr, advertise = %advertise, data_dir = %config.data_dir.display(), "taskraft node serving");
     Ok(Running {
         grpc_addr,
         http_addr,
         peer_addr,
         node,
+        auth,
         stop: Some(stop_tx),
         grpc,
         peer,
         http,
         background,
     })
+}
+
+/// Reads the tokens file again on every SIGHUP; a broken file keeps the old tokens.
+async fn reload_on_sighup(auth: Auth) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    match auth.reload() {
+                        Ok(n) => tracing::info!(tokens = n, "credentials reloaded"),
+                        Err(e) => {
+                            tracing::error!(error = %format!("{e:#}"), "credentials not reloaded; the previous tokens stay in force")
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: tokens reload only at restart")
+            }
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// Health is SERVING while the node knows a leader (it can then serve every call,

@@ -8,6 +8,7 @@ use taskraft_proto::v1::broker_server::Broker;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use super::auth::{self, check_job_queue};
 use super::convert::{job_to_pb, leased_to_pb, state_to_pb};
 use super::validate::{
     self as v, MAX_BATCH, MAX_DELAY_MS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_LEASE_JOBS, MAX_NAME,
@@ -173,7 +174,9 @@ impl Broker for BrokerService {
         req: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
         crate::telemetry::set_remote_parent(req.metadata());
+        let cred = auth::credential(&req);
         let (metadata, _, r) = req.into_parts();
+        cred.check_queue("queue", &r.queue)?;
         let job = self.new_job(r, None, &metadata)?;
         let mut res = self.enqueue_jobs(vec![job]).await?;
         let one = res
@@ -189,8 +192,12 @@ impl Broker for BrokerService {
         req: Request<pb::EnqueueBatchRequest>,
     ) -> Result<Response<pb::EnqueueBatchResponse>, Status> {
         crate::telemetry::set_remote_parent(req.metadata());
+        let cred = auth::credential(&req);
         let (metadata, _, r) = req.into_parts();
         let jobs = r.jobs;
+        for j in &jobs {
+            cred.check_queue("jobs.queue", &j.queue)?;
+        }
         if jobs.is_empty() {
             return Err(BrokerError::invalid("jobs", "the batch is empty").into());
         }
@@ -228,8 +235,12 @@ impl Broker for BrokerService {
         req: Request<pb::LeaseRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
         let caller_timeout = crate::deadline::grpc_timeout(req.metadata());
+        let cred = auth::credential(&req);
         let r = req.into_inner();
         v::lease_queues(&r.queues)?;
+        for q in &r.queues {
+            cred.check_queue("queues", q)?;
+        }
         v::text("worker_id", &r.worker_id, MAX_NAME)?;
         if r.max_jobs > MAX_LEASE_JOBS {
             return Err(BrokerError::invalid(
@@ -306,8 +317,10 @@ impl Broker for BrokerService {
     #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id, queue))]
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         crate::telemetry::set_remote_parent(req.metadata());
+        let cred = auth::credential(&req);
         let r = req.into_inner();
         v::job_id(&r.job_id)?;
+        check_job_queue(&self.node, &cred, &r.job_id)?;
         let lease_id = v::lease_id(&r.lease_id)?;
         v::blob("result", r.result.len(), self.settings.max_payload)?;
         let lookup = self.metrics.enabled().then(|| r.job_id.clone());
@@ -330,8 +343,10 @@ impl Broker for BrokerService {
         req: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
         crate::telemetry::set_remote_parent(req.metadata());
+        let cred = auth::credential(&req);
         let r = req.into_inner();
         v::job_id(&r.job_id)?;
+        check_job_queue(&self.node, &cred, &r.job_id)?;
         let lease_id = v::lease_id(&r.lease_id)?;
         v::text("error", &r.error, MAX_TEXT)?;
         if r.retry_after_ms > MAX_DELAY_MS {
@@ -378,8 +393,10 @@ impl Broker for BrokerService {
         &self,
         req: Request<pb::ExtendLeaseRequest>,
     ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
+        let cred = auth::credential(&req);
         let r = req.into_inner();
         v::job_id(&r.job_id)?;
+        check_job_queue(&self.node, &cred, &r.job_id)?;
         let lease_id = v::lease_id(&r.lease_id)?;
         let visibility = self.visibility(r.visibility_timeout_ms)?;
         if r.progress > 100 {
@@ -409,8 +426,10 @@ impl Broker for BrokerService {
 
     #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id))]
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let cred = auth::credential(&req);
         let r = req.into_inner();
         v::job_id(&r.job_id)?;
+        check_job_queue(&self.node, &cred, &r.job_id)?;
         self.node.read_barrier().await?;
         let data = self.node.shared.read();
         let job = data.state.job(&r.job_id).ok_or_else(|| {
@@ -424,8 +443,10 @@ impl Broker for BrokerService {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let cred = auth::credential(&req);
         let r = req.into_inner();
         v::job_id(&r.job_id)?;
+        check_job_queue(&self.node, &cred, &r.job_id)?;
         match self
             .node
             .propose(Command::Cancel { job_id: r.job_id })
