@@ -138,6 +138,19 @@ pub struct ServeArgs {
     /// worth); more are answered RESOURCE_EXHAUSTED. 0: no limit.
     #[arg(long, env = "TASKRAFT_RATE_PER_CONNECTION", default_value_t = 0)]
     pub rate_per_connection: u32,
+    /// PEM certificate (chain) of this node: turns on TLS on the client, peer and HTTP
+    /// ports, and is this node's client certificate towards its peers. Reloaded on
+    /// SIGHUP.
+    #[arg(long, env = "TASKRAFT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TASKRAFT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA of the cluster: the peer port then requires a client certificate signed
+    /// by it (mutual TLS), and peers' certificates are verified against it. Needed
+    /// with TLS in a cluster of more than one node.
+    #[arg(long, env = "TASKRAFT_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "TASKRAFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -195,6 +208,8 @@ pub struct Config {
     pub webhook_secret: Option<String>,
     /// Metrics on (default) or off.
     pub metrics: bool,
+    /// TLS files (None: plain TCP everywhere).
+    pub tls: Option<crate::tls::TlsFiles>,
     /// Calls in flight per client connection.
     pub max_concurrent_per_connection: usize,
     /// Calls per second per client connection (None: unlimited).
@@ -273,7 +288,21 @@ impl ServeArgs {
             (None, None) => None,
         }
         .filter(|s| !s.is_empty());
-        check_peer_exposure(peer_listen, cluster_secret.as_deref())?;
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: self.tls_client_ca,
+            }),
+            _ => None,
+        };
+        if let Some(t) = &tls {
+            if t.client_ca.is_none() && peers.len() > 1 {
+                bail!("--tls-client-ca (the cluster CA) is needed with TLS in a cluster: nodes verify each other's certificates with it");
+            }
+        }
+        let peer_mtls = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        check_peer_exposure(peer_listen, cluster_secret.as_deref(), peer_mtls)?;
         let webhook_allow = self
             .webhook_allow
             .iter()
@@ -319,6 +348,7 @@ impl ServeArgs {
             heartbeat: self.heartbeat,
             webhook_secret: self.webhook_secret.filter(|s| !s.is_empty()),
             metrics: self.metrics,
+            tls,
             max_concurrent_per_connection: self.max_concurrent_per_connection.max(1),
             rate_per_connection: (self.rate_per_connection > 0).then_some(self.rate_per_connection),
         })
@@ -349,6 +379,7 @@ impl Config {
             heartbeat: Duration::from_millis(100),
             webhook_secret: None,
             metrics: true,
+            tls: None,
             max_concurrent_per_connection: 1024,
             rate_per_connection: None,
         }
@@ -367,11 +398,16 @@ fn default_peer_listen(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
 }
 
 /// Anyone who reaches an unauthenticated peer port can rewrite the cluster's state, so
-/// an open peer service is only allowed on loopback.
-pub fn check_peer_exposure(peer_listen: SocketAddr, secret: Option<&str>) -> anyhow::Result<()> {
-    if secret.is_none() && !peer_listen.ip().is_loopback() {
+/// an open peer service is only allowed on loopback: elsewhere peers must prove they
+/// are cluster nodes with the cluster secret or a certificate of the cluster CA.
+pub fn check_peer_exposure(
+    peer_listen: SocketAddr,
+    secret: Option<&str>,
+    mutual_tls: bool,
+) -> anyhow::Result<()> {
+    if secret.is_none() && !mutual_tls && !peer_listen.ip().is_loopback() {
         bail!(
-            "--peer-listen {peer_listen} is not a loopback address: set --cluster-secret (or --cluster-secret-file) so that only cluster nodes can call the Raft service"
+            "--peer-listen {peer_listen} is not a loopback address: set --cluster-secret (or --cluster-secret-file), or --tls-client-ca for mutual TLS, so that only cluster nodes can call the Raft service"
         );
     }
     Ok(())

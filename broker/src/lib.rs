@@ -25,5 +25,6 @@ pub mod raft;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook;
 pub mod webhook_target;

@@ -45,8 +45,11 @@ impl AdminService {
         let addr = self.node.leader_addr().ok_or_else(|| {
             BrokerError::Unavailable("no leader known; membership changes need a leader".into())
         })?;
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| BrokerError::Internal(format!("leader address {addr:?}: {e}")))?
+        let channel = self
+            .node
+            .pool
+            .endpoint(&addr)
+            .map_err(BrokerError::Internal)?
             .connect()
             .await
             .map_err(|e| BrokerError::Unavailable(format!("cannot reach leader at {addr}: {e}")))?;

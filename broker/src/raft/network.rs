@@ -19,7 +19,7 @@ use openraft::BasicNode;
 use taskraft_proto::raft::raft_peer_client::RaftPeerClient;
 use taskraft_proto::raft::RaftMessage;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 use super::addr::MemberAddr;
 use super::peer_auth::SecretInjector;
@@ -63,6 +63,7 @@ pub type PeerClient = RaftPeerClient<InterceptedService<Channel, SecretInjector>
 /// so that fault tests can isolate a node without touching the kernel's network.
 pub struct PeerPool {
     secret: SecretInjector,
+    tls: Option<Arc<crate::tls::Tls>>,
     clients: Mutex<HashMap<String, PeerClient>>,
     cut: Mutex<HashSet<String>>,
     isolated: AtomicBool,
@@ -70,13 +71,42 @@ pub struct PeerPool {
 
 impl PeerPool {
     /// A pool whose clients send the cluster `secret` (if any).
-    pub fn new(secret: Option<&str>) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        secret: Option<&str>,
+        tls: Option<Arc<crate::tls::Tls>>,
+    ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
             secret: SecretInjector::new(secret)?,
+            tls,
             clients: Mutex::new(HashMap::new()),
             cut: Mutex::new(HashSet::new()),
             isolated: AtomicBool::new(false),
         }))
+    }
+
+    /// Forgets every connection (after a certificate reload: new ones present it).
+    pub fn reset_connections(&self) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// An endpoint for `addr` (host:port) of another node: `https://` with the cluster
+    /// CA and this node's certificate when TLS is on.
+    pub fn endpoint(&self, addr: &str) -> Result<Endpoint, String> {
+        let tls = self.tls.as_ref().and_then(|t| t.peer_client());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
+        }
+        Ok(endpoint)
     }
 
     /// Drops every outgoing message to `addr` until [`PeerPool::heal`] (fault tests).
@@ -116,11 +146,7 @@ impl PeerPool {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = self.endpoint(addr)?.connect_lazy();
         let client = RaftPeerClient::with_interceptor(channel, self.secret.clone())
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);

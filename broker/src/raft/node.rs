@@ -39,6 +39,8 @@ pub struct NodeOptions {
     pub peers: BTreeMap<NodeId, String>,
     /// Secret peers send each other on the peer service, if the cluster has one.
     pub cluster_secret: Option<String>,
+    /// TLS towards peers (https, cluster CA, this node's certificate), if on.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     /// How long a write or linearizable read may wait for a leader and a quorum.
     pub request_timeout: Duration,
     /// Entries kept behind a snapshot.
@@ -105,7 +107,7 @@ impl RaftNode {
         let log = LogStore::open(&opts.data_dir.join("raft-log.redb"))?;
         let sm = StateMachineStore::open(&opts.data_dir)?;
         let shared = sm.shared();
-        let pool = PeerPool::new(opts.cluster_secret.as_deref())?;
+        let pool = PeerPool::new(opts.cluster_secret.as_deref(), opts.tls.clone())?;
 
         let hb = opts.heartbeat.as_millis() as u64;
         let config = openraft::Config {
