@@ -11,8 +11,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{self, check_job_queue};
 use super::convert::{job_to_pb, leased_to_pb, state_to_pb};
 use super::validate::{
-    self as v, MAX_BATCH, MAX_DELAY_MS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_LEASE_JOBS, MAX_NAME,
-    MAX_TEXT,
+    self as v, MAX_BATCH, MAX_DELAY_MS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_TEXT,
 };
 use super::ApiSettings;
 use crate::error::BrokerError;
@@ -66,21 +65,7 @@ impl BrokerService {
             }
             (_, e) => e,
         };
-        (|| {
-            v::queue_name("queue", &r.queue)?;
-            v::blob("payload", r.payload.len(), self.settings.max_payload)?;
-            v::text("job_type", &r.job_type, MAX_NAME)?;
-            v::text("idempotency_key", &r.idempotency_key, MAX_NAME)?;
-            v::webhook_url(&r.webhook_url, &self.settings.webhook_targets)?;
-            v::max_attempts(r.max_attempts)?;
-            v::due(r.delay_ms, r.run_at_ms, crate::raft::wall_clock_ms())?;
-            v::headers(r.headers.iter())?;
-            for val in r.headers.values() {
-                v::text("headers", val, MAX_TEXT)?;
-            }
-            Ok(())
-        })()
-        .map_err(at)?;
+        v::enqueue_request(&r, &self.settings, crate::raft::wall_clock_ms()).map_err(at)?;
         let mut headers: std::collections::BTreeMap<String, String> =
             r.headers.into_iter().collect();
         // Trace context rides along only while the headers stay within their limits.
@@ -237,17 +222,9 @@ impl Broker for BrokerService {
         let caller_timeout = crate::deadline::grpc_timeout(req.metadata());
         let cred = auth::credential(&req);
         let r = req.into_inner();
-        v::lease_queues(&r.queues)?;
+        v::lease_request(&r)?;
         for q in &r.queues {
             cred.check_queue("queues", q)?;
-        }
-        v::text("worker_id", &r.worker_id, MAX_NAME)?;
-        if r.max_jobs > MAX_LEASE_JOBS {
-            return Err(BrokerError::invalid(
-                "max_jobs",
-                format!("{} is over the limit of {MAX_LEASE_JOBS}", r.max_jobs),
-            )
-            .into());
         }
         let visibility = self.visibility(r.visibility_timeout_ms)?;
         let wait = v::timeout_ms("wait_ms", r.wait_ms, 0)?;

@@ -7,6 +7,7 @@
 use crate::error::BrokerError;
 use crate::queue::{Command, Due, NewJob};
 use crate::webhook_target::TargetPolicy;
+use taskraft_proto::v1 as pb;
 
 use super::ApiSettings;
 
@@ -265,6 +266,37 @@ pub fn lease_queues(queues: &[String]) -> R {
     for q in queues {
         queue_name("queues", q)?;
     }
+    Ok(())
+}
+
+/// One job of an Enqueue or EnqueueBatch call (before ids and defaults are resolved).
+pub fn enqueue_request(r: &pb::EnqueueRequest, settings: &ApiSettings, now_ms: u64) -> R {
+    queue_name("queue", &r.queue)?;
+    blob("payload", r.payload.len(), settings.max_payload)?;
+    text("job_type", &r.job_type, MAX_NAME)?;
+    text("idempotency_key", &r.idempotency_key, MAX_NAME)?;
+    webhook_url(&r.webhook_url, &settings.webhook_targets)?;
+    max_attempts(r.max_attempts)?;
+    due(r.delay_ms, r.run_at_ms, now_ms)?;
+    headers(r.headers.iter())?;
+    for val in r.headers.values() {
+        text("headers", val, MAX_TEXT)?;
+    }
+    Ok(())
+}
+
+/// A Lease call: its queues, worker id, batch size, visibility and wait.
+pub fn lease_request(r: &pb::LeaseRequest) -> R {
+    lease_queues(&r.queues)?;
+    text("worker_id", &r.worker_id, MAX_NAME)?;
+    if r.max_jobs > MAX_LEASE_JOBS {
+        return Err(BrokerError::invalid(
+            "max_jobs",
+            format!("{} is over the limit of {MAX_LEASE_JOBS}", r.max_jobs),
+        ));
+    }
+    timeout_ms("visibility_timeout_ms", r.visibility_timeout_ms, 1)?;
+    timeout_ms("wait_ms", r.wait_ms, 0)?;
     Ok(())
 }
 
