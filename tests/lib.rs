@@ -474,7 +474,25 @@ pub struct InProcCluster {
 
 impl InProcCluster {
     /// Starts `n` nodes on fresh loopback ports, all listing each other as peers.
+    ///
+    /// A port handed out by [`free_port`] is free when chosen but may be taken by
+    /// another test's ephemeral bind before the node binds it; then the cluster is
+    /// started again on other ports.
     pub async fn start(n: u64, tweak: impl Fn(&mut Config)) -> Self {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(n, &tweak).await {
+                Ok(c) => return c,
+                Err(e) if attempt < 5 && addr_in_use(&e) => {
+                    eprintln!("a cluster port was taken meanwhile ({e:#}); trying other ports");
+                }
+                Err(e) => panic!("node starts: {e:?}"),
+            }
+        }
+    }
+
+    async fn try_start(n: u64, tweak: &impl Fn(&mut Config)) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let peers: std::collections::BTreeMap<u64, String> = ports
@@ -499,13 +517,21 @@ impl InProcCluster {
             .collect();
         let mut nodes = Vec::new();
         for c in &configs {
-            nodes.push(Some(server::start(c.clone()).await.expect("node starts")));
+            match server::start(c.clone()).await {
+                Ok(r) => nodes.push(Some(r)),
+                Err(e) => {
+                    for r in nodes.into_iter().flatten() {
+                        let _ = r.shutdown().await;
+                    }
+                    return Err(e);
+                }
+            }
         }
-        Self {
+        Ok(Self {
             nodes,
             configs,
             _dir: dir,
-        }
+        })
     }
 
     /// The running node with this id.
@@ -595,6 +621,14 @@ impl InProcCluster {
     pub fn applied(&self, id: u64) -> u64 {
         *self.node(id).node.shared.applied_index.borrow()
     }
+}
+
+/// True when `e` comes from binding an address that is in use.
+fn addr_in_use(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    })
 }
 
 /// `n` `taskraft serve` processes forming one cluster through `--peers`.
