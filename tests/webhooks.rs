@@ -42,11 +42,48 @@ async fn hook(
     StatusCode::OK
 }
 
+/// The receiver's routes.
+fn receiver_app(r: Arc<Receiver>) -> axum::Router {
+    axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(r)
+}
+
+/// A receiver over https with a certificate for 127.0.0.1 from a fresh CA; returns the
+/// CA's PEM too.
+async fn https_receiver(dir: &std::path::Path) -> (Arc<Receiver>, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let files = taskraft_broker::tls::TlsFiles {
+        cert: dir.join("receiver.pem"),
+        key: dir.join("receiver.key"),
+        client_ca: None,
+    };
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+    let tls = taskraft_broker::tls::Tls::load(files).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/hook", listener.local_addr().unwrap());
+    let incoming =
+        taskraft_broker::tls::incoming(listener, Some((tls, taskraft_broker::tls::Port::Http)))
+            .unwrap();
+    let r = Arc::new(Receiver::default());
+    let app = receiver_app(r.clone());
+    tokio::spawn(async move { axum::serve(incoming, app).await.unwrap() });
+    (r, url, ca.pem())
+}
+
 async fn receiver() -> (Arc<Receiver>, String) {
     let r = Arc::new(Receiver::default());
-    let app = axum::Router::new()
-        .route("/hook", axum::routing::post(hook))
-        .with_state(r.clone());
+    let app = receiver_app(r.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -235,10 +272,10 @@ async fn pending_events_are_delivered_by_the_new_leader_after_failover() {
 }
 
 #[tokio::test]
-async fn https_and_malformed_webhook_urls_are_refused() {
+async fn malformed_webhook_urls_are_refused() {
     let node = InProcNode::start().await;
     let mut c = node.clients().await;
-    for bad in ["https://example.invalid/hook", "ftp://x/y", "not a url"] {
+    for bad in ["ftp://x/y", "not a url", "https://", "http:///path"] {
         let err = c.broker.enqueue(hooked("whv", bad)).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}");
         assert!(err.message().contains("webhook_url"), "{}", err.message());
@@ -355,4 +392,42 @@ async fn a_failing_receiver_is_recorded_as_a_short_code_only() {
     })
     .await;
     assert_eq!(ev.last_error, "http-503");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_receivers_are_verified_with_the_system_roots_and_webhook_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, url, ca) = https_receiver(dir.path()).await;
+    let ca_file = dir.path().join("webhook-ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+
+    // Without the receiver's CA the certificate is not trusted: nothing is delivered.
+    let node = InProcNode::start_with(allow_loopback).await;
+    let mut c = node.clients().await;
+    complete(&mut c, "whtls", &url).await;
+    let running = node.running.as_ref().unwrap().node.clone();
+    let ev = eventually("a failed https attempt", SOON, || {
+        let running = running.clone();
+        async move {
+            let state = &running.shared.read().state;
+            state
+                .due_webhooks(u64::MAX, 10)
+                .into_iter()
+                .find(|e| e.tries >= 1)
+        }
+    })
+    .await;
+    assert_eq!(ev.last_error, "connect-failed");
+    assert!(r.events.lock().unwrap().is_empty());
+
+    // With --webhook-ca it is.
+    let node = InProcNode::start_with(|c| {
+        allow_loopback(c);
+        c.webhook_ca = Some(ca_file.clone());
+    })
+    .await;
+    let mut c = node.clients().await;
+    let id = complete(&mut c, "whtls", &url).await;
+    let ev = wait_events(&r, 1).await;
+    assert_eq!(ev[0].1["job_id"], id.as_str());
 }

@@ -123,6 +123,10 @@ pub struct ServeArgs {
     /// `--webhook-allow 10.20.0.0/16,127.0.0.1/32`.
     #[arg(long, env = "TASKRAFT_WEBHOOK_ALLOW", value_delimiter = ',')]
     pub webhook_allow: Vec<String>,
+    /// PEM CA certificates trusted for `https://` webhook receivers, besides the
+    /// system's roots (e.g. an internal CA).
+    #[arg(long, env = "TASKRAFT_WEBHOOK_CA")]
+    pub webhook_ca: Option<PathBuf>,
     /// Key for the `X-Taskraft-Signature` HMAC of webhook bodies (unsigned when unset).
     #[arg(long, env = "TASKRAFT_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
@@ -206,6 +210,8 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Webhook signing key.
     pub webhook_secret: Option<String>,
+    /// Extra CA for https:// webhook receivers.
+    pub webhook_ca: Option<PathBuf>,
     /// Metrics on (default) or off.
     pub metrics: bool,
     /// TLS files (None: plain TCP everywhere).
@@ -347,6 +353,7 @@ impl ServeArgs {
             snapshot_max_age: self.snapshot_max_age,
             heartbeat: self.heartbeat,
             webhook_secret: self.webhook_secret.filter(|s| !s.is_empty()),
+            webhook_ca: self.webhook_ca,
             metrics: self.metrics,
             tls,
             max_concurrent_per_connection: self.max_concurrent_per_connection.max(1),
@@ -378,6 +385,7 @@ impl Config {
             snapshot_max_age: Duration::from_secs(10),
             heartbeat: Duration::from_millis(100),
             webhook_secret: None,
+            webhook_ca: None,
             metrics: true,
             tls: None,
             max_concurrent_per_connection: 1024,

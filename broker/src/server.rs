@@ -202,6 +202,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
     });
 
+    let webhook_ca = match &config.webhook_ca {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading --webhook-ca {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let webhook_client =
+        crate::webhook_client::client(config.api.webhook_targets.clone(), webhook_ca.as_deref())?;
     let mut background = vec![
         (
             "ticker",
@@ -223,6 +232,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             "webhook delivery",
             tokio::spawn(crate::webhook::run(
                 node.clone(),
+                webhook_client,
                 config.webhook_secret.clone(),
                 config.api.webhook_targets.clone(),
             )),

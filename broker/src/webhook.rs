@@ -9,8 +9,9 @@
 //! Header `X-Taskraft-Signature: sha256=<hex HMAC-SHA256 of the body>` with the
 //! `--webhook-secret` key (absent when no secret is configured).
 //!
-//! Targets are checked after DNS resolution against `webhook_target.rs` (no loopback,
-//! link-local, private... unless `--webhook-allow`); redirects are not followed. A
+//! Targets are `http://` or `https://` (see `webhook_client.rs`), checked after DNS
+//! resolution against `webhook_target.rs` (no loopback, link-local, private... unless
+//! `--webhook-allow`); redirects are not followed. A
 //! failed attempt is recorded as a short code (`http-503`, `timeout`,
 //! `target-not-allowed`, ...): nothing of the receiver's answer reaches the log.
 
@@ -22,94 +23,12 @@ use base64::Engine as _;
 use bytes::Bytes;
 use hmac::{KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
 use crate::queue::{Command, WebhookEvent};
 use crate::raft::{wall_clock_ms, RaftNode};
+use crate::webhook_client::{is_refused_target, WebhookClient};
 use crate::webhook_target::TargetPolicy;
-
-type WebhookClient = Client<HttpConnector<GuardedResolver>, Full<Bytes>>;
-
-/// The error a refused target resolves to (found again in the client's error chain).
-#[derive(Debug)]
-struct TargetRefused(String);
-
-impl std::fmt::Display for TargetRefused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "webhook target not allowed: {}", self.0)
-    }
-}
-
-impl std::error::Error for TargetRefused {}
-
-/// Resolves a webhook host and keeps only addresses the policy allows, so the
-/// connection is made to an address that was checked (no re-resolution in between).
-#[derive(Clone)]
-struct GuardedResolver {
-    policy: Arc<TargetPolicy>,
-}
-
-impl tower::Service<Name> for GuardedResolver {
-    type Response = std::vec::IntoIter<std::net::SocketAddr>;
-    type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let policy = self.policy.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_string();
-            let all: Vec<_> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut refused = Vec::new();
-            let allowed: Vec<_> = all
-                .into_iter()
-                .filter(|a| match policy.refusal(a.ip()) {
-                    None => true,
-                    Some(kind) => {
-                        refused.push(format!("{} ({kind})", a.ip()));
-                        false
-                    }
-                })
-                .collect();
-            if allowed.is_empty() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    TargetRefused(format!("{host} resolves to {}", refused.join(", "))),
-                ));
-            }
-            Ok(allowed.into_iter())
-        })
-    }
-}
-
-/// True when `e` (or an error under it) is a refused target.
-fn is_refused_target(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.is::<TargetRefused>() {
-            return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|i| i.is::<TargetRefused>()) {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
-}
 
 /// Header carrying the body's HMAC.
 pub const SIGNATURE_HEADER: &str = "x-taskraft-signature";
@@ -146,12 +65,12 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 /// Delivers due events while this node leads. Runs until the node stops.
-pub async fn run(node: Arc<RaftNode>, secret: Option<String>, targets: Arc<TargetPolicy>) {
-    let mut connector = HttpConnector::new_with_resolver(GuardedResolver {
-        policy: targets.clone(),
-    });
-    connector.set_connect_timeout(Some(DELIVERY_TIMEOUT));
-    let client: WebhookClient = Client::builder(TokioExecutor::new()).build(connector);
+pub async fn run(
+    node: Arc<RaftNode>,
+    client: WebhookClient,
+    secret: Option<String>,
+    targets: Arc<TargetPolicy>,
+) {
     let secret = secret.map(String::into_bytes);
     let in_flight: Arc<Mutex<HashSet<u64>>> = Arc::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));

@@ -123,29 +123,23 @@ pub fn text(field: &'static str, value: &str, max: usize) -> R {
     Ok(())
 }
 
-/// Webhook targets are http:// URLs (the broker has no TLS client yet). A host given as
-/// an IP address must be one `targets` allows (names are checked when delivering,
-/// after resolution: see `webhook_target.rs`).
+/// Webhook targets are http:// or https:// URLs. A host given as an IP address must be
+/// one `targets` allows (names are checked when delivering, after resolution: see
+/// `webhook_target.rs`).
 pub fn webhook_url(url: &str, targets: &TargetPolicy) -> R {
     if url.is_empty() {
         return Ok(());
     }
     text("webhook_url", url, MAX_URL)?;
-    if url.starts_with("https://") {
-        return Err(BrokerError::invalid(
-            "webhook_url",
-            "https:// targets are not supported yet: use http:// (e.g. a local TLS-terminating proxy)",
-        ));
-    }
     let host = url
         .parse::<http::Uri>()
         .ok()
-        .filter(|_| url.starts_with("http://"))
+        .filter(|_| url.starts_with("http://") || url.starts_with("https://"))
         .and_then(|u| u.host().map(str::to_string));
     let Some(host) = host else {
         return Err(BrokerError::invalid(
             "webhook_url",
-            format!("{url:?} is not an http:// URL"),
+            format!("{url:?} is not an http:// or https:// URL"),
         ));
     };
     let literal = host.trim_start_matches('[').trim_end_matches(']');
