@@ -191,6 +191,15 @@ async fn forwarded_commands_are_checked_again_by_the_leader() {
     c.propose(propose(&ok))
         .await
         .expect("a valid forwarded command");
+
+    // A deadline of u64::MAX seconds is capped, not an Instant overflow.
+    let mut far = propose(&ok);
+    far.metadata_mut()
+        .insert("grpc-timeout", "18446744073709551615S".parse().unwrap());
+    c.propose(far).await.expect("a huge grpc-timeout is served");
+    c.read_index(msg(vec![], &secret))
+        .await
+        .expect("the leader still serves");
 }
 
 /// Asserts INVALID_ARGUMENT with a message naming `field`.
@@ -239,18 +248,18 @@ async fn every_input_limit_answers_invalid_argument_naming_the_field() {
         .collect();
     refused(c.broker.enqueue(j).await, "headers");
 
-    // 17 jobs of 1 MiB (each within --max-payload): over the 16 MiB of one batch.
+    // 5 jobs of 1 MiB (each within --max-payload): over the 4 MiB of one batch.
     let big = pb::EnqueueRequest {
         queue: "lim".into(),
         payload: vec![7u8; 1 << 20].into(),
         ..Default::default()
     };
     let batch = pb::EnqueueBatchRequest {
-        jobs: vec![big.clone(); 17],
+        jobs: vec![big.clone(); 5],
     };
     refused(c.broker.enqueue_batch(batch).await, "jobs");
-    let ok = pb::EnqueueBatchRequest { jobs: vec![big; 8] };
-    c.broker.enqueue_batch(ok).await.expect("8 MiB batch");
+    let ok = pb::EnqueueBatchRequest { jobs: vec![big; 3] };
+    c.broker.enqueue_batch(ok).await.expect("3 MiB batch");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -248,7 +248,7 @@ impl ServeArgs {
         }
         if self.max_payload > crate::api::validate::MAX_PAYLOAD_LIMIT {
             bail!(
-                "--max-payload must be at most {} bytes (16 MiB): a job must fit one Raft entry",
+                "--max-payload must be at most {} bytes (4 MiB): a job must fit one Raft entry",
                 crate::api::validate::MAX_PAYLOAD_LIMIT
             );
         }

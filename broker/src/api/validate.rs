@@ -33,10 +33,13 @@ pub const MAX_PAGE: u32 = 1000;
 pub const MAX_LEASE_QUEUES: usize = 64;
 /// Most bytes of one job's headers, keys and values together.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Most bytes of one EnqueueBatch (payloads, headers and text fields of all its jobs):
-/// the batch becomes one Raft entry, which must always fit a peer message.
-pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
-/// Largest `--max-payload`: one payload must fit an EnqueueBatch and a peer message.
+/// Most bytes of one EnqueueBatch (payloads, headers and text fields of all its jobs).
+/// The batch becomes one Raft entry, and openraft 0.9 gives an AppendEntries one
+/// heartbeat to arrive (an append always carries at least one entry), so no entry may
+/// be much bigger than the proposer's own batches (4 MiB): a bigger one might never
+/// reach a follower over a slower link, and replication would stop behind it.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Largest `--max-payload`: one payload must fit an EnqueueBatch (see above).
 pub const MAX_PAYLOAD_LIMIT: usize = MAX_BATCH_BYTES;
 /// Longest webhook URL.
 pub const MAX_URL: usize = 2048;

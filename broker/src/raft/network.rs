@@ -28,7 +28,7 @@ use crate::storage::{decode, encode};
 
 /// Largest peer message, sent or accepted. An append carries at least one entry, and an
 /// entry is at most a 4 MiB proposer batch or one command the API admitted (payloads
-/// and enqueue batches are capped at 16 MiB, see `api/validate.rs`); snapshot chunks
+/// and enqueue batches are capped at 4 MiB, see `api/validate.rs`); snapshot chunks
 /// are 8 MiB. A message over this is refused before it is decoded.
 pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 
