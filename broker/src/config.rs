@@ -415,7 +415,7 @@ pub fn check_peer_exposure(
 ) -> anyhow::Result<()> {
     if secret.is_none() && !mutual_tls && !peer_listen.ip().is_loopback() {
         bail!(
-            "--peer-listen {peer_listen} is not a loopback address: set --cluster-secret (or --cluster-secret-file), or --tls-client-ca for mutual TLS, so that only cluster nodes can call the Raft service"
+            "--peer-listen {peer_listen} is not a loopback address (by default it is the --listen host, port + 2): set --cluster-secret (or --cluster-secret-file), or --tls-client-ca for mutual TLS, so that only cluster nodes can call the Raft service; a single node can keep it on loopback with --peer-listen 127.0.0.1:{}", peer_listen.port()
         );
     }
     Ok(())

@@ -130,6 +130,7 @@ export async function startBroker(extra = []) {
 export async function startCluster(n, extra = []) {
   const root = mkdtempSync(join(tmpdir(), "taskraft-ts-"));
   const addrs = [];
+  /** @type {string[]} */
   const peerAddrs = [];
   for (let i = 0; i < n; i++) {
     addrs.push(`127.0.0.1:${await freePort()}`);
