@@ -182,3 +182,64 @@ async fn certificates_are_reloaded_without_a_restart() {
         "a client trusting only the old CA must not connect any more"
     );
 }
+
+/// GET `path` over https from `addr`, trusting `ca`: (status code, body), or the error.
+async fn https_get(
+    addr: std::net::SocketAddr,
+    ca: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let _ = tls.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line in {text:?}"))?;
+    Ok((code, text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_port_serves_probes_and_metrics_over_tls_only() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new("http CA");
+    let files = ca.write_node(certs.path());
+    let node = InProcNode::start_with(|c| c.tls = Some(files.clone())).await;
+    let http = node.http_addr();
+    let (code, _) = https_get(http, &ca.pem(), "/readyz").await.expect("https");
+    assert_eq!(code, 200);
+    let (code, body) = https_get(http, &ca.pem(), "/metrics").await.expect("https");
+    assert_eq!(code, 200);
+    assert!(body.contains("taskraft_"), "{body}");
+    // Another CA's client does not get through; plain HTTP gets no answer.
+    assert!(https_get(http, &Ca::new("other").pem(), "/readyz")
+        .await
+        .is_err());
+    assert_eq!(http_get(http, "/readyz").await.map(|(c, _)| c), None);
+}
