@@ -118,6 +118,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .context("building v1alpha reflection service")?;
 
     let auth = Auth::with_file(config.token.as_deref(), config.tokens_file.as_deref())?;
+    let hangup = if config.tokens_file.is_some() || tls.is_some() {
+        listen_hangup()
+    } else {
+        None
+    };
     let metrics = if config.metrics {
         crate::metrics::Metrics::new(&node).context("creating metrics")?
     } else {
@@ -245,6 +250,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         background.push((
             "credentials reloader",
             tokio::spawn(reload_on_sighup(
+                hangup,
                 config.tokens_file.is_some().then(|| auth.clone()),
                 tls.clone(),
                 node.pool.clone(),
@@ -267,44 +273,63 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
+/// What SIGHUP arrives on.
+#[cfg(unix)]
+type Hangup = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangup = ();
+
+/// Starts listening for SIGHUP. Done before the node serves, so a SIGHUP sent once it
+/// answers is never taken by the default action (which ends the process).
+fn listen_hangup() -> Option<Hangup> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: tokens and certificates reload only at restart");
+                None
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 /// Reads the tokens file and the TLS files again on every SIGHUP; a broken file keeps
 /// the old tokens or certificates.
 async fn reload_on_sighup(
+    hangup: Option<Hangup>,
     auth: Option<Auth>,
     tls: Option<Arc<crate::tls::Tls>>,
     pool: Arc<crate::raft::network::PeerPool>,
 ) {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hup) => {
-                while hup.recv().await.is_some() {
-                    match auth.as_ref().map(Auth::reload) {
-                        Some(Ok(n)) => tracing::info!(tokens = n, "credentials reloaded"),
-                        Some(Err(e)) => {
-                            tracing::error!(error = %format!("{e:#}"), "credentials not reloaded; the previous tokens stay in force")
-                        }
-                        None => {}
-                    }
-                    match tls.as_ref().map(|t| t.reload()) {
-                        Some(Ok(())) => {
-                            // New peer connections present the new certificate.
-                            pool.reset_connections();
-                            tracing::info!("TLS certificates reloaded")
-                        }
-                        Some(Err(e)) => {
-                            tracing::error!(error = %format!("{e:#}"), "TLS certificates not reloaded; the previous ones stay in force")
-                        }
-                        None => {}
-                    }
+    if let Some(mut hup) = hangup {
+        while hup.recv().await.is_some() {
+            match auth.as_ref().map(Auth::reload) {
+                Some(Ok(n)) => tracing::info!(tokens = n, "credentials reloaded"),
+                Some(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "credentials not reloaded; the previous tokens stay in force")
                 }
+                None => {}
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP: tokens reload only at restart")
+            match tls.as_ref().map(|t| t.reload()) {
+                Some(Ok(())) => {
+                    // New peer connections present the new certificate.
+                    pool.reset_connections();
+                    tracing::info!("TLS certificates reloaded")
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "TLS certificates not reloaded; the previous ones stay in force")
+                }
+                None => {}
             }
         }
     }
+    #[cfg(not(unix))]
+    let _ = (hangup, auth, tls, pool);
     std::future::pending::<()>().await
 }
 
