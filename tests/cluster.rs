@@ -255,6 +255,7 @@ async fn new_node_joins_by_snapshot_and_any_node_can_be_removed() {
         .add_node(pb::AddNodeRequest {
             node_id: 4,
             addr: n4.grpc_addr.to_string(),
+            peer_addr: n4.peer_addr.to_string(),
         })
         .await
         .unwrap()

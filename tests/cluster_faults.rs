@@ -243,13 +243,14 @@ async fn without_quorum_writes_fail_fast_and_nothing_is_lost_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_command_starts_a_local_three_node_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    // Six ports (gRPC and HTTP of three nodes) from a base whose neighbours are free.
+    // Nine ports (gRPC, HTTP and peer of three nodes) from a base whose neighbours are free.
     let base = loop {
         let p = free_port();
         if p < 60_000
             && (0..3).all(|n| {
                 std::net::TcpListener::bind(("127.0.0.1", p + 10 * n)).is_ok()
                     && std::net::TcpListener::bind(("127.0.0.1", p + 10 * n + 1)).is_ok()
+                    && std::net::TcpListener::bind(("127.0.0.1", p + 10 * n + 2)).is_ok()
             })
         {
             break p;

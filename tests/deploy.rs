@@ -64,6 +64,7 @@ async fn config_file_is_overridden_by_flags_and_environment() {
         &dir.path().join("data"),
         loopback(),
         loopback(),
+        loopback(),
         &[],
         &[
             ("TASKRAFT_CONFIG", path.as_str()),
@@ -146,11 +147,13 @@ fn config_file_with_an_unknown_key_is_refused() {
 async fn node_id_comes_from_the_statefulset_pod_ordinal() {
     let dir = tempfile::tempdir().unwrap();
     let addr = loopback();
-    let peers = format!("3={addr}");
+    let peer = loopback();
+    let peers = format!("3={addr}/{peer}");
     let node = ProcessNode::spawn_with_env(
         &dir.path().join("data"),
         addr,
         loopback(),
+        peer,
         &["--id-from-hostname", "--peers", &peers],
         &[("HOSTNAME", "taskraft-2")],
     )
@@ -188,20 +191,21 @@ async fn peers_named_by_dns_that_resolve_late_form_the_cluster() {
 
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let name = |id: u64| {
-        format!(
-            "taskraft-{}.taskraft.test:{}",
-            id - 1,
-            ports[id as usize - 1]
-        )
-    };
-    // The "DNS zone": a name resolves once the test publishes it.
+    let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let host = |id: u64| format!("taskraft-{}.taskraft.test", id - 1);
+    let name = |id: u64| format!("{}:{}", host(id), ports[id as usize - 1]);
+    let peer_name = |id: u64| format!("{}:{}", host(id), peer_ports[id as usize - 1]);
+    // The "DNS zone": a name resolves once the test publishes it (its client and peer
+    // ports alike).
     let zone: Arc<Mutex<HashMap<String, SocketAddr>>> = Arc::default();
     let publish = |id: u64| {
-        let addr: SocketAddr = format!("127.0.0.1:{}", ports[id as usize - 1])
-            .parse()
-            .unwrap();
-        zone.lock().unwrap().insert(name(id), addr);
+        let mut zone = zone.lock().unwrap();
+        for (n, port) in [
+            (name(id), ports[id as usize - 1]),
+            (peer_name(id), peer_ports[id as usize - 1]),
+        ] {
+            zone.insert(n, format!("127.0.0.1:{port}").parse().unwrap());
+        }
     };
     let resolver = {
         let zone = zone.clone();
@@ -215,7 +219,9 @@ async fn peers_named_by_dns_that_resolve_late_form_the_cluster() {
                 })
         })
     };
-    let peers: std::collections::BTreeMap<u64, String> = (1..=3).map(|id| (id, name(id))).collect();
+    let peers: std::collections::BTreeMap<u64, String> = (1..=3)
+        .map(|id| (id, format!("{}/{}", name(id), peer_name(id))))
+        .collect();
     let start = |id: u64| {
         let mut c = Config::ephemeral(dir.path().join(format!("node-{id}")));
         c.id = id;
@@ -223,6 +229,9 @@ async fn peers_named_by_dns_that_resolve_late_form_the_cluster() {
             .parse()
             .unwrap();
         c.peers = peers.clone();
+        c.peer_listen = format!("127.0.0.1:{}", peer_ports[id as usize - 1])
+            .parse()
+            .unwrap();
         c.advertise = Some(name(id));
         c.resolver = resolver.clone();
         c.request_timeout = Duration::from_secs(3);
@@ -377,10 +386,12 @@ async fn backup_of_a_live_cluster_restores_into_a_new_cluster() {
 
     // A new cluster on new ports, every node restored from the same file.
     let addrs: Vec<SocketAddr> = (0..3).map(|_| loopback()).collect();
+    let peer_addrs: Vec<SocketAddr> = (0..3).map(|_| loopback()).collect();
     let peers = addrs
         .iter()
+        .zip(&peer_addrs)
         .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
+        .map(|(i, (a, p))| format!("{}={a}/{p}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
     let data = |id: usize| dir.path().join(format!("new-{id}"));
@@ -451,6 +462,7 @@ async fn backup_of_a_live_cluster_restores_into_a_new_cluster() {
                 &data(i + 1),
                 *addr,
                 loopback(),
+                peer_addrs[i],
                 &["--id", &id, "--peers", &peers],
             )
             .await,

@@ -206,6 +206,8 @@ pub struct ProcessNode {
     pub addr: SocketAddr,
     /// HTTP address (fixed across restarts).
     pub http: SocketAddr,
+    /// Peer (Raft) address (fixed across restarts).
+    pub peer: SocketAddr,
     /// Data dir.
     pub data_dir: PathBuf,
     args: Vec<String>,
@@ -218,17 +220,19 @@ impl ProcessNode {
     pub async fn spawn(data_dir: &Path, extra: &[&str]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        Self::spawn_at(data_dir, addr, http, extra).await
+        let peer: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::spawn_at(data_dir, addr, http, peer, extra).await
     }
 
-    /// Starts `taskraft serve` on the given addresses.
+    /// Starts `taskraft serve` on the given client, HTTP and peer addresses.
     pub async fn spawn_at(
         data_dir: &Path,
         addr: SocketAddr,
         http: SocketAddr,
+        peer: SocketAddr,
         extra: &[&str],
     ) -> Self {
-        Self::spawn_with_env(data_dir, addr, http, extra, &[]).await
+        Self::spawn_with_env(data_dir, addr, http, peer, extra, &[]).await
     }
 
     /// Starts `taskraft serve` on the given addresses with extra environment variables.
@@ -236,6 +240,7 @@ impl ProcessNode {
         data_dir: &Path,
         addr: SocketAddr,
         http: SocketAddr,
+        peer: SocketAddr,
         extra: &[&str],
         envs: &[(&str, &str)],
     ) -> Self {
@@ -245,6 +250,8 @@ impl ProcessNode {
             addr.to_string(),
             "--http".into(),
             http.to_string(),
+            "--peer-listen".into(),
+            peer.to_string(),
             "--data-dir".into(),
             data_dir.display().to_string(),
         ];
@@ -253,6 +260,7 @@ impl ProcessNode {
             child: None,
             addr,
             http,
+            peer,
             data_dir: data_dir.to_path_buf(),
             args,
             envs: envs
@@ -334,6 +342,16 @@ impl ProcessNode {
         c.wait().expect("wait")
     }
 
+    /// SIGHUP (reloads the tokens file).
+    pub fn hangup(&self) {
+        let c = self.child.as_ref().expect("running");
+        let ok = Command::new("kill")
+            .args(["-HUP", &c.id().to_string()])
+            .status()
+            .expect("kill -HUP");
+        assert!(ok.success(), "kill -HUP failed");
+    }
+
     /// Starts the process again with the same flags and data dir.
     pub async fn restart(&mut self) {
         self.kill9();
@@ -381,6 +399,40 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((code, body))
+}
+
+/// One HTTP/1.1 request with an optional bearer token: (status code, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }
 
 /// An enqueue request with the usual defaults.
@@ -440,21 +492,42 @@ pub struct InProcCluster {
 
 impl InProcCluster {
     /// Starts `n` nodes on fresh loopback ports, all listing each other as peers.
+    ///
+    /// A port handed out by [`free_port`] is free when chosen but may be taken by
+    /// another test's ephemeral bind before the node binds it; then the cluster is
+    /// started again on other ports.
     pub async fn start(n: u64, tweak: impl Fn(&mut Config)) -> Self {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(n, &tweak).await {
+                Ok(c) => return c,
+                Err(e) if attempt < 5 && addr_in_use(&e) => {
+                    eprintln!("a cluster port was taken meanwhile ({e:#}); trying other ports");
+                }
+                Err(e) => panic!("node starts: {e:?}"),
+            }
+        }
+    }
+
+    async fn try_start(n: u64, tweak: &impl Fn(&mut Config)) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let peers: std::collections::BTreeMap<u64, String> = ports
             .iter()
             .enumerate()
-            .map(|(i, p)| (i as u64 + 1, format!("127.0.0.1:{p}")))
+            .map(|(i, (c, p))| (i as u64 + 1, format!("127.0.0.1:{c}/127.0.0.1:{p}")))
             .collect();
         let configs: Vec<Config> = (0..n)
             .map(|i| {
+                let (client, peer) = ports[i as usize];
                 let mut c = Config::ephemeral(dir.path().join(format!("node-{}", i + 1)));
                 c.id = i + 1;
-                c.listen = format!("127.0.0.1:{}", ports[i as usize]).parse().unwrap();
+                c.listen = format!("127.0.0.1:{client}").parse().unwrap();
+                c.peer_listen = format!("127.0.0.1:{peer}").parse().unwrap();
                 c.peers = peers.clone();
-                c.advertise = Some(peers[&(i + 1)].clone());
+                c.advertise = Some(format!("127.0.0.1:{client}"));
+                c.peer_advertise = Some(format!("127.0.0.1:{peer}"));
                 c.request_timeout = Duration::from_secs(3);
                 tweak(&mut c);
                 c
@@ -462,13 +535,21 @@ impl InProcCluster {
             .collect();
         let mut nodes = Vec::new();
         for c in &configs {
-            nodes.push(Some(server::start(c.clone()).await.expect("node starts")));
+            match server::start(c.clone()).await {
+                Ok(r) => nodes.push(Some(r)),
+                Err(e) => {
+                    for r in nodes.into_iter().flatten() {
+                        let _ = r.shutdown().await;
+                    }
+                    return Err(e);
+                }
+            }
         }
-        Self {
+        Ok(Self {
             nodes,
             configs,
             _dir: dir,
-        }
+        })
     }
 
     /// The running node with this id.
@@ -537,7 +618,7 @@ impl InProcCluster {
 
     /// Cuts every link to and from node `id` (messages are dropped both ways).
     pub fn isolate(&self, id: u64) {
-        let addr = self.configs[id as usize - 1].peers[&id].clone();
+        let addr = self.configs[id as usize - 1].peer_listen.to_string();
         for other in self.running_ids() {
             if other == id {
                 self.node(other).node.pool.isolate();
@@ -560,6 +641,14 @@ impl InProcCluster {
     }
 }
 
+/// True when `e` comes from binding an address that is in use.
+fn addr_in_use(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    })
+}
+
 /// `n` `taskraft serve` processes forming one cluster through `--peers`.
 pub struct ProcessCluster {
     /// Nodes by position (id = position + 1).
@@ -571,17 +660,17 @@ impl ProcessCluster {
     /// Spawns `n` processes with `extra` flags each.
     pub async fn spawn(n: u64, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addrs: Vec<SocketAddr> = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap())
-            .collect();
+        let loopback = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+        let addrs: Vec<(SocketAddr, SocketAddr)> =
+            (0..n).map(|_| (loopback(), loopback())).collect();
         let peers = addrs
             .iter()
             .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
+            .map(|(i, (a, p))| format!("{}={a}/{p}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
         let mut nodes = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
+        for (i, (addr, peer)) in addrs.iter().enumerate() {
             let id = (i + 1).to_string();
             let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let mut args = vec!["--id", id.as_str(), "--peers", peers.as_str()];
@@ -591,6 +680,7 @@ impl ProcessCluster {
                     &dir.path().join(format!("node-{}", i + 1)),
                     *addr,
                     http,
+                    *peer,
                     &args,
                 )
                 .await,

@@ -43,6 +43,15 @@ pub struct Pool {
     auth: Auth,
 }
 
+/// The CA every connection verifies TLS certificates with (`--tls-ca`), once set.
+static TLS_CA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// Makes every later connection use TLS verified with the PEM CA `pem` (addresses
+/// without a scheme become `https://`).
+pub fn use_tls_ca(pem: Vec<u8>) {
+    let _ = TLS_CA.set(pem);
+}
+
 impl Pool {
     /// Connects `per_server` channels to each of `servers` (`host:port` or a URI).
     pub async fn connect(
@@ -62,12 +71,23 @@ impl Pool {
         for server in servers {
             let uri = if server.contains("://") {
                 server.clone()
+            } else if TLS_CA.get().is_some() {
+                format!("https://{server}")
             } else {
                 format!("http://{server}")
             };
             for _ in 0..per_server.max(1) {
-                let ch = Endpoint::from_shared(uri.clone())
-                    .with_context(|| format!("bad server address {server:?}"))?
+                let mut endpoint = Endpoint::from_shared(uri.clone())
+                    .with_context(|| format!("bad server address {server:?}"))?;
+                if let Some(ca) = TLS_CA.get() {
+                    endpoint = endpoint
+                        .tls_config(
+                            tonic::transport::ClientTlsConfig::new()
+                                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                        )
+                        .context("TLS settings")?;
+                }
+                let ch = endpoint
                     .connect_timeout(Duration::from_secs(5))
                     .timeout(CALL_TIMEOUT)
                     .tcp_nodelay(true)

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 
 use client::Pool;
@@ -74,6 +74,10 @@ struct Cli {
     /// Bearer token, when the node runs with --token.
     #[arg(long, env = "TASKRAFT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA of the nodes' TLS certificates: connect with https:// (addresses
+    /// without a scheme), verifying them with it.
+    #[arg(long, env = "TASKRAFT_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     /// Jobs per scenario [enqueue: 20000, enqueue-batch: 100000, lifecycle: 100000,
     /// latency: rate x duration, retention: 1000000, backlog: 10000000].
     #[arg(long)]
@@ -194,6 +198,11 @@ async fn main() -> ExitCode {
 
 /// Runs the scenarios; Ok(false) when one had errors or failed verification.
 async fn run(cli: Cli) -> Result<bool> {
+    if let Some(path) = &cli.tls_ca {
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading --tls-ca {}", path.display()))?;
+        client::use_tls_ca(pem);
+    }
     let backlog = cli.scenario == Scenario::Backlog;
     let params = Params {
         jobs: cli.jobs,

@@ -29,6 +29,8 @@ pub struct SpawnedNode {
     child: Child,
     /// Its gRPC address.
     pub addr: SocketAddr,
+    /// Its peer (Raft) address (`--peer-listen`).
+    pub peer: SocketAddr,
     /// The `taskraft` binary and every argument after it, for restarts.
     bin: PathBuf,
     args: Vec<String>,
@@ -64,11 +66,16 @@ fn free_addr() -> Result<SocketAddr> {
 impl SpawnedNode {
     /// Starts `bin serve` with `extra` flags appended.
     pub fn start(bin: &Path, extra: &[String]) -> Result<Self> {
-        Self::start_at(bin, extra, free_addr()?)
+        Self::start_at(bin, extra, free_addr()?, free_addr()?)
     }
 
-    /// Starts `bin serve` listening on `addr`.
-    pub fn start_at(bin: &Path, extra: &[String], addr: SocketAddr) -> Result<Self> {
+    /// Starts `bin serve` listening on `addr` for clients and `peer` for peers.
+    pub fn start_at(
+        bin: &Path,
+        extra: &[String],
+        addr: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("taskraft-bench-")
             .tempdir()
@@ -80,6 +87,8 @@ impl SpawnedNode {
             addr.to_string(),
             "--http".into(),
             http.to_string(),
+            "--peer-listen".into(),
+            peer.to_string(),
             "--data-dir".into(),
             dir.path().join("data").display().to_string(),
         ];
@@ -95,6 +104,7 @@ impl SpawnedNode {
         Ok(Self {
             child,
             addr,
+            peer,
             bin: bin.to_path_buf(),
             args,
             log,
@@ -231,15 +241,17 @@ pub struct SpawnedCluster {
 impl SpawnedCluster {
     /// Starts `n` nodes, each with `--id`, the shared `--peers`, and `extra` flags.
     pub async fn start(bin: &Path, n: usize, extra: &[String]) -> Result<Self> {
-        let addrs = (0..n).map(|_| free_addr()).collect::<Result<Vec<_>>>()?;
+        let addrs = (0..n)
+            .map(|_| Ok((free_addr()?, free_addr()?)))
+            .collect::<Result<Vec<_>>>()?;
         let peers = addrs
             .iter()
             .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
+            .map(|(i, (a, p))| format!("{}={a}/{p}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
         let mut nodes = Vec::new();
-        for (i, addr) in addrs.iter().enumerate() {
+        for (i, (addr, peer)) in addrs.iter().enumerate() {
             let mut args = vec![
                 "--id".to_string(),
                 (i + 1).to_string(),
@@ -247,7 +259,7 @@ impl SpawnedCluster {
                 peers.clone(),
             ];
             args.extend(extra.iter().cloned());
-            nodes.push(SpawnedNode::start_at(bin, &args, *addr)?);
+            nodes.push(SpawnedNode::start_at(bin, &args, *addr, *peer)?);
         }
         for node in &mut nodes {
             node.wait_ready().await?;

@@ -20,6 +20,8 @@ use clap::ArgAction;
 
 use crate::api::ApiSettings;
 use crate::queue::{Backoff, Retention};
+use crate::raft::addr::{MemberAddr, DEFAULT_PEER_PORT_OFFSET};
+use crate::webhook_target::{Cidr, TargetPolicy};
 
 /// Flags of `taskraft serve`.
 #[derive(clap::Args, Clone, Debug)]
@@ -36,24 +38,59 @@ pub struct ServeArgs {
     /// name is $HOSTNAME, else the kernel's). Overrides --id.
     #[arg(long, env = "TASKRAFT_ID_FROM_HOSTNAME")]
     pub id_from_hostname: bool,
-    /// gRPC listen address (public API and peer service).
+    /// gRPC listen address of the public API (Broker, Admin). The Raft peer service is
+    /// never served here: see --peer-listen.
     #[arg(long, env = "TASKRAFT_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
-    /// Address other nodes reach this one at (defaults to this node's --peers entry, or
-    /// the bound --listen address).
+    /// Address clients are told to reach this node at (defaults to the client part of
+    /// this node's --peers entry, or the bound --listen address).
     #[arg(long, env = "TASKRAFT_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Listen address of the Raft peer service (only cluster nodes call it). Defaults
+    /// to the --listen host with port + 2 (7072). A non-loopback address needs
+    /// --cluster-secret.
+    #[arg(long, env = "TASKRAFT_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// Address other nodes reach this node's peer service at (defaults to the peer
+    /// part of this node's --peers entry, or the bound --peer-listen address).
+    #[arg(long, env = "TASKRAFT_PEER_ADVERTISE")]
+    pub peer_advertise: Option<String>,
+    /// Secret every node of the cluster shares and sends on each peer call; a peer
+    /// call without it is refused. Distinct from client tokens, which never open the
+    /// peer service.
+    #[arg(
+        long,
+        env = "TASKRAFT_CLUSTER_SECRET",
+        hide_env_values = true,
+        conflicts_with = "cluster_secret_file"
+    )]
+    pub cluster_secret: Option<String>,
+    /// File holding the cluster secret (surrounding whitespace is ignored).
+    #[arg(long, env = "TASKRAFT_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// HTTP listen address (/healthz, /readyz, /metrics, dashboard).
     #[arg(long, env = "TASKRAFT_HTTP", default_value = "127.0.0.1:7071")]
     pub http: SocketAddr,
     /// Where the Raft log and snapshots are stored.
     #[arg(long, env = "TASKRAFT_DATA_DIR", default_value = "./taskraft-data")]
     pub data_dir: PathBuf,
-    /// Require `authorization: Bearer <token>` on every call.
+    /// Require `authorization: Bearer <token>` on every call; this token has every
+    /// role on every queue.
     #[arg(long, env = "TASKRAFT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// More tokens, one per line: `TOKEN ROLES [QUEUES]` with roles produce, work,
+    /// read, admin (comma separated) and optional queue patterns (`emails,sms.*`).
+    /// Reloaded on SIGHUP.
+    #[arg(long, env = "TASKRAFT_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// What the HTTP port protects with the tokens: `api` (the dashboard's JSON API)
+    /// or `all` (also /metrics and the dashboard page; /healthz and /readyz stay open).
+    #[arg(long, env = "TASKRAFT_HTTP_AUTH", default_value = "api", value_parser = ["api", "all"])]
+    pub http_auth: String,
     /// Initial cluster, e.g. `1=127.0.0.1:7070,2=127.0.0.1:7080,3=127.0.0.1:7090`. The
-    /// same on every node. Empty: a one-node cluster.
+    /// same on every node. Empty: a one-node cluster. Each entry is `ID=CLIENT` or
+    /// `ID=CLIENT/PEER` (client and peer `host:port`); the peer address defaults to the
+    /// client host with port + 2.
     #[arg(long, env = "TASKRAFT_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
     /// Largest payload or result in bytes.
@@ -100,9 +137,43 @@ pub struct ServeArgs {
     /// leader lease) plus a random 4-8 more starts an election.
     #[arg(long, env = "TASKRAFT_HEARTBEAT", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
+    /// Address ranges webhooks may reach although they are refused by default
+    /// (loopback, link-local, private, CGNAT, multicast, reserved), e.g.
+    /// `--webhook-allow 10.20.0.0/16,127.0.0.1/32`.
+    #[arg(long, env = "TASKRAFT_WEBHOOK_ALLOW", value_delimiter = ',')]
+    pub webhook_allow: Vec<String>,
+    /// PEM CA certificates trusted for `https://` webhook receivers, besides the
+    /// system's roots (e.g. an internal CA).
+    #[arg(long, env = "TASKRAFT_WEBHOOK_CA")]
+    pub webhook_ca: Option<PathBuf>,
     /// Key for the `X-Taskraft-Signature` HMAC of webhook bodies (unsigned when unset).
     #[arg(long, env = "TASKRAFT_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// Most calls one client connection may have in flight (long polls included); more
+    /// are answered RESOURCE_EXHAUSTED at once.
+    #[arg(
+        long,
+        env = "TASKRAFT_MAX_CONCURRENT_PER_CONNECTION",
+        default_value_t = 1024
+    )]
+    pub max_concurrent_per_connection: usize,
+    /// Most calls per second one client connection may make (burst: one second's
+    /// worth); more are answered RESOURCE_EXHAUSTED. 0: no limit.
+    #[arg(long, env = "TASKRAFT_RATE_PER_CONNECTION", default_value_t = 0)]
+    pub rate_per_connection: u32,
+    /// PEM certificate (chain) of this node: turns on TLS on the client, peer and HTTP
+    /// ports, and is this node's client certificate towards its peers. Reloaded on
+    /// SIGHUP.
+    #[arg(long, env = "TASKRAFT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TASKRAFT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA of the cluster: the peer port then requires a client certificate signed
+    /// by it (mutual TLS), and peers' certificates are verified against it. Needed
+    /// with TLS in a cluster of more than one node.
+    #[arg(long, env = "TASKRAFT_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "TASKRAFT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -123,15 +194,26 @@ pub struct Config {
     pub id: u64,
     /// gRPC listen address.
     pub listen: SocketAddr,
-    /// Advertised address (None: the bound listen address).
+    /// Advertised client address (None: the bound listen address).
     pub advertise: Option<String>,
+    /// Peer service listen address (never the client listener).
+    pub peer_listen: SocketAddr,
+    /// Advertised peer address (None: the bound peer address).
+    pub peer_advertise: Option<String>,
+    /// Shared secret peers authenticate each other with (None: the peer service is
+    /// open, which is only allowed on a loopback --peer-listen).
+    pub cluster_secret: Option<String>,
     /// HTTP listen address.
     pub http: SocketAddr,
     /// Data dir.
     pub data_dir: PathBuf,
-    /// Bearer token.
+    /// Bearer token (every role).
     pub token: Option<String>,
-    /// Initial cluster.
+    /// Scoped tokens, reloaded on SIGHUP.
+    pub tokens_file: Option<PathBuf>,
+    /// /metrics and the dashboard page need a read token too.
+    pub http_auth_all: bool,
+    /// Initial cluster: id -> `CLIENT/PEER` (see [`crate::raft::addr::MemberAddr`]).
     pub peers: BTreeMap<u64, String>,
     /// Handler limits and defaults.
     pub api: ApiSettings,
@@ -147,11 +229,19 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Webhook signing key.
     pub webhook_secret: Option<String>,
+    /// Extra CA for https:// webhook receivers.
+    pub webhook_ca: Option<PathBuf>,
     /// Metrics on (default) or off.
     pub metrics: bool,
     /// How peer host names are resolved: the system's resolver, at every connection
     /// attempt (tests inject names that start resolving late).
     pub resolver: crate::raft::network::Resolver,
+    /// TLS files (None: plain TCP everywhere).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Calls in flight per client connection.
+    pub max_concurrent_per_connection: usize,
+    /// Calls per second per client connection (None: unlimited).
+    pub rate_per_connection: Option<u32>,
 }
 
 impl ServeArgs {
@@ -177,9 +267,17 @@ impl ServeArgs {
             if id == 0 || addr.trim().is_empty() {
                 bail!("--peers entry {p:?}: ids start at 1 and need an address");
             }
-            if peers.insert(id, addr.trim().to_string()).is_some() {
+            let addr =
+                MemberAddr::parse(addr).map_err(|e| anyhow::anyhow!("--peers entry {p:?}: {e}"))?;
+            if peers.insert(id, addr.encode()).is_some() {
                 bail!("--peers names node {id} twice");
             }
+        }
+        if self.max_payload > crate::api::validate::MAX_PAYLOAD_LIMIT {
+            bail!(
+                "--max-payload must be at most {} bytes (4 MiB): a job must fit one Raft entry",
+                crate::api::validate::MAX_PAYLOAD_LIMIT
+            );
         }
         if self.max_attempts == 0 {
             bail!("--max-attempts must be >= 1");
@@ -198,15 +296,68 @@ impl ServeArgs {
         if self.snapshot_max_age < Duration::from_millis(100) {
             bail!("--snapshot-max-age must be at least 100ms");
         }
-        let advertise = self.advertise.or_else(|| peers.get(&self.id).cloned());
+        let own = peers.get(&self.id).and_then(|a| MemberAddr::parse(a).ok());
+        let advertise = self
+            .advertise
+            .or_else(|| own.as_ref().map(|a| a.client.clone()));
+        let peer_advertise = self
+            .peer_advertise
+            .or_else(|| own.as_ref().map(|a| a.peer.clone()));
+        let peer_listen = match self.peer_listen {
+            Some(a) => a,
+            None => default_peer_listen(self.listen)?,
+        };
+        if peer_listen == self.listen && self.listen.port() != 0 {
+            bail!("--peer-listen must differ from --listen: the peer service is never served on the client port");
+        }
+        let cluster_secret = match (self.cluster_secret, &self.cluster_secret_file) {
+            (Some(s), _) => Some(s),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --cluster-secret-file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        }
+        .filter(|s| !s.is_empty());
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: self.tls_client_ca,
+            }),
+            _ => None,
+        };
+        if let Some(t) = &tls {
+            if t.client_ca.is_none() && peers.len() > 1 {
+                bail!("--tls-client-ca (the cluster CA) is needed with TLS in a cluster: nodes verify each other's certificates with it");
+            }
+        }
+        let peer_mtls = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        check_peer_exposure(peer_listen, cluster_secret.as_deref(), peer_mtls)?;
+        let webhook_allow = self
+            .webhook_allow
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                s.parse::<Cidr>()
+                    .map_err(|e| anyhow::anyhow!("--webhook-allow: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let ms = |d: Duration| d.as_millis() as u64;
         Ok(Config {
             id: self.id,
             listen: self.listen,
             advertise,
+            peer_listen,
+            peer_advertise,
+            cluster_secret,
             http: self.http,
             data_dir: self.data_dir,
             token: self.token.filter(|t| !t.is_empty()),
+            tokens_file: self.tokens_file,
+            http_auth_all: self.http_auth == "all",
             peers,
             api: ApiSettings {
                 max_payload: self.max_payload,
@@ -221,6 +372,7 @@ impl ServeArgs {
                     result_ttl_ms: ms(self.result_ttl),
                     failure_ttl_ms: ms(self.failure_ttl),
                 },
+                webhook_targets: std::sync::Arc::new(TargetPolicy::new(webhook_allow)),
             },
             request_timeout: self.request_timeout,
             snapshot_every: self.snapshot_every,
@@ -228,8 +380,12 @@ impl ServeArgs {
             snapshot_max_age: self.snapshot_max_age,
             heartbeat: self.heartbeat,
             webhook_secret: self.webhook_secret.filter(|s| !s.is_empty()),
+            webhook_ca: self.webhook_ca,
             metrics: self.metrics,
             resolver: Default::default(),
+            tls,
+            max_concurrent_per_connection: self.max_concurrent_per_connection.max(1),
+            rate_per_connection: (self.rate_per_connection > 0).then_some(self.rate_per_connection),
         })
     }
 }
@@ -366,9 +522,14 @@ impl Config {
             id: 1,
             listen: "127.0.0.1:0".parse().expect("literal"),
             advertise: None,
+            peer_listen: "127.0.0.1:0".parse().expect("literal"),
+            peer_advertise: None,
+            cluster_secret: None,
             http: "127.0.0.1:0".parse().expect("literal"),
             data_dir: data_dir.into(),
             token: None,
+            tokens_file: None,
+            http_auth_all: false,
             peers: BTreeMap::new(),
             api: ApiSettings::default(),
             request_timeout: Duration::from_secs(5),
@@ -377,8 +538,12 @@ impl Config {
             snapshot_max_age: Duration::from_secs(10),
             heartbeat: Duration::from_millis(100),
             webhook_secret: None,
+            webhook_ca: None,
             metrics: true,
             resolver: Default::default(),
+            tls: None,
+            max_concurrent_per_connection: 1024,
+            rate_per_connection: None,
         }
     }
 }
@@ -490,5 +655,80 @@ mod tests {
         ] {
             assert!(id_from_hostname(bad).is_err(), "{bad:?}");
         }
+    }
+}
+
+/// The --listen host with port + 2 (port 0 stays 0: an ephemeral port).
+fn default_peer_listen(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let port = match listen.port() {
+        0 => 0,
+        p => p.checked_add(DEFAULT_PEER_PORT_OFFSET).with_context(|| {
+            format!("--listen port {p} + {DEFAULT_PEER_PORT_OFFSET} (the default --peer-listen) is over 65535: set --peer-listen")
+        })?,
+    };
+    Ok(SocketAddr::new(listen.ip(), port))
+}
+
+/// Anyone who reaches an unauthenticated peer port can rewrite the cluster's state, so
+/// an open peer service is only allowed on loopback: elsewhere peers must prove they
+/// are cluster nodes with the cluster secret or a certificate of the cluster CA.
+pub fn check_peer_exposure(
+    peer_listen: SocketAddr,
+    secret: Option<&str>,
+    mutual_tls: bool,
+) -> anyhow::Result<()> {
+    if secret.is_none() && !mutual_tls && !peer_listen.ip().is_loopback() {
+        bail!(
+            "--peer-listen {peer_listen} is not a loopback address (by default it is the --listen host, port + 2): set --cluster-secret (or --cluster-secret-file), or --tls-client-ca for mutual TLS, so that only cluster nodes can call the Raft service; a single node can keep it on loopback with --peer-listen 127.0.0.1:{}", peer_listen.port()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod peer_flag_tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<Config> {
+        let mut all = vec!["taskraft"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all)?.serve.into_config()
+    }
+
+    #[test]
+    fn peer_service_defaults_to_client_port_plus_two() {
+        let c = config(&["--listen", "127.0.0.1:7070"]).unwrap();
+        assert_eq!(c.peer_listen, "127.0.0.1:7072".parse().unwrap());
+        let c = config(&["--id", "2", "--peers", "1=a:7070,2=b:7080/b:9999"]).unwrap();
+        assert_eq!(c.peers[&1], "a:7070/a:7072");
+        assert_eq!(c.advertise.as_deref(), Some("b:7080"));
+        assert_eq!(c.peer_advertise.as_deref(), Some("b:9999"));
+    }
+
+    #[test]
+    fn peer_service_is_never_the_client_listener() {
+        let e = config(&[
+            "--listen",
+            "127.0.0.1:7070",
+            "--peer-listen",
+            "127.0.0.1:7070",
+        ]);
+        assert!(e.unwrap_err().to_string().contains("--peer-listen"));
+    }
+
+    #[test]
+    fn an_exposed_peer_port_needs_a_cluster_secret() {
+        let e = config(&["--peer-listen", "0.0.0.0:7072"]).unwrap_err();
+        assert!(e.to_string().contains("--cluster-secret"), "{e}");
+        let c = config(&["--peer-listen", "0.0.0.0:7072", "--cluster-secret", "s"]).unwrap();
+        assert_eq!(c.cluster_secret.as_deref(), Some("s"));
     }
 }

@@ -27,6 +27,15 @@ pub enum BrokerError {
     /// No leader, no quorum, shutting down, or not yet a member: retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// No credential, or one that is not configured.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The credential lacks the role or the queue the call needs.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The caller is over a rate or concurrency limit: back off and retry.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Not built yet.
     #[error("{0}")]
     Unimplemented(String),

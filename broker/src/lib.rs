@@ -28,4 +28,7 @@ pub mod restore;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook;
+pub mod webhook_client;
+pub mod webhook_target;

@@ -18,12 +18,15 @@ use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 use crate::api::admin::AdminService;
-use crate::api::auth::Auth;
+use crate::api::auth::{Auth, AuthLayer};
 use crate::api::broker::BrokerService;
 use crate::config::Config;
+use crate::raft::addr::MemberAddr;
 use crate::raft::network::MAX_PEER_MESSAGE;
+use crate::raft::peer_auth::PeerAuth;
 use crate::raft::service::PeerService;
 use crate::raft::{NodeOptions, RaftNode};
+use crate::tls::{incoming, Port};
 
 /// A node that is serving.
 pub struct Running {
@@ -31,10 +34,18 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     /// Bound HTTP address.
     pub http_addr: SocketAddr,
+    /// Bound peer (Raft) address.
+    pub peer_addr: SocketAddr,
     /// The Raft node.
     pub node: Arc<RaftNode>,
+    /// Client credentials (reload them with [`Auth::reload`]; SIGHUP does).
+    pub auth: Auth,
+    /// TLS material when TLS is on (reload it with [`crate::tls::Tls::reload`];
+    /// SIGHUP does).
+    pub tls: Option<Arc<crate::tls::Tls>>,
     stop: Option<oneshot::Sender<()>>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    peer: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<std::io::Result<()>>,
     /// Tasks the node cannot work without, by name: if one ends (or panics) the node
     /// stops, naming it, instead of answering health checks while writes fail.
@@ -53,17 +64,37 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding HTTP address {}", config.http))?;
     let http_addr = http_listener.local_addr()?;
-    let advertise = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| grpc_addr.to_string());
+    let tls = match &config.tls {
+        Some(files) => Some(crate::tls::Tls::load(files.clone()).context("loading TLS files")?),
+        None => None,
+    };
+    crate::config::check_peer_exposure(
+        config.peer_listen,
+        config.cluster_secret.as_deref(),
+        tls.as_ref().is_some_and(|t| t.peer_client().is_some()),
+    )?;
+    let peer_listener = TcpListener::bind(config.peer_listen)
+        .await
+        .with_context(|| format!("binding peer address {}", config.peer_listen))?;
+    let peer_addr = peer_listener.local_addr()?;
+    let advertise = MemberAddr {
+        client: config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| grpc_addr.to_string()),
+        peer: config
+            .peer_advertise
+            .clone()
+            .unwrap_or_else(|| peer_addr.to_string()),
+    };
 
     let node = RaftNode::start(NodeOptions {
         id: config.id,
-        advertise: advertise.clone(),
+        advertise: advertise.encode(),
         data_dir: config.data_dir.clone(),
         peers: config.peers.clone(),
-        token: config.token.clone(),
+        cluster_secret: config.cluster_secret.clone(),
+        tls: tls.clone(),
         request_timeout: config.request_timeout,
         keep_logs: config.keep_logs,
         heartbeat: config.heartbeat,
@@ -89,7 +120,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .build_v1alpha()
         .context("building v1alpha reflection service")?;
 
-    let auth = Auth::new(config.token.as_deref());
+    let auth = Auth::with_file(config.token.as_deref(), config.tokens_file.as_deref())?;
+    let hangup = if config.tokens_file.is_some() || tls.is_some() {
+        listen_hangup()
+    } else {
+        None
+    };
     let metrics = if config.metrics {
         crate::metrics::Metrics::new(&node).context("creating metrics")?
     } else {
@@ -107,42 +143,82 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let admin = AdminServer::new(AdminService::new(node.clone(), config.token.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
-    let peer = RaftPeerServer::new(PeerService::new(node.clone()))
+    let peer = RaftPeerServer::new(PeerService::new(node.clone(), config.api.clone()))
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE);
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
+    let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            // Per connection: calls beyond the limits are answered RESOURCE_EXHAUSTED at
+            // once (load shedding) instead of queueing without bound.
+            .concurrency_limit_per_connection(config.max_concurrent_per_connection)
+            .load_shed(true)
             .layer(crate::metrics::RpcMetricsLayer::new(metrics.clone()))
+            .layer(crate::api::limits::RateLimitLayer::new(
+                config.rate_per_connection,
+            ))
+            // Credential and role of every Broker/Admin call, before it is decoded.
+            .layer(AuthLayer::new(auth.clone()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
-            .add_service(InterceptedService::new(broker, auth.clone()))
-            .add_service(InterceptedService::new(admin, auth.clone()))
-            .add_service(InterceptedService::new(peer, auth.clone()))
-            // tcp_nodelay on the builder does not apply to a pre-bound listener: set it on
-            // the incoming stream, or Nagle + delayed ACKs add ~40 ms to small replies.
+            .add_service(broker)
+            .add_service(admin)
+            // `incoming` sets tcp_nodelay on each connection (the builder's does not apply
+            // to a pre-bound listener; Nagle + delayed ACKs would add ~40 ms to replies).
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                incoming(listener, tls.clone().map(|t| (t, Port::Client)))?,
                 async move {
                     let _ = stop_rx.await;
                     let _ = http_stop_tx.send(true);
+                    let _ = peer_stop_tx.send(true);
                 },
             ),
     );
-    let router = crate::http::router(node.clone(), metrics.clone(), auth.clone());
+    // The Raft peer service on its own listener, behind the cluster secret: client
+    // credentials never reach it, and the client port does not serve it at all.
+    let peer_auth = PeerAuth::new(config.cluster_secret.as_deref());
+    let peer = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(InterceptedService::new(peer, peer_auth))
+            .serve_with_incoming_shutdown(
+                incoming(peer_listener, tls.clone().map(|t| (t, Port::Peer)))?,
+                async move {
+                    let mut rx = peer_stop_rx;
+                    let _ = rx.wait_for(|v| *v).await;
+                },
+            ),
+    );
+    let router = crate::http::router(
+        node.clone(),
+        metrics.clone(),
+        auth.clone(),
+        config.http_auth_all,
+    );
+    let http_incoming = incoming(http_listener, tls.clone().map(|t| (t, Port::Http)))?;
     let http = tokio::spawn(async move {
         let mut rx = http_stop_rx;
-        axum::serve(http_listener, router)
+        axum::serve(http_incoming, router)
             .with_graceful_shutdown(async move {
                 let _ = rx.wait_for(|v| *v).await;
             })
             .await
     });
 
+    let webhook_ca = match &config.webhook_ca {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading --webhook-ca {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let webhook_client =
+        crate::webhook_client::client(config.api.webhook_targets.clone(), webhook_ca.as_deref())?;
     let mut background = vec![
         (
             "ticker",
@@ -164,24 +240,101 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             "webhook delivery",
             tokio::spawn(crate::webhook::run(
                 node.clone(),
+                webhook_client,
                 config.webhook_secret.clone(),
+                config.api.webhook_targets.clone(),
             )),
         ),
     ];
     if let Some(task) = node.take_proposer_task() {
         background.push(("proposer", task));
     }
-    tracing::info!(node_id = config.id, %grpc_addr, %http_addr, advertise = %advertise, data_dir = %config.data_dir.display(), "taskraft node serving");
+    if config.tokens_file.is_some() || tls.is_some() {
+        background.push((
+            "credentials reloader",
+            tokio::spawn(reload_on_sighup(
+                hangup,
+                config.tokens_file.is_some().then(|| auth.clone()),
+                tls.clone(),
+                node.pool.clone(),
+            )),
+        ));
+    }
+    tracing::info!(node_id = config.id, %grpc_addr, %http_addr, %peer_addr, advertise = %advertise, data_dir = %config.data_dir.display(), "taskraft node serving");
     Ok(Running {
         grpc_addr,
         http_addr,
+        peer_addr,
         node,
+        auth,
+        tls,
         stop: Some(stop_tx),
         grpc,
+        peer,
         http,
         background,
         drain_limit: config.request_timeout + Duration::from_secs(5),
     })
+}
+
+/// What SIGHUP arrives on.
+#[cfg(unix)]
+type Hangup = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangup = ();
+
+/// Starts listening for SIGHUP. Done before the node serves, so a SIGHUP sent once it
+/// answers is never taken by the default action (which ends the process).
+fn listen_hangup() -> Option<Hangup> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: tokens and certificates reload only at restart");
+                None
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Reads the tokens file and the TLS files again on every SIGHUP; a broken file keeps
+/// the old tokens or certificates.
+async fn reload_on_sighup(
+    hangup: Option<Hangup>,
+    auth: Option<Auth>,
+    tls: Option<Arc<crate::tls::Tls>>,
+    pool: Arc<crate::raft::network::PeerPool>,
+) {
+    #[cfg(unix)]
+    if let Some(mut hup) = hangup {
+        while hup.recv().await.is_some() {
+            match auth.as_ref().map(Auth::reload) {
+                Some(Ok(n)) => tracing::info!(tokens = n, "credentials reloaded"),
+                Some(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "credentials not reloaded; the previous tokens stay in force")
+                }
+                None => {}
+            }
+            match tls.as_ref().map(|t| t.reload()) {
+                Some(Ok(())) => {
+                    // New peer connections present the new certificate.
+                    pool.reset_connections();
+                    tracing::info!("TLS certificates reloaded")
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "TLS certificates not reloaded; the previous ones stay in force")
+                }
+                None => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (hangup, auth, tls, pool);
+    std::future::pending::<()>().await
 }
 
 /// Health is SERVING while the node knows a leader (it can then serve every call,
@@ -254,7 +407,9 @@ impl Running {
                 }
             }
         }
+        let peer = (&mut self.peer).await;
         grpc.context("gRPC server task")?.context("gRPC server")?;
+        peer.context("peer server task")?.context("peer server")?;
         http.context("HTTP server task")?.context("HTTP server")?;
         tracing::info!(node_id = self.node.id, "node stopped");
         Ok(())
@@ -268,6 +423,7 @@ impl Running {
         let background = futures::future::select_all(self.background.iter_mut().map(|(_, t)| t));
         tokio::select! {
             r = &mut self.grpc => anyhow::anyhow!("gRPC server stopped: {r:?}"),
+            r = &mut self.peer => anyhow::anyhow!("peer server stopped: {r:?}"),
             r = &mut self.http => anyhow::anyhow!("HTTP server stopped: {r:?}"),
             e = node.fatal() => anyhow::anyhow!("raft stopped: {e}"),
             (r, i, _) = background => {

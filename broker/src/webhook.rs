@@ -8,6 +8,12 @@
 //! "attempt", "result" (base64, success) | "error" (death), "timestamp_ms"}`.
 //! Header `X-Taskraft-Signature: sha256=<hex HMAC-SHA256 of the body>` with the
 //! `--webhook-secret` key (absent when no secret is configured).
+//!
+//! Targets are `http://` or `https://` (see `webhook_client.rs`), checked after DNS
+//! resolution against `webhook_target.rs` (no loopback, link-local, private... unless
+//! `--webhook-allow`); redirects are not followed. A
+//! failed attempt is recorded as a short code (`http-503`, `timeout`,
+//! `target-not-allowed`, ...): nothing of the receiver's answer reaches the log.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -17,13 +23,12 @@ use base64::Engine as _;
 use bytes::Bytes;
 use hmac::{KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
 use crate::queue::{Command, WebhookEvent};
 use crate::raft::{wall_clock_ms, RaftNode};
+use crate::webhook_client::{is_refused_target, WebhookClient};
+use crate::webhook_target::TargetPolicy;
 
 /// Header carrying the body's HMAC.
 pub const SIGNATURE_HEADER: &str = "x-taskraft-signature";
@@ -60,9 +65,12 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 /// Delivers due events while this node leads. Runs until the node stops.
-pub async fn run(node: Arc<RaftNode>, secret: Option<String>) {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+pub async fn run(
+    node: Arc<RaftNode>,
+    client: WebhookClient,
+    secret: Option<String>,
+    targets: Arc<TargetPolicy>,
+) {
     let secret = secret.map(String::into_bytes);
     let in_flight: Arc<Mutex<HashSet<u64>>> = Arc::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -81,21 +89,22 @@ pub async fn run(node: Arc<RaftNode>, secret: Option<String>) {
             {
                 continue;
             }
-            let (node, client, secret, in_flight) = (
+            let (node, client, secret, in_flight, targets) = (
                 node.clone(),
                 client.clone(),
                 secret.clone(),
                 in_flight.clone(),
+                targets.clone(),
             );
             tokio::spawn(async move {
-                let outcome = deliver(&client, secret.as_deref(), &ev).await;
+                let outcome = deliver(&client, secret.as_deref(), &targets, &ev).await;
                 let cmd = match &outcome {
                     Ok(()) => Command::WebhookDelivered { id: ev.id },
                     Err(e) => {
-                        tracing::warn!(event_id = ev.id, job_id = %ev.job_id, url = %ev.url, tries = ev.tries + 1, error = %e, "webhook delivery failed");
+                        tracing::warn!(event_id = ev.id, job_id = %ev.job_id, url = %ev.url, tries = ev.tries + 1, code = e.code, error = %e.detail, "webhook delivery failed");
                         Command::WebhookFailed {
                             id: ev.id,
-                            error: e.clone(),
+                            error: e.code.to_string(),
                         }
                     }
                 };
@@ -112,11 +121,42 @@ pub async fn run(node: Arc<RaftNode>, secret: Option<String>) {
     }
 }
 
+/// A failed attempt: a short code for the replicated state, detail for the log.
+struct Failure {
+    code: String,
+    detail: String,
+}
+
+impl Failure {
+    fn new(code: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+        Self {
+            code: code.into(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
 async fn deliver(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &WebhookClient,
     secret: Option<&[u8]>,
+    targets: &TargetPolicy,
     ev: &WebhookEvent,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
+    // An IP literal is connected to without resolution: check it here.
+    let uri: http::Uri = ev.url.parse().map_err(|e| Failure::new("bad-url", e))?;
+    let host = uri.host().unwrap_or_default();
+    if let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        if let Some(kind) = targets.refusal(ip) {
+            return Err(Failure::new(
+                "target-not-allowed",
+                format!("{ip} is a {kind} address"),
+            ));
+        }
+    }
     let body = body(ev);
     let mut req = http::Request::post(&ev.url)
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -126,19 +166,29 @@ async fn deliver(
     }
     let req = req
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| format!("bad request: {e}"))?;
+        .map_err(|e| Failure::new("bad-url", e))?;
     let resp = tokio::time::timeout(DELIVERY_TIMEOUT, client.request(req))
         .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| format!("request failed: {e}"))?;
+        .map_err(|_| Failure::new("timeout", "no answer in time"))?
+        .map_err(|e| {
+            if is_refused_target(&e) {
+                Failure::new("target-not-allowed", format!("{e:?}"))
+            } else if e.is_connect() {
+                Failure::new("connect-failed", format!("{e:?}"))
+            } else {
+                Failure::new("request-failed", format!("{e:?}"))
+            }
+        })?;
     let status = resp.status();
     // Drain the body so the connection can be reused.
     let _ = tokio::time::timeout(DELIVERY_TIMEOUT, resp.into_body().collect()).await;
     if status.is_success() {
         tracing::info!(event_id = ev.id, job_id = %ev.job_id, url = %ev.url, "webhook delivered");
         Ok(())
+    } else if status.is_redirection() {
+        Err(Failure::new("redirect-not-followed", status))
     } else {
-        Err(format!("receiver answered {status}"))
+        Err(Failure::new(format!("http-{}", status.as_u16()), status))
     }
 }
 

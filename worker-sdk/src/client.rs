@@ -52,12 +52,14 @@ pub struct ClientBuilder {
     call_timeout: Duration,
     connect_timeout: Duration,
     retry_for: Duration,
+    tls_ca: Option<Vec<u8>>,
 }
 
 impl Default for ClientBuilder {
     fn default() -> Self {
         Self {
             addrs: Vec::new(),
+            tls_ca: None,
             token: None,
             call_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
@@ -101,6 +103,13 @@ impl ClientBuilder {
         self
     }
 
+    /// PEM CA certificate(s) the nodes' TLS certificates are verified with. Addresses
+    /// without a scheme then use `https://`.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca = Some(pem.into());
+        self
+    }
+
     /// How long a call keeps retrying UNAVAILABLE across the nodes (default 30 s;
     /// zero: one attempt).
     pub fn retry_for(mut self, d: Duration) -> Self {
@@ -121,13 +130,25 @@ impl ClientBuilder {
         for addr in &self.addrs {
             let uri = if addr.contains("://") {
                 addr.clone()
+            } else if self.tls_ca.is_some() {
+                format!("https://{addr}")
             } else {
                 format!("http://{addr}")
             };
-            let endpoint = Endpoint::from_shared(uri).map_err(|e| Error::InvalidAddress {
+            let mut endpoint = Endpoint::from_shared(uri).map_err(|e| Error::InvalidAddress {
                 addr: addr.clone(),
                 reason: e.to_string(),
             })?;
+            if let Some(ca) = &self.tls_ca {
+                let tls = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+                endpoint = endpoint
+                    .tls_config(tls)
+                    .map_err(|e| Error::InvalidAddress {
+                        addr: addr.clone(),
+                        reason: format!("TLS settings: {e}"),
+                    })?;
+            }
             channels.push(
                 endpoint
                     .connect_timeout(self.connect_timeout)

@@ -6,14 +6,17 @@ use std::sync::Arc;
 use taskraft_proto::v1 as pb;
 use taskraft_proto::v1::admin_client::AdminClient;
 use taskraft_proto::v1::admin_server::Admin;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use super::auth::{self, check_job_queue, Credential};
 use super::convert::{job_to_pb, state_from_pb, stats_to_pb};
 use super::validate::{self as v, MAX_PAGE};
 use crate::error::BrokerError;
 use crate::queue::{Command, Outcome, QueueStats};
+use crate::raft::addr::MemberAddr;
 use crate::raft::RaftNode;
 
 /// The Admin service of one node.
@@ -30,8 +33,11 @@ impl AdminService {
 
     /// Membership changes run on the leader: a follower passes the call on through the
     /// leader's public Admin service, so an operator can use any node.
+    /// The call is passed on with the caller's own `authorization` (or, with none,
+    /// this node's `--token`), so the leader checks the caller's rights itself.
     async fn leader_admin(
         &self,
+        caller: Option<MetadataValue<Ascii>>,
     ) -> Result<Option<AdminClient<InterceptedService<Channel, BearerToken>>>, BrokerError> {
         if self.node.is_leader() {
             return Ok(None);
@@ -39,14 +45,21 @@ impl AdminService {
         let addr = self.node.leader_addr().ok_or_else(|| {
             BrokerError::Unavailable("no leader known; membership changes need a leader".into())
         })?;
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| BrokerError::Internal(format!("leader address {addr:?}: {e}")))?
+        let channel = self
+            .node
+            .pool
+            .endpoint(&addr)
+            .map_err(BrokerError::Internal)?
             .connect()
             .await
             .map_err(|e| BrokerError::Unavailable(format!("cannot reach leader at {addr}: {e}")))?;
         Ok(Some(AdminClient::with_interceptor(
             channel,
-            BearerToken(self.token.clone()),
+            BearerToken(caller.or_else(|| {
+                self.token
+                    .as_ref()
+                    .and_then(|t| format!("Bearer {t}").parse().ok())
+            })),
         )))
     }
 
@@ -80,7 +93,8 @@ pub fn cluster_status(node: &RaftNode) -> pb::ClusterStatus {
         .nodes()
         .map(|(id, n)| pb::ClusterNode {
             id: *id,
-            addr: n.addr.clone(),
+            addr: MemberAddr::client_of(&n.addr),
+            peer_addr: MemberAddr::peer_of(&n.addr),
             role: if Some(*id) == m.current_leader {
                 "leader"
             } else if voters.contains(id) {
@@ -140,8 +154,10 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::GetQueueStatsRequest>,
     ) -> Result<Response<pb::QueueStats>, Status> {
+        let cred = auth::credential(&req);
         let q = req.into_inner().queue;
         v::queue_name("queue", &q)?;
+        cred.check_queue("queue", &q)?;
         self.node.read_barrier().await?;
         // A queue with no jobs and no settings has all-zero counts.
         let stats = self
@@ -159,9 +175,11 @@ impl Admin for AdminService {
 
     async fn list_queues(
         &self,
-        _req: Request<pb::ListQueuesRequest>,
+        req: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let cred = auth::credential(&req);
         self.node.read_barrier().await?;
+        // A token limited to some queues sees only those.
         let queues = self
             .node
             .shared
@@ -169,6 +187,7 @@ impl Admin for AdminService {
             .state
             .all_queue_stats()
             .into_iter()
+            .filter(|q| cred.may_use(&q.queue))
             .map(stats_to_pb)
             .collect();
         Ok(Response::new(pb::ListQueuesResponse { queues }))
@@ -179,8 +198,10 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::PauseQueueRequest>,
     ) -> Result<Response<pb::QueueStats>, Status> {
+        let cred = auth::credential(&req);
         let queue = req.into_inner().queue;
         v::queue_name("queue", &queue)?;
+        cred.check_queue("queue", &queue)?;
         self.queue_cmd(Command::Pause { queue }).await
     }
 
@@ -189,8 +210,10 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ResumeQueueRequest>,
     ) -> Result<Response<pb::QueueStats>, Status> {
+        let cred = auth::credential(&req);
         let queue = req.into_inner().queue;
         v::queue_name("queue", &queue)?;
+        cred.check_queue("queue", &queue)?;
         self.queue_cmd(Command::Resume { queue }).await
     }
 
@@ -199,8 +222,10 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let cred = auth::credential(&req);
         let r = req.into_inner();
         v::queue_name("queue", &r.queue)?;
+        cred.check_queue("queue", &r.queue)?;
         if pb::JobState::try_from(r.state).is_err() {
             return Err(
                 BrokerError::invalid("state", format!("{} is not a JobState", r.state)).into(),
@@ -237,8 +262,10 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RetryJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let cred = auth::credential(&req);
         let job_id = req.into_inner().job_id;
         v::job_id(&job_id)?;
+        check_job_queue(&self.node, &cred, &job_id)?;
         self.job_cmd(Command::Retry { job_id }).await
     }
 
@@ -247,8 +274,10 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RedriveDeadJobsRequest>,
     ) -> Result<Response<pb::RedriveDeadJobsResponse>, Status> {
+        let cred = auth::credential(&req);
         let queue = req.into_inner().queue;
         v::queue_name("queue", &queue)?;
+        cred.check_queue("queue", &queue)?;
         match self.node.propose(Command::Redrive { queue }).await? {
             Outcome::Redriven(count) => Ok(Response::new(pb::RedriveDeadJobsResponse { count })),
             other => Err(BrokerError::Internal(format!("unexpected outcome {other:?}")).into()),
@@ -260,19 +289,21 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let caller = membership_caller(&req)?;
         let r = req.into_inner();
         if r.node_id == 0 {
             return Err(BrokerError::invalid("node_id", "node ids start at 1").into());
         }
-        if r.addr.parse::<std::net::SocketAddr>().is_err() && !r.addr.contains(':') {
-            return Err(
-                BrokerError::invalid("addr", format!("{:?} is not host:port", r.addr)).into(),
-            );
+        let member = if r.peer_addr.is_empty() {
+            MemberAddr::parse(&r.addr)
+        } else {
+            MemberAddr::parse(&format!("{}/{}", r.addr, r.peer_addr))
         }
-        if let Some(mut leader) = self.leader_admin().await? {
+        .map_err(|e| BrokerError::invalid("addr", e))?;
+        if let Some(mut leader) = self.leader_admin(caller).await? {
             return leader.add_node(r).await;
         }
-        self.node.add_node(r.node_id, r.addr).await?;
+        self.node.add_node(r.node_id, member.encode()).await?;
         Ok(Response::new(cluster_status(&self.node)))
     }
 
@@ -281,6 +312,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let caller = membership_caller(&req)?;
         let r = req.into_inner();
         let members: Vec<u64> = self
             .node
@@ -304,7 +336,7 @@ impl Admin for AdminService {
                 BrokerError::FailedPrecondition("cannot remove the last node".into()).into(),
             );
         }
-        if let Some(mut leader) = self.leader_admin().await? {
+        if let Some(mut leader) = self.leader_admin(caller).await? {
             return leader.remove_node(r).await;
         }
         self.node.remove_node(r.node_id).await?;
@@ -343,18 +375,27 @@ impl Admin for AdminService {
     }
 }
 
-/// Adds the cluster token to forwarded calls.
+/// Adds the caller's `authorization` to a membership call passed on to the leader.
 #[derive(Clone)]
-pub struct BearerToken(Option<String>);
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
 
 impl tonic::service::Interceptor for BearerToken {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(t) = &self.0 {
-            let v = format!("Bearer {t}")
-                .parse()
-                .map_err(|_| Status::internal("token is not valid metadata"))?;
-            req.metadata_mut().insert("authorization", v);
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
         }
         Ok(req)
     }
+}
+
+/// Membership changes need an admin token without queue patterns; returns the
+/// caller's `authorization` to pass on to the leader.
+fn membership_caller<T>(req: &Request<T>) -> Result<Option<MetadataValue<Ascii>>, BrokerError> {
+    let cred: Arc<Credential> = auth::credential(req);
+    if cred.is_scoped() {
+        return Err(BrokerError::PermissionDenied(
+            "membership changes need an admin token without queue patterns".into(),
+        ));
+    }
+    Ok(req.metadata().get("authorization").cloned())
 }

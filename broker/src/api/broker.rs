@@ -8,10 +8,10 @@ use taskraft_proto::v1::broker_server::Broker;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use super::auth::{self, check_job_queue};
 use super::convert::{job_to_pb, leased_to_pb, state_to_pb};
 use super::validate::{
-    self as v, MAX_ATTEMPTS, MAX_BATCH, MAX_DELAY_MS, MAX_HEADERS, MAX_LEASE_JOBS, MAX_NAME,
-    MAX_TEXT,
+    self as v, MAX_BATCH, MAX_DELAY_MS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_TEXT,
 };
 use super::ApiSettings;
 use crate::error::BrokerError;
@@ -65,50 +65,18 @@ impl BrokerService {
             }
             (_, e) => e,
         };
-        (|| {
-            v::queue_name("queue", &r.queue)?;
-            v::blob("payload", r.payload.len(), self.settings.max_payload)?;
-            v::text("job_type", &r.job_type, MAX_NAME)?;
-            v::text("idempotency_key", &r.idempotency_key, MAX_NAME)?;
-            v::webhook_url(&r.webhook_url)?;
-            if r.max_attempts > MAX_ATTEMPTS {
-                return Err(BrokerError::invalid(
-                    "max_attempts",
-                    format!("{} is over the limit of {MAX_ATTEMPTS}", r.max_attempts),
-                ));
-            }
-            if r.delay_ms > MAX_DELAY_MS {
-                return Err(BrokerError::invalid(
-                    "delay_ms",
-                    format!(
-                        "{} ms is over the limit of {MAX_DELAY_MS} ms (366 days)",
-                        r.delay_ms
-                    ),
-                ));
-            }
-            if r.delay_ms > 0 && r.run_at_ms > 0 {
-                return Err(BrokerError::invalid(
-                    "run_at_ms",
-                    "set delay_ms or run_at_ms, not both",
-                ));
-            }
-            if r.headers.len() > MAX_HEADERS {
-                return Err(BrokerError::invalid(
-                    "headers",
-                    format!("{} headers; at most {MAX_HEADERS}", r.headers.len()),
-                ));
-            }
-            for (k, val) in &r.headers {
-                v::text("headers", k, MAX_NAME)?;
-                v::text("headers", val, MAX_TEXT)?;
-            }
-            Ok(())
-        })()
-        .map_err(at)?;
+        v::enqueue_request(&r, &self.settings, crate::raft::wall_clock_ms()).map_err(at)?;
         let mut headers: std::collections::BTreeMap<String, String> =
             r.headers.into_iter().collect();
+        // Trace context rides along only while the headers stay within their limits.
+        let mut header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
         for (k, val) in crate::telemetry::trace_headers(metadata) {
-            if val.len() <= MAX_TEXT && !headers.contains_key(k) {
+            let add = k.len() + val.len();
+            if headers.len() < MAX_HEADERS
+                && header_bytes + add <= MAX_HEADER_BYTES
+                && !headers.contains_key(k)
+            {
+                header_bytes += add;
                 headers.insert(k.to_string(), val.to_string());
             }
         }
@@ -191,7 +159,9 @@ impl Broker for BrokerService {
         req: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
         crate::telemetry::set_remote_parent(req.metadata());
+        let cred = auth::credential(&req);
         let (metadata, _, r) = req.into_parts();
+        cred.check_queue("queue", &r.queue)?;
         let job = self.new_job(r, None, &metadata)?;
         let mut res = self.enqueue_jobs(vec![job]).await?;
         let one = res
@@ -207,8 +177,12 @@ impl Broker for BrokerService {
         req: Request<pb::EnqueueBatchRequest>,
     ) -> Result<Response<pb::EnqueueBatchResponse>, Status> {
         crate::telemetry::set_remote_parent(req.metadata());
+        let cred = auth::credential(&req);
         let (metadata, _, r) = req.into_parts();
         let jobs = r.jobs;
+        for j in &jobs {
+            cred.check_queue("jobs.queue", &j.queue)?;
+        }
         if jobs.is_empty() {
             return Err(BrokerError::invalid("jobs", "the batch is empty").into());
         }
@@ -219,6 +193,18 @@ impl Broker for BrokerService {
             )
             .into());
         }
+        // The whole batch becomes one Raft entry: bound it before any per-job work.
+        v::batch_bytes(
+            jobs.iter()
+                .map(|j| {
+                    v::job_bytes(
+                        j.payload.len(),
+                        &[&j.job_type, &j.idempotency_key, &j.webhook_url, &j.queue],
+                        j.headers.iter(),
+                    )
+                })
+                .sum(),
+        )?;
         let jobs = jobs
             .into_iter()
             .enumerate()
@@ -234,20 +220,11 @@ impl Broker for BrokerService {
         req: Request<pb::LeaseRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
         let caller_timeout = crate::deadline::grpc_timeout(req.metadata());
+        let cred = auth::credential(&req);
         let r = req.into_inner();
-        if r.queues.is_empty() {
-            return Err(BrokerError::invalid("queues", "name at least one queue").into());
-        }
+        v::lease_request(&r)?;
         for q in &r.queues {
-            v::queue_name("queues", q)?;
-        }
-        v::text("worker_id", &r.worker_id, MAX_NAME)?;
-        if r.max_jobs > MAX_LEASE_JOBS {
-            return Err(BrokerError::invalid(
-                "max_jobs",
-                format!("{} is over the limit of {MAX_LEASE_JOBS}", r.max_jobs),
-            )
-            .into());
+            cred.check_queue("queues", q)?;
         }
         let visibility = self.visibility(r.visibility_timeout_ms)?;
         let wait = v::timeout_ms("wait_ms", r.wait_ms, 0)?;
@@ -322,8 +299,10 @@ impl Broker for BrokerService {
     #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id, queue))]
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         crate::telemetry::set_remote_parent(req.metadata());
+        let cred = auth::credential(&req);
         let r = req.into_inner();
         v::job_id(&r.job_id)?;
+        check_job_queue(&self.node, &cred, &r.job_id)?;
         let lease_id = v::lease_id(&r.lease_id)?;
         v::blob("result", r.result.len(), self.settings.max_payload)?;
         let lookup = self.metrics.enabled().then(|| r.job_id.clone());
@@ -346,8 +325,10 @@ impl Broker for BrokerService {
         req: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
         crate::telemetry::set_remote_parent(req.metadata());
+        let cred = auth::credential(&req);
         let r = req.into_inner();
         v::job_id(&r.job_id)?;
+        check_job_queue(&self.node, &cred, &r.job_id)?;
         let lease_id = v::lease_id(&r.lease_id)?;
         v::text("error", &r.error, MAX_TEXT)?;
         if r.retry_after_ms > MAX_DELAY_MS {
@@ -394,8 +375,10 @@ impl Broker for BrokerService {
         &self,
         req: Request<pb::ExtendLeaseRequest>,
     ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
+        let cred = auth::credential(&req);
         let r = req.into_inner();
         v::job_id(&r.job_id)?;
+        check_job_queue(&self.node, &cred, &r.job_id)?;
         let lease_id = v::lease_id(&r.lease_id)?;
         let visibility = self.visibility(r.visibility_timeout_ms)?;
         if r.progress > 100 {
@@ -425,8 +408,10 @@ impl Broker for BrokerService {
 
     #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id))]
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let cred = auth::credential(&req);
         let r = req.into_inner();
         v::job_id(&r.job_id)?;
+        check_job_queue(&self.node, &cred, &r.job_id)?;
         self.node.read_barrier().await?;
         let data = self.node.shared.read();
         let job = data.state.job(&r.job_id).ok_or_else(|| {
@@ -440,8 +425,10 @@ impl Broker for BrokerService {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let cred = auth::credential(&req);
         let r = req.into_inner();
         v::job_id(&r.job_id)?;
+        check_job_queue(&self.node, &cred, &r.job_id)?;
         match self
             .node
             .propose(Command::Cancel { job_id: r.job_id })

@@ -7,10 +7,14 @@ pub mod auth;
 pub mod backup;
 pub mod broker;
 pub mod convert;
+pub mod limits;
 pub mod status;
 pub mod validate;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::webhook_target::TargetPolicy;
 
 use crate::queue::{Backoff, Retention};
 
@@ -29,6 +33,8 @@ pub struct ApiSettings {
     pub dedup_window: Duration,
     /// Retention of finished jobs.
     pub retention: Retention,
+    /// Which webhook targets are allowed.
+    pub webhook_targets: Arc<TargetPolicy>,
 }
 
 impl Default for ApiSettings {
@@ -46,6 +52,7 @@ impl Default for ApiSettings {
                 result_ttl_ms: 24 * 3600 * 1000,
                 failure_ttl_ms: 7 * 24 * 3600 * 1000,
             },
+            webhook_targets: Arc::default(),
         }
     }
 }

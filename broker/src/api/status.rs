@@ -30,6 +30,9 @@ impl From<BrokerError> for Status {
             }
             BrokerError::FailedPrecondition(_) => (Code::FailedPrecondition, None),
             BrokerError::Unavailable(_) => (Code::Unavailable, None),
+            BrokerError::ResourceExhausted(_) => (Code::ResourceExhausted, None),
+            BrokerError::Unauthenticated(_) => (Code::Unauthenticated, None),
+            BrokerError::PermissionDenied(_) => (Code::PermissionDenied, None),
             BrokerError::Unimplemented(_) => (Code::Unimplemented, None),
             BrokerError::Internal(_) => (Code::Internal, None),
         };

@@ -17,8 +17,12 @@ pub enum ClusterCommand {
     AddNode {
         /// The new node's id (>= 1, unused).
         id: u64,
-        /// Its gRPC address as the other nodes reach it (host:port).
+        /// Its gRPC address as the other nodes reach it (host:port), or CLIENT/PEER.
         addr: String,
+        /// Its peer address (its --peer-listen); default: from addr, or its client
+        /// port + 2.
+        #[arg(long)]
+        peer_addr: Option<String>,
     },
     /// Remove a node from the cluster.
     RemoveNode {
@@ -36,6 +40,7 @@ fn show_status(conn: &Conn, s: &pb::ClusterStatus) {
                 json!({
                     "id": n.id,
                     "addr": n.addr,
+                    "peer_addr": n.peer_addr,
                     "role": n.role,
                     "matched_index": n.matched_index,
                 })
@@ -90,8 +95,16 @@ pub async fn run(conn: &mut Conn, cmd: ClusterCommand) -> Result<(), CliError> {
             let req = conn.req(pb::GetClusterStatusRequest {});
             conn.admin.get_cluster_status(req).await
         }
-        ClusterCommand::AddNode { id, addr } => {
-            let req = conn.req(pb::AddNodeRequest { node_id: id, addr });
+        ClusterCommand::AddNode {
+            id,
+            addr,
+            peer_addr,
+        } => {
+            let req = conn.req(pb::AddNodeRequest {
+                node_id: id,
+                addr,
+                peer_addr: peer_addr.unwrap_or_default(),
+            });
             conn.admin.add_node(req).await
         }
         ClusterCommand::RemoveNode { id } => {

@@ -43,6 +43,10 @@ pub struct GlobalArgs {
     /// Bearer token, the one the nodes were started with (`serve --token`).
     #[arg(long, global = true, env = "TASKRAFT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA to verify the nodes' TLS certificates with; addresses without a scheme
+    /// then use https://.
+    #[arg(long, global = true, env = "TASKRAFT_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Print JSON instead of human-readable tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -178,10 +182,24 @@ impl Conn {
             })?),
             None => None,
         };
+        let tls = match &g.tls_ca {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    CliError::Local(anyhow::anyhow!("reading --tls-ca {}: {e}", path.display()))
+                })?;
+                Some(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                )
+            }
+            None => None,
+        };
         let mut last_error = String::from("no address given");
         for addr in g.server.split(',').map(str::trim).filter(|a| !a.is_empty()) {
             let uri = if addr.contains("://") {
                 addr.to_string()
+            } else if tls.is_some() {
+                format!("https://{addr}")
             } else {
                 format!("http://{addr}")
             };
@@ -191,6 +209,16 @@ impl Conn {
                     last_error = format!("{addr:?} is not host:port: {e}");
                     continue;
                 }
+            };
+            let endpoint = match &tls {
+                Some(tls) => match endpoint.tls_config(tls.clone()) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        last_error = format!("TLS settings for {addr}: {}", error_chain(&e));
+                        continue;
+                    }
+                },
+                None => endpoint,
             };
             match endpoint
                 .connect_timeout(Duration::from_secs(3))

@@ -2,10 +2,15 @@
 //!
 //! ```text
 //!  GET /healthz, /readyz      open   process up / node knows a leader
-//!  GET /metrics               open   Prometheus text format (see crate::metrics)
-//!  GET /, /assets/*           open   the dashboard: static files compiled into the binary
-//!  /api/...                   token  JSON for the dashboard (see api.rs)
+//!  GET /metrics               open*  Prometheus text format (see crate::metrics)
+//!  GET /, /assets/*           open*  the dashboard: static files compiled into the binary
+//!  GET /api/...               read   JSON for the dashboard (see api.rs)
+//!  POST /api/.../cancel       produce
+//!  POST /api/... (others)     admin  retry, redrive, pause, resume
+//!  (* a read token with --http-auth all)
 //! ```
+//!
+//! The dashboard shows every queue, so its API needs a token without queue patterns.
 //!
 //! The dashboard is plain HTML, CSS and JavaScript embedded with `include_str!`: no
 //! build step, no CDN, nothing to serve separately. The page itself holds no data; it
@@ -23,7 +28,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::api::auth::Auth;
+use crate::api::auth::{Auth, Role};
+use crate::error::BrokerError;
 use crate::metrics::Metrics;
 use crate::raft::RaftNode;
 
@@ -41,14 +47,12 @@ pub struct HttpState {
 }
 
 /// Routes of the HTTP port.
-pub fn router(node: Arc<RaftNode>, metrics: Arc<Metrics>, auth: Auth) -> Router {
+pub fn router(node: Arc<RaftNode>, metrics: Arc<Metrics>, auth: Auth, protect_all: bool) -> Router {
     let state = HttpState { node, metrics };
     let api = api::routes()
-        .layer(middleware::from_fn_with_state(auth, require_token))
+        .layer(middleware::from_fn_with_state(auth.clone(), require_token))
         .with_state(state.clone());
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+    let pages = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/", get(|| asset("text/html; charset=utf-8", INDEX_HTML)))
         .route(
@@ -59,7 +63,17 @@ pub fn router(node: Arc<RaftNode>, metrics: Arc<Metrics>, auth: Auth) -> Router 
             "/assets/app.css",
             get(|| asset("text/css; charset=utf-8", APP_CSS)),
         )
+        .with_state(state.clone());
+    let pages = if protect_all {
+        pages.layer(middleware::from_fn_with_state(auth, require_token))
+    } else {
+        pages
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(pages)
         .nest("/api", api)
 }
 
@@ -98,25 +112,41 @@ async fn metrics_text(State(s): State<HttpState>) -> Response {
         .into_response()
 }
 
-/// Every `/api` call needs the bearer token when one is configured (compared in
-/// constant time by [`Auth::check_header`]).
+/// The role an HTTP route needs: reads need `read`, a cancel `produce`, other
+/// changes `admin`.
+fn route_role(method: &axum::http::Method, path: &str) -> Role {
+    if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        Role::Read
+    } else if path.ends_with("/cancel") {
+        Role::Produce
+    } else {
+        Role::Admin
+    }
+}
+
+/// Protected routes need a configured bearer token (compared in constant time) with
+/// the route's role and no queue patterns.
 async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -> Response {
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    if auth.check_header(header) {
-        return next.run(req).await;
-    }
-    let message = if header.is_none() {
-        "missing Authorization header: send `Authorization: Bearer <token>`"
-    } else {
-        "invalid bearer token"
+    let role = route_role(req.method(), req.uri().path());
+    let denied = match auth.authorize(header, role) {
+        Ok(cred) if !cred.is_scoped() => return next.run(req).await,
+        Ok(_) => BrokerError::PermissionDenied(
+            "the dashboard shows every queue: use a token without queue patterns".into(),
+        ),
+        Err(e) => e,
+    };
+    let (status, code) = match denied {
+        BrokerError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
+        _ => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
     };
     (
-        StatusCode::UNAUTHORIZED,
+        status,
         [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
-        axum::Json(serde_json::json!({ "error": message, "code": "UNAUTHENTICATED" })),
+        axum::Json(serde_json::json!({ "error": denied.to_string(), "code": code })),
     )
         .into_response()
 }

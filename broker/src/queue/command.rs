@@ -114,6 +114,8 @@ pub enum Command {
     },
     /// Several commands proposed together (group commit): applied in order, at the same
     /// leader time, each with its own reply. One log entry and one fsync for all.
+    /// Never nested: decoding refuses a batch inside a batch (see [`flat_batch`]).
+    #[serde(deserialize_with = "flat_batch")]
     Batch(Vec<Command>),
     /// Does nothing but advance time: due jobs become ready, expired leases are
     /// redelivered, finished jobs past their TTL are removed. The leader proposes it
@@ -141,6 +143,36 @@ impl Command {
             _ => 64,
         }
     }
+}
+
+thread_local! {
+    /// Batches being decoded on this thread (decoding is synchronous, so a thread-local
+    /// depth is exact).
+    static BATCH_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Decodes the commands of a [`Command::Batch`], refusing a batch inside it. Only the
+/// proposer builds batches, from single commands, so a nested one can only come from a
+/// hostile or broken peer; left unchecked, a deeply nested batch would overflow the
+/// stack while decoding (or applying) it, on every node replaying the log.
+fn flat_batch<'de, D>(d: D) -> Result<Vec<Command>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Guard;
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            BATCH_DEPTH.with(|c| c.set(c.get().saturating_sub(1)));
+        }
+    }
+    if BATCH_DEPTH.with(|c| c.replace(c.get() + 1)) > 0 {
+        BATCH_DEPTH.with(|c| c.set(c.get() - 1));
+        return Err(serde::de::Error::custom(
+            "a Command::Batch inside a Command::Batch is refused",
+        ));
+    }
+    let _guard = Guard;
+    Vec::<Command>::deserialize(d)
 }
 
 /// Exponential backoff policy, carried in `Nack` so replicas agree without sharing flags.
@@ -302,4 +334,43 @@ pub type Reply = Result<Outcome, CoreError>;
 /// Renders a lease id as it appears on the wire: 16 lower-case hex digits.
 pub fn format_lease_id(id: u64) -> String {
     format!("{id:016x}")
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+
+    /// The postcard encoding of `depth` batches nested in each other around a `Tick`,
+    /// built by hand: the encoder would overflow the stack on such a value too.
+    fn nested(depth: usize) -> Vec<u8> {
+        let batch = postcard::to_stdvec(&Command::Batch(vec![])).unwrap();
+        let tick = postcard::to_stdvec(&Command::Tick).unwrap();
+        let mut bytes = Vec::new();
+        for _ in 0..depth {
+            bytes.push(batch[0]); // variant index of Batch
+            bytes.push(1); // one element
+        }
+        bytes.extend_from_slice(&tick);
+        bytes
+    }
+
+    #[test]
+    fn a_flat_batch_decodes() {
+        let cmd = Command::Batch(vec![Command::Tick, Command::Cancel { job_id: "j".into() }]);
+        let back: Command = postcard::from_bytes(&postcard::to_stdvec(&cmd).unwrap()).unwrap();
+        assert!(matches!(back, Command::Batch(v) if v.len() == 2));
+        assert!(postcard::from_bytes::<Command>(&nested(1)).is_ok());
+    }
+
+    #[test]
+    fn a_nested_batch_is_refused_not_a_stack_overflow() {
+        for depth in [2, 3, 1_000_000] {
+            assert!(
+                postcard::from_bytes::<Command>(&nested(depth)).is_err(),
+                "depth {depth}"
+            );
+        }
+        // The depth counter is back at zero after a refusal.
+        assert!(postcard::from_bytes::<Command>(&nested(1)).is_ok());
+    }
 }

@@ -2,9 +2,11 @@
 //! (client side in `network.rs`, server side in `service.rs`) and [`node::RaftNode`], which
 //! the API calls to propose commands and to read linearizably.
 
+pub mod addr;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod peer_auth;
 pub mod proposer;
 pub mod service;
 pub mod snapshot;

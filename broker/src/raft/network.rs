@@ -29,13 +29,18 @@ use openraft::BasicNode;
 use taskraft_proto::raft::raft_peer_client::RaftPeerClient;
 use taskraft_proto::raft::RaftMessage;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
+use super::addr::MemberAddr;
+use super::peer_auth::SecretInjector;
 use super::types::{NodeId, TypeConfig};
 use crate::storage::{decode, encode};
 
-/// Largest peer message (appends of big batches, snapshot chunks).
-pub const MAX_PEER_MESSAGE: usize = 512 * 1024 * 1024;
+/// Largest peer message, sent or accepted. An append carries at least one entry, and an
+/// entry is at most a 4 MiB proposer batch or one command the API admitted (payloads
+/// and enqueue batches are capped at 4 MiB, see `api/validate.rs`); snapshot chunks
+/// are 8 MiB. A message over this is refused before it is decoded.
+pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Entries sent in one AppendEntries, by approximate bytes (always at least one entry).
 /// openraft 0.9 gives an AppendEntries one heartbeat interval (100 ms) before it counts
@@ -155,28 +160,16 @@ impl tower::Service<http::Uri> for PeerConnector {
     }
 }
 
-/// A peer client that carries the cluster token.
-pub type PeerClient = RaftPeerClient<InterceptedService<Channel, TokenInjector>>;
-
-/// Adds `authorization: Bearer <token>` to peer calls when the cluster has a token.
-#[derive(Clone)]
-pub struct TokenInjector(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for TokenInjector {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
-}
+/// A peer client that carries the cluster secret.
+pub type PeerClient = RaftPeerClient<InterceptedService<Channel, SecretInjector>>;
 
 /// Lazily connected clients, one per peer address.
 ///
 /// It doubles as the test router: links to chosen addresses (or all links) can be cut,
 /// so that fault tests can isolate a node without touching the kernel's network.
 pub struct PeerPool {
-    token: TokenInjector,
+    secret: SecretInjector,
+    tls: Option<Arc<crate::tls::Tls>>,
     resolver: Resolver,
     clients: Mutex<HashMap<String, PeerClient>>,
     cut: Mutex<HashSet<String>>,
@@ -184,19 +177,46 @@ pub struct PeerPool {
 }
 
 impl PeerPool {
-    /// A pool whose clients send `token` (if any) and find peers through `resolver`.
-    pub fn new(token: Option<&str>, resolver: Resolver) -> anyhow::Result<Arc<Self>> {
-        let token = match token {
-            Some(t) => Some(format!("Bearer {t}").parse()?),
-            None => None,
-        };
+    /// A pool whose clients send the cluster `secret` (if any), speak TLS when `tls`
+    /// has peer settings, and find peers through `resolver`.
+    pub fn new(
+        secret: Option<&str>,
+        tls: Option<Arc<crate::tls::Tls>>,
+        resolver: Resolver,
+    ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Self {
-            token: TokenInjector(token),
+            secret: SecretInjector::new(secret)?,
+            tls,
             resolver,
             clients: Mutex::new(HashMap::new()),
             cut: Mutex::new(HashSet::new()),
             isolated: AtomicBool::new(false),
         }))
+    }
+
+    /// Forgets every connection (after a certificate reload: new ones present it).
+    pub fn reset_connections(&self) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// An endpoint for `addr` (host:port) of another node: `https://` with the cluster
+    /// CA and this node's certificate when TLS is on.
+    pub fn endpoint(&self, addr: &str) -> Result<Endpoint, String> {
+        let tls = self.tls.as_ref().and_then(|t| t.peer_client());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
+        }
+        Ok(endpoint)
     }
 
     /// Drops every outgoing message to `addr` until [`PeerPool::heal`] (fault tests).
@@ -227,7 +247,7 @@ impl PeerPool {
                 .contains(addr)
     }
 
-    /// A client for `addr` (host:port); connects on first use.
+    /// A client for the peer address `addr` (host:port); connects on first use.
     pub fn client(&self, addr: &str) -> Result<PeerClient, String> {
         if self.is_cut(addr) {
             return Err(format!("link to {addr} is cut"));
@@ -236,14 +256,14 @@ impl PeerPool {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .tcp_nodelay(true)
+        // The endpoint carries the TLS settings; tonic puts TLS over the connector's
+        // stream, and the connector resolves the host at every attempt.
+        let channel = self
+            .endpoint(addr)?
             .connect_with_connector_lazy(PeerConnector {
                 resolver: self.resolver.clone(),
             });
-        let client = RaftPeerClient::with_interceptor(channel, self.token.clone())
+        let client = RaftPeerClient::with_interceptor(channel, self.secret.clone())
             .max_decoding_message_size(MAX_PEER_MESSAGE)
             .max_encoding_message_size(MAX_PEER_MESSAGE);
         clients.insert(addr.to_string(), client.clone());
@@ -269,7 +289,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
         PeerConnection {
             target,
-            addr: node.addr.clone(),
+            addr: MemberAddr::peer_of(&node.addr),
             pool: self.pool.clone(),
         }
     }
@@ -308,7 +328,17 @@ impl PeerConnection {
             Method::Vote => client.vote(request).await,
             Method::Snapshot => client.install_snapshot(request).await,
         }
-        .map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))?
+        .map_err(|s| {
+            // Only a peer that could not be reached at all is `Unreachable` (openraft
+            // then backs off); a timeout, a reset stream or a refusal is a `Network`
+            // error, retried at the next heartbeat, so a slow append to a lagging
+            // follower is not mistaken for a dead node.
+            if super::node::never_sent(&s) {
+                RPCError::Unreachable(Unreachable::new(&s))
+            } else {
+                RPCError::Network(NetworkError::new(&s))
+            }
+        })?
         .into_inner();
         let res: Result<Resp, RaftError<NodeId, E>> =
             decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

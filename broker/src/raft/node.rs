@@ -15,6 +15,7 @@ use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::addr::MemberAddr;
 use super::log_store::LogStore;
 use super::network::{Network, PeerPool};
 use super::state_machine::{Shared, StateMachineStore};
@@ -29,14 +30,17 @@ use taskraft_proto::raft::RaftMessage;
 pub struct NodeOptions {
     /// This node's id.
     pub id: NodeId,
-    /// Address peers and forwarding nodes reach this node at (host:port).
+    /// This node's addresses as members know them (`CLIENT/PEER`, see
+    /// [`super::addr::MemberAddr`]).
     pub advertise: String,
     /// Where the redb files live.
     pub data_dir: PathBuf,
-    /// The initial cluster (id -> address). Empty: a one-node cluster of this node.
+    /// The initial cluster (id -> `CLIENT/PEER`). Empty: a one-node cluster of this node.
     pub peers: BTreeMap<NodeId, String>,
-    /// Bearer token peers send each other, if the cluster has one.
-    pub token: Option<String>,
+    /// Secret peers send each other on the peer service, if the cluster has one.
+    pub cluster_secret: Option<String>,
+    /// TLS towards peers (https, cluster CA, this node's certificate), if on.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     /// How long a write or linearizable read may wait for a leader and a quorum.
     pub request_timeout: Duration,
     /// Entries kept behind a snapshot.
@@ -77,7 +81,7 @@ pub struct RaftNode {
 
 /// True when a peer call failed before the request could reach the peer (connection
 /// refused, link cut), so retrying it elsewhere cannot apply it twice.
-fn never_sent(s: &tonic::Status) -> bool {
+pub(crate) fn never_sent(s: &tonic::Status) -> bool {
     s.code() == tonic::Code::Unavailable
         && (s.message().contains("tcp connect error")
             || s.message().contains("error trying to connect"))
@@ -106,7 +110,11 @@ impl RaftNode {
         let log = LogStore::open(&opts.data_dir.join("raft-log.redb"))?;
         let sm = StateMachineStore::open(&opts.data_dir)?;
         let shared = sm.shared();
-        let pool = PeerPool::new(opts.token.as_deref(), opts.resolver.clone())?;
+        let pool = PeerPool::new(
+            opts.cluster_secret.as_deref(),
+            opts.tls.clone(),
+            opts.resolver.clone(),
+        )?;
 
         let hb = opts.heartbeat.as_millis() as u64;
         let config = openraft::Config {
@@ -166,7 +174,11 @@ impl RaftNode {
         } else if opts.peers.contains_key(&opts.id) {
             opts.peers
                 .iter()
-                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .map(|(id, addr)| {
+                    let addr =
+                        MemberAddr::parse(addr).map_or_else(|_| addr.clone(), |a| a.encode());
+                    (*id, BasicNode::new(addr))
+                })
                 .collect()
         } else {
             tracing::info!(
@@ -205,13 +217,19 @@ impl RaftNode {
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
 
-    fn node_addr(&self, id: NodeId) -> Option<String> {
+    /// The membership string (`CLIENT/PEER`) of node `id`.
+    fn member_addr(&self, id: NodeId) -> Option<String> {
         let m = self.raft.metrics();
         let m = m.borrow();
         m.membership_config
             .membership()
             .get_node(&id)
             .map(|n| n.addr.clone())
+    }
+
+    /// The peer address of node `id` (forwarded writes, read indexes).
+    fn node_addr(&self, id: NodeId) -> Option<String> {
+        self.member_addr(id).map(|a| MemberAddr::peer_of(&a))
     }
 
     /// Waits (until `deadline`) for some leader to be known.
@@ -495,10 +513,12 @@ impl RaftNode {
         }
     }
 
-    /// Sends a peer (forwarding) client to `id`'s address, for membership calls that
-    /// must run on the leader.
+    /// The leader's public (client) address, for membership calls that must run on
+    /// the leader.
     pub fn leader_addr(&self) -> Option<String> {
-        self.leader().and_then(|l| self.node_addr(l))
+        self.leader()
+            .and_then(|l| self.member_addr(l))
+            .map(|a| MemberAddr::client_of(&a))
     }
 
     /// Proposes a `Tick` whenever something is due and this node leads, so that due

@@ -1,5 +1,10 @@
 //! Server side of the peer service (`taskraft.raft.v1.RaftPeer`): hands Raft messages
 //! to openraft, and serves forwarded writes and read-index requests on the leader.
+//!
+//! It runs on its own listener (`--peer-listen`), behind the cluster secret
+//! (`peer_auth.rs`), never on the client port. Messages are size-capped by tonic before
+//! decoding ([`super::network::MAX_PEER_MESSAGE`]), commands cannot nest batches
+//! (`queue/command.rs`), and a forwarded write is checked again with the API's limits.
 
 use std::sync::Arc;
 
@@ -9,20 +14,26 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::node::{PeerError, RaftNode};
+use crate::api::ApiSettings;
 use crate::queue::Command;
 use crate::storage::{decode, encode};
 
 /// The peer service of one node.
 pub struct PeerService {
     node: Arc<RaftNode>,
+    settings: ApiSettings,
 }
 
 impl PeerService {
-    /// Serves `node`.
-    pub fn new(node: Arc<RaftNode>) -> Self {
-        Self { node }
+    /// Serves `node`; forwarded writes are held to the API's limits in `settings`.
+    pub fn new(node: Arc<RaftNode>, settings: ApiSettings) -> Self {
+        Self { node, settings }
     }
 }
+
+/// Longest deadline a peer call may carry: a forwarded call never waits longer than a
+/// client call could, and a huge `grpc-timeout` cannot overflow an `Instant`.
+const MAX_PEER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
     let data = encode(value).map_err(|e| Status::internal(format!("encoding peer reply: {e}")))?;
@@ -35,8 +46,10 @@ fn parse<T: serde::de::DeserializeOwned>(req: Request<RaftMessage>) -> Result<T,
 }
 
 fn deadline_of<T>(req: &Request<T>) -> Instant {
-    Instant::now()
-        + crate::deadline::grpc_timeout(req.metadata()).unwrap_or(std::time::Duration::from_secs(5))
+    let wait = crate::deadline::grpc_timeout(req.metadata())
+        .unwrap_or(std::time::Duration::from_secs(5))
+        .min(MAX_PEER_DEADLINE);
+    Instant::now() + wait
 }
 
 #[tonic::async_trait]
@@ -65,6 +78,8 @@ impl RaftPeer for PeerService {
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let deadline = deadline_of(&req);
         let cmd: Command = parse(req)?;
+        crate::api::validate::forwarded(&cmd, &self.settings, super::wall_clock_ms())
+            .map_err(|e| Status::invalid_argument(format!("forwarded command refused: {e}")))?;
         let res = if self.node.is_leader() {
             self.node.propose_local(cmd, deadline).await
         } else {

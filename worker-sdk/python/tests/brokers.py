@@ -65,10 +65,18 @@ def http_get(port: int, path: str) -> int | None:
 class BrokerNode:
     """One ``taskraft serve`` process; its output goes to ``<data_dir>.log``."""
 
-    def __init__(self, data_dir: Path, extra: list[str] | None = None, *, grpc_port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        extra: list[str] | None = None,
+        *,
+        grpc_port: int | None = None,
+        peer_port: int | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = grpc_port or free_port()
         self.http_port = free_port()
+        self.peer_port = peer_port or free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.log = data_dir.with_suffix(".log")
         self.args = [
@@ -78,6 +86,8 @@ class BrokerNode:
             self.addr,
             "--http",
             f"127.0.0.1:{self.http_port}",
+            "--peer-listen",
+            f"127.0.0.1:{self.peer_port}",
             "--data-dir",
             str(data_dir),
             *(extra or []),
@@ -128,13 +138,14 @@ class BrokerCluster:
     """``n`` processes that form one cluster through ``--peers``."""
 
     def __init__(self, root: Path, n: int, extra: list[str] | None = None) -> None:
-        ports = [free_port() for _ in range(n)]
-        peers = ",".join(f"{i + 1}=127.0.0.1:{p}" for i, p in enumerate(ports))
+        ports = [(free_port(), free_port()) for _ in range(n)]
+        peers = ",".join(f"{i + 1}=127.0.0.1:{c}/127.0.0.1:{p}" for i, (c, p) in enumerate(ports))
         self.nodes = [
             BrokerNode(
                 root / f"node-{i + 1}",
                 ["--id", str(i + 1), "--peers", peers, *(extra or [])],
-                grpc_port=ports[i],
+                grpc_port=ports[i][0],
+                peer_port=ports[i][1],
             )
             for i in range(n)
         ]

@@ -106,7 +106,11 @@ export class BrokerNode {
  */
 export async function startBroker(extra = []) {
   const root = mkdtempSync(join(tmpdir(), "taskraft-ts-"));
-  const node = new BrokerNode(join(root, "node"), `127.0.0.1:${await freePort()}`, `127.0.0.1:${await freePort()}`, extra);
+  const node = new BrokerNode(join(root, "node"), `127.0.0.1:${await freePort()}`, `127.0.0.1:${await freePort()}`, [
+    "--peer-listen",
+    `127.0.0.1:${await freePort()}`,
+    ...extra,
+  ]);
   await node.ready();
   return {
     node,
@@ -126,13 +130,18 @@ export async function startBroker(extra = []) {
 export async function startCluster(n, extra = []) {
   const root = mkdtempSync(join(tmpdir(), "taskraft-ts-"));
   const addrs = [];
-  for (let i = 0; i < n; i++) addrs.push(`127.0.0.1:${await freePort()}`);
-  const peers = addrs.map((a, i) => `${i + 1}=${a}`).join(",");
+  /** @type {string[]} */
+  const peerAddrs = [];
+  for (let i = 0; i < n; i++) {
+    addrs.push(`127.0.0.1:${await freePort()}`);
+    peerAddrs.push(`127.0.0.1:${await freePort()}`);
+  }
+  const peers = addrs.map((a, i) => `${i + 1}=${a}/${peerAddrs[i]}`).join(",");
   /** @type {BrokerNode[]} */
   const nodes = [];
   for (let i = 0; i < n; i++) {
     const http = `127.0.0.1:${await freePort()}`;
-    nodes.push(new BrokerNode(join(root, `node-${i + 1}`), /** @type {string} */ (addrs[i]), http, ["--id", String(i + 1), "--peers", peers, ...extra]));
+    nodes.push(new BrokerNode(join(root, `node-${i + 1}`), /** @type {string} */ (addrs[i]), http, ["--id", String(i + 1), "--peers", peers, "--peer-listen", /** @type {string} */ (peerAddrs[i]), ...extra]));
   }
   await Promise.all(nodes.map((x) => x.ready()));
   return {

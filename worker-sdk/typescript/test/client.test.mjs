@@ -157,7 +157,10 @@ describe("connections", () => {
       const { mkdtempSync } = await import("node:fs");
       const { tmpdir } = await import("node:os");
       const dir = mkdtempSync(`${tmpdir()}/taskraft-ts-late-`);
-      const node = new BrokerNode(`${dir}/node`, `127.0.0.1:${port}`, `127.0.0.1:${await freePort()}`, []);
+      const node = new BrokerNode(`${dir}/node`, `127.0.0.1:${port}`, `127.0.0.1:${await freePort()}`, [
+        "--peer-listen",
+        `127.0.0.1:${await freePort()}`,
+      ]);
       late = { node, addr: node.addr, stop: () => node.kill() };
       const { jobId } = await call;
       assert.equal((await c.getJob(jobId)).state, "READY");

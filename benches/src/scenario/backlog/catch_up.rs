@@ -51,7 +51,12 @@ impl Run<'_> {
             .collect();
         let peers_but_f: Vec<String> = (0..self.nodes.len())
             .filter(|i| *i != f)
-            .map(|i| format!("{}={}", self.ids[i], self.nodes[i].addr))
+            .map(|i| {
+                format!(
+                    "{}={}/{}",
+                    self.ids[i], self.nodes[i].addr, self.nodes[i].peer
+                )
+            })
             .collect();
         self.read_hwm(f);
         let leader_reset = probe::reset_peak(self.nodes[lead].pid());
@@ -79,6 +84,7 @@ impl Run<'_> {
             let req = pb::AddNodeRequest {
                 node_id: id_f,
                 addr: faddr.clone(),
+                peer_addr: self.nodes[f].peer.to_string(),
             };
             let (servers, token) = (others.clone(), self.o.token.clone());
             tokio::spawn(add_node(servers, token, req, start, deadline))
