@@ -173,6 +173,7 @@ impl StateMachineStore {
                 .with_context(|| format!("removing {}", installing.display()))?;
         }
         let db = open_store(&path)?;
+        crate::storage::format::check_state(&db)?;
         let applied = {
             let txn = db.begin_read()?;
             view_of(&txn)

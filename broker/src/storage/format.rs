@@ -1,14 +1,13 @@
-//! The Raft log's format version. Like the state store (whose stamp and conversions
-//! live with it in `raft/state_machine.rs`), `raft-log.redb` records the format it was
-//! written in (key `format` in its `meta` table, a little-endian u32); a node refuses a
-//! log written in a newer format than it knows (a downgrade) and reads older ones (an
-//! upgrade), converting them if a format change ever needs it. A log without the key
-//! predates the stamp and is format 1.
+//! On-disk format versions. Each redb file records the format it was written in (key
+//! `format` in its metadata table); a node refuses a file written in a newer format
+//! than it knows (a downgrade), and reads older ones (an upgrade), converting them if a
+//! format change ever needs it. A file without the key predates the stamp and is
+//! format 1.
 //!
 //! | file            | format | what it is                                           |
 //! |-----------------|--------|------------------------------------------------------|
 //! | `raft-log.redb` | 1      | postcard-encoded openraft 0.9 entries of `Envelope`  |
-//! | `state.redb`    | see `raft/state_machine.rs` | the tables of `storage/tables.rs` |
+//! | `state.redb`    | 1      | the tables of `storage/tables.rs`                    |
 //! | snapshot stream | 1      | magic `TRSNAP01` (`raft/snapshot.rs`); also backups  |
 //!
 //! Rule for changes: a new `queue::Command` variant goes at the end of the enum and an
@@ -20,6 +19,8 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 /// Format of `raft-log.redb` this build writes.
 pub const LOG_FORMAT: u32 = 1;
+/// Format of `state.redb` this build writes.
+pub const STATE_FORMAT: u32 = 1;
 
 const KEY: &str = "format";
 
@@ -73,6 +74,17 @@ pub fn check_log(db: &Database) -> anyhow::Result<()> {
     )
 }
 
+/// Checks (or stamps) the state store's format.
+pub fn check_state(db: &Database) -> anyhow::Result<()> {
+    check(
+        db,
+        super::tables::SM_META,
+        KEY.as_bytes(),
+        STATE_FORMAT,
+        "the state store (state.redb)",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use redb::ReadableDatabase;
@@ -80,7 +92,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_log_from_a_newer_format_is_refused_and_an_unstamped_one_is_stamped() {
+    fn a_store_from_a_newer_format_is_refused_and_an_unstamped_one_is_stamped() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("log.redb")).unwrap();
         check_log(&db).unwrap();
@@ -94,15 +106,11 @@ mod tests {
         let e = check_log(&db).unwrap_err().to_string();
         assert!(e.contains("written by a newer taskraft"), "{e}");
 
-        // Unstamped: stamped with this build's format.
-        let db = Database::create(dir.path().join("old.redb")).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(crate::storage::META).unwrap();
-        txn.commit().unwrap();
-        check_log(&db).unwrap();
+        let db = Database::create(dir.path().join("state.redb")).unwrap();
+        check_state(&db).unwrap();
         let txn = db.begin_read().unwrap();
-        let t = txn.open_table(crate::storage::META).unwrap();
-        let v = t.get(KEY).unwrap().unwrap();
-        assert_eq!(v.value(), LOG_FORMAT.to_le_bytes());
+        let t = txn.open_table(crate::storage::tables::SM_META).unwrap();
+        let v = t.get(KEY.as_bytes()).unwrap().unwrap();
+        assert_eq!(v.value(), STATE_FORMAT.to_le_bytes());
     }
 }
