@@ -9,6 +9,11 @@ use taskraft_broker::queue::{
     Command, Due, Envelope, MemTables, NewJob, Outcome, Retention, State,
 };
 
+/// The broker's allocator (`broker/src/main.rs`), so the store benchmark measures what
+/// a node runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RETENTION: Retention = Retention {
     result_ttl_ms: 86_400_000,
     failure_ttl_ms: 7 * 86_400_000,
@@ -136,12 +141,13 @@ fn expired_state(n: usize) -> State<MemTables> {
 
 /// One retention entry: a Tick that removes the 10,000 expired jobs it may remove.
 fn retention_sweep_10k(c: &mut Criterion) {
-    let template = expired_state(10_000);
     let tick = Envelope {
         now_ms: 10_000,
         cmd: Command::Tick,
     };
     c.bench_function("apply/retention_sweep_10k", |b| {
+        // Built here, not above: criterion calls this only when the filter selects it.
+        let template = expired_state(10_000);
         b.iter_batched_ref(
             || template.clone(),
             |s| {
@@ -158,12 +164,12 @@ fn retention_sweep_10k(c: &mut Criterion) {
 fn retention_sweep_1m(c: &mut Criterion) {
     let mut group = c.benchmark_group("retention");
     group.sample_size(10);
-    let template = expired_state(1_000_000);
     let tick = Envelope {
         now_ms: 10_000,
         cmd: Command::Tick,
     };
     group.bench_function("sweep_1m_all_entries", |b| {
+        let template = expired_state(1_000_000);
         b.iter_batched_ref(
             || template.clone(),
             |s| {
@@ -177,8 +183,102 @@ fn retention_sweep_1m(c: &mut Criterion) {
     group.finish();
 }
 
+/// The on-disk state machine (redb, as every node runs it): one `Enqueue` entry of
+/// 100 jobs of 256 B, one `Lease` of 100 and one entry of 100 `Ack`s, each applied
+/// as its own batch. This is the apply cost of the `lifecycle` load per 100 jobs,
+/// without Raft's log, gRPC or the clock of a shared machine's other processes.
+fn store_lifecycle_100(c: &mut Criterion) {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    use taskraft_broker::raft::state_machine::StateMachineStore;
+    use taskraft_broker::raft::types::Entry;
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // On tmpfs where there is one: this measures CPU per job, not the disk.
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("tempdir");
+    let mut sm = StateMachineStore::open(dir.path()).expect("store");
+    let mut index = 0u64;
+    let mut next = 0usize;
+    let mut entry = |cmd: Command| {
+        index += 1;
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Envelope {
+                now_ms: 1_000 + index,
+                cmd,
+            }),
+        }
+    };
+    c.bench_function("store/lifecycle_100", |b| {
+        b.iter_custom(|iters| {
+            let start = process_cpu_time();
+            for _ in 0..iters {
+                rt.block_on(async {
+                    let mut jobs: Vec<NewJob> = (next..next + 100).map(new_job).collect();
+                    next += 100;
+                    for j in &mut jobs {
+                        j.payload = bytes::Bytes::from(vec![b'x'; 256]);
+                    }
+                    sm.apply([entry(Command::Enqueue(jobs))])
+                        .await
+                        .expect("enqueue");
+                    let lease = entry(Command::Lease {
+                        queues: vec!["bench".into()],
+                        worker_id: "w".into(),
+                        max_jobs: 100,
+                        visibility_timeout_ms: 30_000,
+                    });
+                    let leased = match sm.apply([lease]).await.expect("lease").pop() {
+                        Some(Ok(Outcome::Leased(v))) => v,
+                        other => panic!("lease: {other:?}"),
+                    };
+                    assert_eq!(leased.len(), 100);
+                    let acks = leased
+                        .into_iter()
+                        .map(|l| Command::Ack {
+                            job_id: l.job_id,
+                            lease_id: l.lease_id,
+                            result: bytes::Bytes::new(),
+                        })
+                        .collect();
+                    black_box(sm.apply([entry(Command::Batch(acks))]).await.expect("acks"));
+                })
+            }
+            process_cpu_time() - start
+        })
+    });
+}
+
+/// CPU time used by this process (all threads): the store benchmark reports it rather
+/// than wall time, so that other work on a shared 2-core machine does not blur it
+/// (apply runs on tokio's blocking threads, and the fsync of a durable commit is not
+/// CPU time: the disk is `benches/README`'s end-to-end figures' business).
+fn process_cpu_time() -> std::time::Duration {
+    // Linux: nanoseconds on the CPU of each thread, in /proc/self/task/*/schedstat.
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let path = task.expect("a task entry").path().join("schedstat");
+        // A thread may end between the listing and the read.
+        if let Ok(stat) = std::fs::read_to_string(path) {
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    std::time::Duration::from_nanos(ns)
+}
+
 criterion_group!(
     benches,
+    store_lifecycle_100,
     enqueue_100,
     lease_ack_one,
     retention_sweep_10k,

@@ -6,6 +6,12 @@
 
 mod cli;
 
+/// mimalloc instead of glibc's malloc: the apply path allocates and frees many small
+/// buffers per job (keys, records, redb's page handles), and glibc's malloc and free
+/// took about a quarter of the apply CPU profile (benches/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use taskraft_broker::config::ServeArgs;
 

@@ -279,6 +279,11 @@ impl Broker for BrokerService {
             self.node.read_barrier().await?;
         }
         let shared = &self.node.shared;
+        if !shared.read().state.has_leasable(&r.queues) {
+            // Read views trail apply by a few milliseconds: a job enqueued (and
+            // answered) just before must not be missed by a Lease that does not wait.
+            shared.caught_up().await;
+        }
         loop {
             let notified = shared.applied.notified();
             tokio::pin!(notified);

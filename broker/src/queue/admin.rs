@@ -49,7 +49,7 @@ impl<T: Tables> State<T> {
         let mut revived = 0;
         // Revived jobs leave the Dead index, so each page starts from the front again.
         loop {
-            let page = self.t.state_range(queue, JobState::Dead, None, 1024);
+            let page = self.t.dead_range(queue, None, 1024);
             if page.is_empty() {
                 return revived;
             }

@@ -23,6 +23,8 @@ use super::worker::WorkerInfo;
 /// million jobs falling due at once never make a single apply stall the log. What is
 /// left is moved by the next entries (the leader keeps proposing ticks while work is due).
 pub const MAX_TIME_MOVES_PER_ENTRY: usize = 10_000;
+/// Most jobs one listing page reads when filtering by a state other than Dead.
+pub const LIST_SCAN_MAX: usize = 10_000;
 
 /// The queue state over tables `T`.
 #[derive(Clone, Debug, PartialEq)]
@@ -133,6 +135,12 @@ impl<T: TablesRead> State<T> {
 
     /// Jobs of a queue (optionally of one state) in enqueue order, after seq `after`.
     /// Returns the page and the seq to continue after, if there is more.
+    ///
+    /// Only dead jobs have an index of their own (the dead-letter listing and redrive);
+    /// other states are found by reading the queue's jobs in order and keeping those in
+    /// the state. That read stops after [`LIST_SCAN_MAX`] jobs, so a page can hold fewer
+    /// than `limit` jobs (even none) and still name a place to continue: what SQS, DynamoDB
+    /// and S3 listings do when a filter is applied to a long range.
     pub fn list_jobs(
         &self,
         queue: &str,
@@ -140,27 +148,56 @@ impl<T: TablesRead> State<T> {
         after: Option<u64>,
         limit: usize,
     ) -> (Vec<JobDetail>, Option<u64>) {
-        let mut seqs: Vec<u64> = match state {
-            Some(s) => self.t.state_range(queue, s, after, limit + 1),
-            None => {
-                let mut all: Vec<u64> = JobState::ALL
-                    .iter()
-                    .flat_map(|&s| self.t.state_range(queue, s, after, limit + 1))
-                    .collect();
-                all.sort_unstable();
-                all.truncate(limit + 1);
-                all
+        let mut jobs: Vec<Job> = Vec::new();
+        if limit == 0 {
+            return (Vec::new(), None);
+        }
+        if state == Some(JobState::Dead) || state.is_none() {
+            let seqs = if state.is_some() {
+                self.t.dead_range(queue, after, limit + 1)
+            } else {
+                self.t.listed_range(queue, after, limit + 1)
+            };
+            let more = seqs.len() > limit;
+            for &seq in seqs.iter().take(limit) {
+                if let Some(job) = self.t.job(seq) {
+                    jobs.push(job);
+                }
             }
-        };
-        let more = seqs.len() > limit;
-        seqs.truncate(limit);
-        let next = if more { seqs.last().copied() } else { None };
-        let jobs = seqs
-            .iter()
-            .filter_map(|&s| self.t.job(s))
-            .map(|j| self.detail(j))
-            .collect();
-        (jobs, next)
+            let next = if more {
+                seqs.get(limit - 1).copied()
+            } else {
+                None
+            };
+            return (jobs.into_iter().map(|j| self.detail(j)).collect(), next);
+        }
+        let mut cursor = after;
+        let mut scanned = 0;
+        loop {
+            let chunk = (limit + 1).clamp(64, 1024);
+            let seqs = self.t.listed_range(queue, cursor, chunk);
+            let exhausted = seqs.len() < chunk;
+            for seq in seqs {
+                let Some(job) = self.t.job(seq) else { continue };
+                scanned += 1;
+                if Some(job.state) == state {
+                    if jobs.len() == limit {
+                        // One more match exists: the page is full and continues after
+                        // the last job it holds.
+                        let next = jobs.last().map(|j| j.seq);
+                        return (jobs.into_iter().map(|j| self.detail(j)).collect(), next);
+                    }
+                    jobs.push(job);
+                }
+                cursor = Some(seq);
+                if scanned >= LIST_SCAN_MAX && !exhausted {
+                    return (jobs.into_iter().map(|j| self.detail(j)).collect(), cursor);
+                }
+            }
+            if exhausted {
+                return (jobs.into_iter().map(|j| self.detail(j)).collect(), None);
+            }
+        }
     }
 
     /// Workers seen through their leases, by id.
@@ -323,6 +360,7 @@ impl<T: Tables> State<T> {
         };
         self.t.put_id(&job.id, seq);
         self.t.put_payload(seq, &new.payload);
+        self.t.listed_insert(&job.queue, seq);
         self.file(&job);
         self.count(&job.queue, None, Some(target));
         self.t.put_job(&job);
@@ -335,7 +373,6 @@ impl<T: Tables> State<T> {
     /// Adds a job to the indexes of its current state.
     fn file(&mut self, job: &Job) {
         let seq = job.seq;
-        self.t.state_insert(&job.queue, job.state, seq);
         match job.state {
             JobState::Ready => self.t.ready_insert(&job.queue, job.priority, seq),
             JobState::Scheduled => self.t.timer_insert(Timer::Scheduled, job.run_at_ms, seq),
@@ -345,6 +382,9 @@ impl<T: Tables> State<T> {
                 self.worker_holds(&lease.worker_id, 1);
             }
             JobState::Succeeded | JobState::Dead | JobState::Cancelled => {
+                if job.state == JobState::Dead {
+                    self.t.dead_insert(&job.queue, seq);
+                }
                 self.t.timer_insert(Timer::Expiring, job.expires_at_ms, seq)
             }
         }
@@ -353,7 +393,6 @@ impl<T: Tables> State<T> {
     /// Removes a job from the indexes of its current state.
     fn unfile(&mut self, job: &Job) {
         let seq = job.seq;
-        self.t.state_remove(&job.queue, job.state, seq);
         match job.state {
             JobState::Ready => self.t.ready_remove(&job.queue, job.priority, seq),
             JobState::Scheduled => self.t.timer_remove(Timer::Scheduled, job.run_at_ms, seq),
@@ -364,6 +403,9 @@ impl<T: Tables> State<T> {
                 }
             }
             JobState::Succeeded | JobState::Dead | JobState::Cancelled => {
+                if job.state == JobState::Dead {
+                    self.t.dead_remove(&job.queue, seq);
+                }
                 self.t.timer_remove(Timer::Expiring, job.expires_at_ms, seq)
             }
         }
@@ -427,6 +469,7 @@ impl<T: Tables> State<T> {
         self.unfile(&job);
         self.count(&job.queue, Some(job.state), None);
         self.t.delete_id(&job.id);
+        self.t.listed_remove(&job.queue, seq);
         self.t.delete_job(seq);
         self.c.jobs = self.c.jobs.saturating_sub(1);
     }

@@ -8,7 +8,8 @@
 //!   ids       job id -> seq
 //!   queues    name -> QueueInfo (paused, counts by state)
 //!   ready     (queue, priority desc, seq)      leasable jobs in serving order
-//!   by_state  (queue, state, seq)              listings and redrive
+//!   by_state  (queue, seq) of every job        listings, in enqueue order
+//!             (queue, Dead, seq)               the dead-letter listing and redrive
 //!   timers    (kind, time, seq)                scheduled, leases, retention, webhooks
 //!   dedup     (queue, key) -> DedupEntry, with (expiry, queue, key) in its own index
 //!   workers   id -> WorkerInfo, with (forget_at, id) for workers holding nothing
@@ -25,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::job::{Job, JobState};
+use super::job::Job;
 use super::webhook::WebhookEvent;
 use super::worker::WorkerInfo;
 
@@ -102,14 +103,10 @@ pub trait TablesRead {
     fn queues(&self) -> Vec<(String, QueueInfo)>;
     /// The seq of the queue's next ready job (highest priority, then oldest).
     fn ready_first(&self, queue: &str) -> Option<u64>;
-    /// Seqs of a queue's jobs in `state`, after `after`, in seq order, at most `limit`.
-    fn state_range(
-        &self,
-        queue: &str,
-        state: JobState,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Vec<u64>;
+    /// Seqs of a queue's jobs (every state), after `after`, in seq order, at most `limit`.
+    fn listed_range(&self, queue: &str, after: Option<u64>, limit: usize) -> Vec<u64>;
+    /// Seqs of a queue's dead jobs, after `after`, in seq order, at most `limit`.
+    fn dead_range(&self, queue: &str, after: Option<u64>, limit: usize) -> Vec<u64>;
     /// The earliest entry of a timer index.
     fn timer_first(&self, timer: Timer) -> Option<(u64, u64)>;
     /// Entries of a timer index due at `now`, earliest first, at most `limit`.
@@ -152,10 +149,16 @@ pub trait Tables: TablesRead {
     fn ready_insert(&mut self, queue: &str, priority: i32, seq: u64);
     /// Unfiles a ready job.
     fn ready_remove(&mut self, queue: &str, priority: i32, seq: u64);
-    /// Files a job under its state.
-    fn state_insert(&mut self, queue: &str, state: JobState, seq: u64);
-    /// Unfiles a job from its state.
-    fn state_remove(&mut self, queue: &str, state: JobState, seq: u64);
+    /// Lists a job under its queue (once, when it is enqueued: a job's moves between
+    /// states write no listing entry, which keeps a lease and an ack a few writes
+    /// cheaper on disk).
+    fn listed_insert(&mut self, queue: &str, seq: u64);
+    /// Unlists a job (when it is removed).
+    fn listed_remove(&mut self, queue: &str, seq: u64);
+    /// Files a dead job (the dead-letter listing and redrive).
+    fn dead_insert(&mut self, queue: &str, seq: u64);
+    /// Unfiles a dead job.
+    fn dead_remove(&mut self, queue: &str, seq: u64);
     /// Adds a timer entry.
     fn timer_insert(&mut self, timer: Timer, at: u64, seq: u64);
     /// Removes a timer entry.
@@ -194,13 +197,32 @@ pub struct MemTables {
     pub(crate) ids: BTreeMap<String, u64>,
     pub(crate) queues: BTreeMap<String, QueueInfo>,
     pub(crate) ready: BTreeSet<(String, (i64, u64))>,
-    pub(crate) by_state: BTreeSet<(String, JobState, u64)>,
+    pub(crate) listed: BTreeSet<(String, u64)>,
+    pub(crate) dead: BTreeSet<(String, u64)>,
     pub(crate) timers: BTreeSet<(Timer, u64, u64)>,
     pub(crate) dedup: BTreeMap<(String, String), DedupEntry>,
     pub(crate) dedup_expiry: BTreeSet<(u64, String, String)>,
     pub(crate) workers: BTreeMap<String, WorkerInfo>,
     pub(crate) idle_workers: BTreeSet<(u64, String)>,
     pub(crate) outbox: BTreeMap<u64, WebhookEvent>,
+}
+
+/// Seqs of `queue` in `set` after `after`, at most `limit`.
+fn seq_range(
+    set: &BTreeSet<(String, u64)>,
+    queue: &str,
+    after: Option<u64>,
+    limit: usize,
+) -> Vec<u64> {
+    if after == Some(u64::MAX) {
+        return Vec::new();
+    }
+    let start = after.map_or(0, |a| a + 1);
+    set.range((queue.to_string(), start)..)
+        .take_while(|(q, _)| q == queue)
+        .take(limit)
+        .map(|(_, seq)| *seq)
+        .collect()
 }
 
 impl TablesRead for MemTables {
@@ -235,20 +257,11 @@ impl TablesRead for MemTables {
             .filter(|(q, _)| q == queue)
             .map(|(_, (_, seq))| *seq)
     }
-    fn state_range(
-        &self,
-        queue: &str,
-        state: JobState,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Vec<u64> {
-        let start = after.map_or(0, |a| a.saturating_add(1));
-        self.by_state
-            .range((queue.to_string(), state, start)..)
-            .take_while(|(q, s, _)| q == queue && *s == state)
-            .take(limit)
-            .map(|(_, _, seq)| *seq)
-            .collect()
+    fn listed_range(&self, queue: &str, after: Option<u64>, limit: usize) -> Vec<u64> {
+        seq_range(&self.listed, queue, after, limit)
+    }
+    fn dead_range(&self, queue: &str, after: Option<u64>, limit: usize) -> Vec<u64> {
+        seq_range(&self.dead, queue, after, limit)
     }
     fn timer_first(&self, timer: Timer) -> Option<(u64, u64)> {
         self.timers
@@ -328,11 +341,17 @@ impl Tables for MemTables {
         self.ready
             .remove(&(queue.to_string(), ready_order(priority, seq)));
     }
-    fn state_insert(&mut self, queue: &str, state: JobState, seq: u64) {
-        self.by_state.insert((queue.to_string(), state, seq));
+    fn listed_insert(&mut self, queue: &str, seq: u64) {
+        self.listed.insert((queue.to_string(), seq));
     }
-    fn state_remove(&mut self, queue: &str, state: JobState, seq: u64) {
-        self.by_state.remove(&(queue.to_string(), state, seq));
+    fn listed_remove(&mut self, queue: &str, seq: u64) {
+        self.listed.remove(&(queue.to_string(), seq));
+    }
+    fn dead_insert(&mut self, queue: &str, seq: u64) {
+        self.dead.insert((queue.to_string(), seq));
+    }
+    fn dead_remove(&mut self, queue: &str, seq: u64) {
+        self.dead.remove(&(queue.to_string(), seq));
     }
     fn timer_insert(&mut self, timer: Timer, at: u64, seq: u64) {
         self.timers.insert((timer, at, seq));

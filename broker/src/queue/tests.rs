@@ -290,6 +290,52 @@ fn a_tick_always_clears_what_next_wakeup_reports_due() {
     );
 }
 
+/// A state filter other than Dead reads the queue's jobs in order, at most
+/// `LIST_SCAN_MAX` per page: a long run of other jobs yields short (even empty) pages
+/// that still say where to continue, and following them finds every match once.
+#[test]
+fn filtered_listing_pages_through_long_runs_of_other_states() {
+    let mut s = State::new();
+    let n = super::state::LIST_SCAN_MAX * 2 + 500;
+    let mut jobs: Vec<NewJob> = (0..n).map(|i| new_job(&format!("j{i}"), "q", 0)).collect();
+    // The last three are served first, so the leased jobs are at the end of the queue.
+    for j in jobs.iter_mut().rev().take(3) {
+        j.priority = 9;
+    }
+    s.apply(&at(1, Command::Enqueue(jobs))).unwrap();
+    let got = leased(s.apply(&at(2, lease_cmd(&["q"], 3, 60_000))));
+    assert_eq!(got.len(), 3);
+
+    let mut found = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let (page, next) = s.list_jobs("q", Some(JobState::Leased), after, 2);
+        pages += 1;
+        assert!(page.len() <= 2);
+        assert!(page.iter().all(|j| j.job.state == JobState::Leased));
+        found.extend(page.into_iter().map(|j| j.job.id));
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+        assert!(pages < 10, "listing does not end");
+    }
+    let mut want: Vec<String> = got.into_iter().map(|l| l.job_id).collect();
+    want.sort();
+    found.sort();
+    assert_eq!(found, want);
+    // Two pages of reading past ready jobs, then the three leased ones (two pages of 2).
+    assert!(pages >= 3, "{pages} pages");
+
+    // Unfiltered and Dead listings page exactly by `limit`.
+    let (page, next) = s.list_jobs("q", None, None, 7);
+    assert_eq!(page.len(), 7);
+    assert_eq!(next, Some(page[6].job.seq));
+    let (dead, next) = s.list_jobs("q", Some(JobState::Dead), None, 7);
+    assert!(dead.is_empty() && next.is_none());
+}
+
 #[test]
 fn time_never_runs_backwards() {
     let mut s = State::new();
@@ -305,16 +351,21 @@ use super::testing::{op, Driver};
 
 fn check_invariants(s: &State<MemTables>) {
     let t = s.tables();
-    // Each job is filed under exactly one state of its queue, matching its record, and
-    // in the right ready or time index.
+    // Each job is listed once under its queue; exactly the dead ones are in the dead
+    // index; and each is in the right ready or time index.
     let mut seen = BTreeSet::new();
-    for (name, st, seq) in &t.by_state {
-        assert!(seen.insert(*seq), "job {seq} in two state sets");
-        let job = &t.jobs[seq];
-        assert_eq!(job.state, *st);
-        assert_eq!(&job.queue, name);
+    for (name, seq) in &t.listed {
+        assert!(seen.insert(*seq), "job {seq} listed twice");
+        assert_eq!(&t.jobs[seq].queue, name);
     }
-    assert_eq!(seen.len(), t.jobs.len(), "every job is indexed once");
+    assert_eq!(seen.len(), t.jobs.len(), "every job is listed once");
+    let dead: BTreeSet<(String, u64)> = t
+        .jobs
+        .values()
+        .filter(|j| j.state == JobState::Dead)
+        .map(|j| (j.queue.clone(), j.seq))
+        .collect();
+    assert_eq!(t.dead, dead, "the dead index holds exactly the dead jobs");
     for (name, q) in &t.queues {
         // Counts equal a recount.
         let count = |st| {

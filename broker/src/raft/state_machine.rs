@@ -39,9 +39,17 @@ const CACHE_BYTES: usize = 256 << 20;
 /// Longest time between durable commits of the store (bounds what a restart replays,
 /// and lets redb reuse the pages freed by non-durable commits).
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
+/// Longest time applied entries wait in the open write transaction before it is
+/// committed and readers see them (see [`Writer`]).
+const COMMIT_EVERY: Duration = Duration::from_millis(3);
 
 /// `sm_meta` key of the last applied log id.
 pub const APPLIED_KEY: &[u8] = b"applied";
+/// `sm_meta` key of the store's format, [`FORMAT`].
+const FORMAT_KEY: &[u8] = b"format";
+/// Layout of the state tables (`storage/format.rs`). 2: jobs are listed once per queue
+/// (`by_state` marker 0xff) and only dead jobs have a state index.
+const FORMAT: u32 = crate::storage::format::STATE_FORMAT;
 const MEMBERSHIP_KEY: &[u8] = b"membership";
 
 type Membership = StoredMembership<NodeId, openraft::BasicNode>;
@@ -60,8 +68,10 @@ pub struct Shared {
     db: RwLock<Arc<Database>>,
     /// Bumped after every applied batch; long-polling leases wait on it.
     pub applied: Notify,
-    /// Index of the last applied entry.
+    /// Index of the last applied entry that readers can see (committed to the store).
     pub applied_index: watch::Sender<u64>,
+    /// Index of the last applied entry, which may still wait in the open transaction.
+    applied_latest: AtomicU64,
 }
 
 impl Shared {
@@ -77,6 +87,19 @@ impl Shared {
             Err(e) => {
                 tracing::error!(error = %e, "state store read failed");
                 empty_view()
+            }
+        }
+    }
+
+    /// Returns once read views include every entry applied before the call (at most
+    /// [`COMMIT_EVERY`] later): for a caller about to conclude from a view that
+    /// something is absent, such as a `Lease` finding no job.
+    pub async fn caught_up(&self) {
+        let target = self.applied_latest.load(Ordering::Acquire);
+        let mut rx = self.applied_index.subscribe();
+        while *rx.borrow_and_update() < target {
+            if rx.changed().await.is_err() {
+                return;
             }
         }
     }
@@ -134,8 +157,76 @@ pub struct StateMachineStore {
     shared: Arc<Shared>,
     dir: PathBuf,
     current: Arc<Mutex<Option<Current>>>,
-    last_durable: Arc<Mutex<Instant>>,
+    writer: Arc<Mutex<Writer>>,
     snapshot_seq: Arc<AtomicU64>,
+}
+
+/// The write transaction that applied entries go into.
+///
+/// Committing a redb transaction costs a fixed amount (every touched B-tree path is
+/// copied and written out) however little it holds, and under load openraft hands
+/// `apply` a few entries at a time. So batches accumulate in one open transaction that
+/// is committed at most [`COMMIT_EVERY`] after it was opened: by the next `apply` that
+/// finds it old enough, or by a timer when no more entries come. Callers lose nothing
+/// by the wait: a write's reply comes from `apply` itself, and readers go through
+/// [`Shared::applied_index`], which moves only when a commit makes the entries visible
+/// to read transactions (the read barrier waits for it). Every other writer of the
+/// store (a durable commit for a snapshot, an install) commits the open transaction
+/// first: redb allows one write transaction at a time.
+struct Writer {
+    txn: Option<WriteTransaction>,
+    opened: Instant,
+    /// Index of the last entry applied into `txn`.
+    index: Option<u64>,
+    /// A [`commit_timer`] is pending.
+    timer_armed: bool,
+    last_durable: Instant,
+    /// A commit by the timer failed: the entries in it are lost to this process, so
+    /// every later call fails (openraft then stops the node, and a restart applies
+    /// them again from the log).
+    failed: Option<String>,
+}
+
+impl Writer {
+    fn new() -> Self {
+        Self {
+            txn: None,
+            opened: Instant::now(),
+            index: None,
+            timer_armed: false,
+            last_durable: Instant::now(),
+            failed: None,
+        }
+    }
+
+    /// Commits the open transaction, if any (durably when `durable`, or when the last
+    /// durable commit is [`DURABLE_EVERY`] old), and publishes its entries to readers.
+    fn commit(&mut self, shared: &Shared, durable: bool) -> anyhow::Result<()> {
+        if let Some(e) = &self.failed {
+            anyhow::bail!("an earlier commit of applied entries failed: {e}");
+        }
+        let Some(mut txn) = self.txn.take() else {
+            return Ok(());
+        };
+        let durable = durable || self.last_durable.elapsed() >= DURABLE_EVERY;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        // Durable commits save redb's allocator state, so that opening the store after a
+        // crash does not walk the whole database (seconds at 10M jobs).
+        txn.set_quick_repair(durable);
+        txn.commit()?;
+        if durable {
+            self.last_durable = Instant::now();
+        }
+        if let Some(i) = self.index.take() {
+            shared.applied_index.send_replace(i);
+        }
+        shared.applied.notify_waiters();
+        Ok(())
+    }
 }
 
 fn open_store(path: &Path) -> anyhow::Result<Database> {
@@ -145,7 +236,52 @@ fn open_store(path: &Path) -> anyhow::Result<Database> {
         .create(path)
         .with_context(|| format!("opening the state store {}", path.display()))?;
     create_all(&db).with_context(|| format!("creating tables in {}", path.display()))?;
+    check_format(&db, path)?;
     Ok(db)
+}
+
+/// Stamps a new store with [`FORMAT`], converts a store of format 1 (written before
+/// the stamp, with a state index entry for every job), and refuses a newer one. The
+/// stamp is a little-endian u32 under `sm_meta` "format"; snapshot streams carry it.
+fn check_format(db: &Database, path: &Path) -> anyhow::Result<()> {
+    use redb::ReadableTable;
+    let txn = db.begin_write()?;
+    let (found, has_state) = {
+        let meta = txn.open_table(crate::storage::tables::SM_META)?;
+        let found = match meta.get(FORMAT_KEY)? {
+            None => None,
+            Some(v) => Some(u32::from_le_bytes(v.value().try_into().map_err(|_| {
+                anyhow::anyhow!("{}: unreadable format stamp", path.display())
+            })?)),
+        };
+        let has_state = meta.get(APPLIED_KEY)?.is_some();
+        (found, has_state)
+    };
+    let format = found.unwrap_or(if has_state { 1 } else { FORMAT });
+    anyhow::ensure!(
+        format <= FORMAT,
+        "{} is in state format {format}, written by a newer taskraft; this build reads \
+         formats up to {FORMAT}. Run the newer version (downgrades are not supported)",
+        path.display()
+    );
+    if format < FORMAT {
+        let started = Instant::now();
+        let jobs = crate::storage::tables::relist_jobs(&txn)?;
+        tracing::info!(
+            path = %path.display(),
+            from = format,
+            to = FORMAT,
+            jobs,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "converted the state store"
+        );
+    }
+    if found != Some(FORMAT) {
+        txn.open_table(crate::storage::tables::SM_META)?
+            .insert(FORMAT_KEY, FORMAT.to_le_bytes().as_slice())?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 impl StateMachineStore {
@@ -173,7 +309,6 @@ impl StateMachineStore {
                 .with_context(|| format!("removing {}", installing.display()))?;
         }
         let db = open_store(&path)?;
-        crate::storage::format::check_state(&db)?;
         let applied = {
             let txn = db.begin_read()?;
             view_of(&txn)
@@ -186,10 +321,11 @@ impl StateMachineStore {
                 db: RwLock::new(Arc::new(db)),
                 applied: Notify::new(),
                 applied_index: watch::channel(applied).0,
+                applied_latest: AtomicU64::new(applied),
             }),
             dir: dir.to_path_buf(),
             current: Arc::new(Mutex::new(None)),
-            last_durable: Arc::new(Mutex::new(Instant::now())),
+            writer: Arc::new(Mutex::new(Writer::new())),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -206,12 +342,20 @@ impl StateMachineStore {
     /// Commits an empty transaction durably: every earlier non-durable commit is on
     /// disk once it returns.
     fn make_durable(&self, db: &Database) -> anyhow::Result<()> {
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        txn.set_quick_repair(true);
-        txn.commit()?;
-        *self.last_durable.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        Ok(())
+        let mut w = self.lock_writer();
+        if w.txn.is_none() {
+            w.txn = Some(db.begin_write()?);
+        }
+        w.commit(&self.shared, true)
+    }
+
+    /// Commits what is applied, so that read transactions see all of it.
+    fn commit_applied(&self) -> anyhow::Result<()> {
+        self.lock_writer().commit(&self.shared, false)
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A snapshot of the store as it is now: meta from the view itself.
@@ -235,6 +379,7 @@ impl StateMachineStore {
 
     /// The log id of the membership the store has applied.
     fn applied_membership(&self) -> anyhow::Result<Option<LogId>> {
+        self.commit_applied()?;
         let db = self.shared.db();
         let txn = db.begin_read()?;
         Ok(*applied_of(&txn)?.1.log_id())
@@ -254,6 +399,45 @@ impl StateMachineStore {
             meta: c.meta.clone(),
             dump: c.dump.clone(),
         });
+    }
+}
+
+/// Commits the open transaction once it is [`COMMIT_EVERY`] old, when no apply came to
+/// do it; waits again if a newer transaction was opened meanwhile.
+async fn commit_timer(
+    writer: std::sync::Weak<Mutex<Writer>>,
+    shared: std::sync::Weak<Shared>,
+    mut due: Instant,
+) {
+    loop {
+        tokio::time::sleep_until(due.into()).await;
+        let (writer, shared) = (writer.clone(), shared.clone());
+        let again = tokio::task::spawn_blocking(move || {
+            let (Some(writer), Some(shared)) = (writer.upgrade(), shared.upgrade()) else {
+                return None;
+            };
+            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+            if w.txn.is_none() || w.failed.is_some() {
+                w.timer_armed = false;
+                return None;
+            }
+            if w.opened.elapsed() < COMMIT_EVERY {
+                return Some(w.opened + COMMIT_EVERY);
+            }
+            w.timer_armed = false;
+            if let Err(e) = w.commit(&shared, false) {
+                tracing::error!(error = %e, "committing applied entries failed");
+                w.failed = Some(e.to_string());
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        match again {
+            Some(next) => due = next,
+            None => return,
+        }
     }
 }
 
@@ -335,6 +519,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
+        self.commit_applied().map_err(write_err)?;
         let db = self.shared.db();
         let txn = db.begin_read().map_err(read_err)?;
         applied_of(&txn).map_err(read_err)
@@ -350,43 +535,55 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(Vec::new());
         }
         let db = self.shared.db();
-        let durable = self
-            .last_durable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
-            >= DURABLE_EVERY;
-        let (replies, last_index) = tokio::task::spawn_blocking(move || {
-            let mut txn = db.begin_write()?;
-            let durability = if durable {
-                Durability::Immediate
-            } else {
-                Durability::None
-            };
-            txn.set_durability(durability)?;
-            // Durable commits save redb's allocator state, so that opening the store
-            // after a crash does not walk the whole database (seconds at 10M jobs).
-            txn.set_quick_repair(durable);
-            let out = match apply_batch(&txn, entries) {
+        let this = self.clone();
+        let left_open = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut w = this.lock_writer();
+            if let Some(e) = &w.failed {
+                anyhow::bail!("an earlier commit of applied entries failed: {e}");
+            }
+            if w.txn.is_none() {
+                w.txn = Some(db.begin_write()?);
+                w.opened = Instant::now();
+            }
+            let txn = w.txn.as_ref().expect("opened above");
+            let (replies, last_index) = match apply_batch(txn, entries) {
                 Ok(out) => out,
                 Err(e) => {
-                    let _ = txn.abort();
+                    // Entries applied into this transaction before are lost with it; the
+                    // error stops the node, and a restart applies them again from the log.
+                    if let Some(txn) = w.txn.take() {
+                        let _ = txn.abort();
+                    }
                     anyhow::bail!(e);
                 }
             };
-            txn.commit()?;
-            Ok(out)
+            if let Some(i) = last_index {
+                w.index = Some(i);
+                this.shared.applied_latest.store(i, Ordering::Release);
+            }
+            let arm = if w.opened.elapsed() >= COMMIT_EVERY {
+                w.commit(&this.shared, false)?;
+                None
+            } else if w.timer_armed {
+                None
+            } else {
+                w.timer_armed = true;
+                Some(w.opened + COMMIT_EVERY)
+            };
+            Ok((replies, arm))
         })
         .await
         .map_err(write_err)?
         .map_err(write_err)?;
-        if durable {
-            *self.last_durable.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        let (replies, arm) = left_open;
+        if let Some(due) = arm {
+            // No later apply may come to commit the open transaction: a timer does (one
+            // at a time). It holds the store weakly, so that a store dropped (a node
+            // stopping) closes its file at once.
+            let writer = Arc::downgrade(&self.writer);
+            let shared = Arc::downgrade(&self.shared);
+            tokio::spawn(commit_timer(writer, shared, due));
         }
-        if let Some(i) = last_index {
-            self.shared.applied_index.send_replace(i);
-        }
-        self.shared.applied.notify_waiters();
         Ok(replies)
     }
 
@@ -461,6 +658,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(current);
         let index = meta.last_log_id.map_or(0, |l| l.index);
+        self.shared.applied_latest.store(index, Ordering::Release);
         self.shared.applied_index.send_replace(index);
         self.shared.applied.notify_waiters();
         tracing::info!(
@@ -550,10 +748,12 @@ mod tests {
     async fn store_with(dir: &Path, entries: u64) -> StateMachineStore {
         let mut sm = StateMachineStore::open(dir).unwrap();
         sm.apply((1..=entries).map(enqueue)).await.unwrap();
+        sm.commit_applied().unwrap();
         sm
     }
 
     fn jobs(sm: &StateMachineStore) -> u64 {
+        sm.commit_applied().unwrap();
         sm.shared().read().state.job_count()
     }
 
@@ -588,6 +788,48 @@ mod tests {
         assert_eq!(jobs(&c), 20);
         let current = c.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta.last_log_id.unwrap().index, 20);
+    }
+
+    /// A store of format 1 (a state index entry per job, no stamp) is converted at
+    /// open: its jobs are listed again and the stamp says 2.
+    #[tokio::test]
+    async fn a_format_1_store_is_converted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = store_with(dir.path(), 5).await;
+        drop(sm);
+        {
+            let db = open_store_unchecked(&dir.path().join("state.redb"));
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(crate::storage::tables::SM_META).unwrap();
+                meta.remove(FORMAT_KEY).unwrap();
+                let mut by_state = txn.open_table(crate::storage::tables::BY_STATE).unwrap();
+                by_state.retain(|_, _| false).unwrap();
+                // Format 1: queue key, state index (0 = Ready), seq.
+                for seq in 0..5u64 {
+                    let mut k = vec![1, b'q', 0];
+                    k.extend_from_slice(&seq.to_be_bytes());
+                    by_state.insert(k.as_slice(), b"".as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let sm = StateMachineStore::open(dir.path()).unwrap();
+        let view = sm.shared().read();
+        let (jobs, next) = view.state.list_jobs("q", None, None, 10);
+        assert_eq!(jobs.len(), 5);
+        assert_eq!(next, None);
+        drop(view);
+        drop(sm);
+        let db = open_store_unchecked(&dir.path().join("state.redb"));
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(crate::storage::tables::SM_META).unwrap();
+        let stamp = meta.get(FORMAT_KEY).unwrap().unwrap().value().to_vec();
+        assert_eq!(stamp, FORMAT.to_le_bytes());
+    }
+
+    fn open_store_unchecked(path: &Path) -> Database {
+        redb::Database::create(path).unwrap()
     }
 
     #[tokio::test]

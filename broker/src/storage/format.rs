@@ -7,7 +7,7 @@
 //! | file            | format | what it is                                           |
 //! |-----------------|--------|------------------------------------------------------|
 //! | `raft-log.redb` | 1      | postcard-encoded openraft 0.9 entries of `Envelope`  |
-//! | `state.redb`    | 1      | the tables of `storage/tables.rs`                    |
+//! | `state.redb`    | 2      | the tables of `storage/tables.rs`; 1 had a state index entry per job, converted at open (`raft/state_machine.rs::check_format`) |
 //! | snapshot stream | 1      | magic `TRSNAP01` (`raft/snapshot.rs`); also backups  |
 //!
 //! Rule for changes: a new `queue::Command` variant goes at the end of the enum and an
@@ -19,8 +19,9 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 /// Format of `raft-log.redb` this build writes.
 pub const LOG_FORMAT: u32 = 1;
-/// Format of `state.redb` this build writes.
-pub const STATE_FORMAT: u32 = 1;
+/// Format of `state.redb` this build writes. The state machine checks it at open
+/// (`raft/state_machine.rs::check_format`, which also converts format 1).
+pub const STATE_FORMAT: u32 = 2;
 
 const KEY: &str = "format";
 

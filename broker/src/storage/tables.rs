@@ -12,7 +12,8 @@
 //!   ids           job id                                seq
 //!   queues        name                                  QueueInfo
 //!   ready         qkey . !(priority ^ sign) u32be . seq  -
-//!   by_state      qkey . state u8 . seq                 -
+//!   by_state      qkey . 0xff . seq (every job)           -
+//!                 qkey . Dead u8 . seq (dead jobs)        -
 //!   timers        kind u8 . at u64be . seq              -
 //!   dedup         qkey . idempotency key                DedupEntry
 //!   dedup_expiry  at . qkey . idempotency key           -
@@ -73,6 +74,29 @@ pub fn create_all(db: &redb::Database) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// Format 1 to 2: rebuilds `by_state` as the every-job listing plus the dead index
+/// (format 1 had an entry per job under its current state). Returns the jobs listed.
+pub fn relist_jobs(txn: &redb::WriteTransaction) -> Result<u64, anyhow::Error> {
+    let jobs = txn.open_table(JOBS)?;
+    let mut by_state = txn.open_table(BY_STATE)?;
+    by_state.retain(|_, _| false)?;
+    let mut n = 0;
+    for item in jobs.iter()? {
+        let (k, v) = item?;
+        let job: Job = decode(v.value())?;
+        let seq = u64_at(k.value(), 0);
+        by_state.insert(
+            state_key(&job.queue, LISTED, seq).as_slice(),
+            b"".as_slice(),
+        )?;
+        if job.state == JobState::Dead {
+            by_state.insert(state_key(&job.queue, DEAD, seq).as_slice(), b"".as_slice())?;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// A new store file at `path` with every table (tests).
 #[cfg(test)]
 pub fn test_store(path: &std::path::Path) -> redb::Database {
@@ -99,9 +123,14 @@ fn ready_key(queue: &str, priority: i32, seq: u64) -> Vec<u8> {
     k
 }
 
-fn state_key(queue: &str, state: JobState, seq: u64) -> Vec<u8> {
+/// `by_state` marker of the every-job listing (a state index is below 8).
+const LISTED: u8 = 0xff;
+/// `by_state` marker of the dead-job index.
+const DEAD: u8 = JobState::Dead as u8;
+
+fn state_key(queue: &str, marker: u8, seq: u64) -> Vec<u8> {
     let mut k = qkey(queue);
-    k.push(state.index() as u8);
+    k.push(marker);
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
@@ -327,6 +356,22 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> DiskTables<T> {
         all.into_iter().collect()
     }
 
+    /// Seqs under one `by_state` marker of a queue, after `after`.
+    fn marked_range(&self, queue: &str, marker: u8, after: Option<u64>, limit: usize) -> Vec<u64> {
+        if after == Some(u64::MAX) {
+            return Vec::new();
+        }
+        let mut prefix = qkey(queue);
+        prefix.push(marker);
+        let start = state_key(queue, marker, after.map_or(0, |a| a + 1));
+        self.scan(&self.h.by_state, &start, limit, "by_state", |k| {
+            k.starts_with(&prefix)
+        })
+        .into_iter()
+        .map(|(k, _)| u64_at(&k, k.len() - 8))
+        .collect()
+    }
+
     /// A record of the state machine's own metadata.
     pub fn meta_get<V: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Option<V> {
         self.get(&self.h.meta, key, "sm_meta")
@@ -370,25 +415,11 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> TablesRead for DiskTables<T
             .pop()?;
         Some(u64_at(&k, k.len() - 8))
     }
-    fn state_range(
-        &self,
-        queue: &str,
-        state: JobState,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Vec<u64> {
-        let mut prefix = qkey(queue);
-        prefix.push(state.index() as u8);
-        let start = state_key(queue, state, after.map_or(0, |a| a.saturating_add(1)));
-        if after == Some(u64::MAX) {
-            return Vec::new();
-        }
-        self.scan(&self.h.by_state, &start, limit, "by_state", |k| {
-            k.starts_with(&prefix)
-        })
-        .into_iter()
-        .map(|(k, _)| u64_at(&k, k.len() - 8))
-        .collect()
+    fn listed_range(&self, queue: &str, after: Option<u64>, limit: usize) -> Vec<u64> {
+        self.marked_range(queue, LISTED, after, limit)
+    }
+    fn dead_range(&self, queue: &str, after: Option<u64>, limit: usize) -> Vec<u64> {
+        self.marked_range(queue, DEAD, after, limit)
     }
     fn timer_first(&self, timer: Timer) -> Option<(u64, u64)> {
         self.timers_due(timer, u64::MAX, 1).pop()
@@ -539,20 +570,21 @@ impl<'txn> Tables for DiskTables<W<'txn>> {
     fn ready_remove(&mut self, queue: &str, priority: i32, seq: u64) {
         self.del_raw(|h| &mut h.ready, &ready_key(queue, priority, seq), "ready");
     }
-    fn state_insert(&mut self, queue: &str, state: JobState, seq: u64) {
-        self.put_raw(
-            |h| &mut h.by_state,
-            &state_key(queue, state, seq),
-            b"",
-            "by_state",
-        );
+    fn listed_insert(&mut self, queue: &str, seq: u64) {
+        let k = state_key(queue, LISTED, seq);
+        self.put_raw(|h| &mut h.by_state, &k, b"", "by_state");
     }
-    fn state_remove(&mut self, queue: &str, state: JobState, seq: u64) {
-        self.del_raw(
-            |h| &mut h.by_state,
-            &state_key(queue, state, seq),
-            "by_state",
-        );
+    fn listed_remove(&mut self, queue: &str, seq: u64) {
+        let k = state_key(queue, LISTED, seq);
+        self.del_raw(|h| &mut h.by_state, &k, "by_state");
+    }
+    fn dead_insert(&mut self, queue: &str, seq: u64) {
+        let k = state_key(queue, DEAD, seq);
+        self.put_raw(|h| &mut h.by_state, &k, b"", "by_state");
+    }
+    fn dead_remove(&mut self, queue: &str, seq: u64) {
+        let k = state_key(queue, DEAD, seq);
+        self.del_raw(|h| &mut h.by_state, &k, "by_state");
     }
     fn timer_insert(&mut self, timer: Timer, at: u64, seq: u64) {
         self.put_raw(|h| &mut h.timers, &timer_key(timer, at, seq), b"", "timers");
