@@ -98,7 +98,8 @@ fn main() -> anyhow::Result<()> {
             let args = serve.args;
             taskraft_broker::telemetry::init_with(&args.log_format, args.otlp_endpoint.as_deref())?;
             let config = args.into_config()?;
-            runtime.block_on(taskraft_broker::server::run(config, shutdown_signal()))
+            runtime
+                .block_on(async { taskraft_broker::server::run(config, shutdown_signal()).await })
         }
         Command::Restore(restore) => {
             taskraft_broker::telemetry::init_with(&restore.args.log_format, None)?;
@@ -121,7 +122,7 @@ fn main() -> anyhow::Result<()> {
         Command::Probe(args) => runtime.block_on(taskraft_broker::probe::run(&args)),
         Command::Dev(args) => {
             taskraft_broker::telemetry::init_with("text", None)?;
-            runtime.block_on(taskraft_broker::dev::run(args, shutdown_signal()))
+            runtime.block_on(async { taskraft_broker::dev::run(args, shutdown_signal()).await })
         }
         Command::Client(command) => {
             let code = runtime.block_on(cli::run(cli.global, command));
@@ -131,24 +132,30 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Resolves on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on ctrl-c or SIGTERM. The SIGTERM handler is installed when this is called
+/// (inside the runtime), not when the future is first polled: a SIGTERM that arrives
+/// while the node is still starting then stops it cleanly instead of killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async {
+            match term {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }

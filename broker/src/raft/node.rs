@@ -643,7 +643,8 @@ impl RaftNode {
     /// Asks node `to` (at `addr`) to campaign now that this leader stops. Called after
     /// this node's Raft has shut down, so no heartbeat renews the followers' lease.
     pub async fn hand_off(&self, to: NodeId, addr: &str) -> Result<(), String> {
-        let mut client = self.pool.client(addr)?;
+        // The membership holds `CLIENT/PEER`: Campaign is a peer call.
+        let mut client = self.pool.client(&MemberAddr::peer_of(addr))?;
         let data = encode(&self.id).map_err(|e| e.to_string())?;
         let mut req = tonic::Request::new(RaftMessage { data: data.into() });
         req.set_timeout(Duration::from_secs(1));
