@@ -1,6 +1,9 @@
 # taskraft broker image.
 #   docker build -t taskraft .
 #   docker run -v taskraft-data:/var/lib/taskraft -p 7070:7070 -p 7071:7071 taskraft
+# (one node: its Raft peer service stays on loopback. A cluster sets
+# TASKRAFT_PEER_LISTEN=0.0.0.0:7072 and TASKRAFT_CLUSTER_SECRET on every node; see
+# docker-compose.yml and deploy/README.md.)
 # Build stage: the Rust toolchain (protoc is vendored, nothing else is needed).
 FROM rust:1.89-bookworm AS build
 WORKDIR /src
@@ -18,13 +21,18 @@ RUN groupadd --system --gid 10001 taskraft \
  && chown taskraft:taskraft /var/lib/taskraft
 COPY --from=build /src/target/release/taskraft /usr/local/bin/taskraft
 USER 10001:10001
+# The peer port defaults to loopback so that a lone container starts without a
+# cluster secret (a node refuses an unauthenticated peer port anywhere else).
 ENV TASKRAFT_LISTEN=0.0.0.0:7070 \
     TASKRAFT_HTTP=0.0.0.0:7071 \
+    TASKRAFT_PEER_LISTEN=127.0.0.1:7072 \
     TASKRAFT_DATA_DIR=/var/lib/taskraft \
     TASKRAFT_LOG_FORMAT=json
 VOLUME ["/var/lib/taskraft"]
-# 7070: gRPC (clients and peers); 7071: HTTP (/healthz, /readyz, /metrics, dashboard).
-EXPOSE 7070 7071
+# 7070: gRPC for clients; 7071: HTTP (/healthz, /readyz, /metrics, dashboard);
+# 7072: the Raft peer service, for the other nodes only: never publish it to clients
+# (`docker run -P` publishes every exposed port; use -p for 7070 and 7071).
+EXPOSE 7070 7071 7072
 # Ready = the node knows a leader. SIGTERM drains, hands leadership off, and exits.
 HEALTHCHECK --interval=10s --timeout=4s --start-period=30s --retries=3 \
   CMD ["taskraft", "probe", "--http", "127.0.0.1:7071", "--path", "/readyz"]

@@ -591,7 +591,9 @@ fn kubernetes_manifests_validate_and_match_the_helm_chart() {
 }
 
 /// docker-compose.yml loads in Compose v2's own validator (no daemon needed): three
-/// nodes with distinct ids and one peer list, each with its own volume.
+/// nodes with distinct ids and one peer list, each with its own volume, a peer
+/// listener open to the other containers with one shared cluster secret (without it
+/// the nodes would refuse to start), and the peer port not published to the host.
 #[test]
 fn compose_file_is_a_valid_three_node_cluster() {
     let bin = validators();
@@ -610,6 +612,7 @@ fn compose_file_is_a_valid_three_node_cluster() {
     let services = config["services"].as_object().expect("services");
     assert_eq!(services.len(), 3);
     let mut ids = Vec::new();
+    let mut secrets = std::collections::BTreeSet::new();
     for (name, s) in services {
         let env = &s["environment"];
         ids.push(env["TASKRAFT_ID"].as_str().unwrap().to_string());
@@ -617,10 +620,21 @@ fn compose_file_is_a_valid_three_node_cluster() {
             env["TASKRAFT_PEERS"], "1=taskraft-1:7070,2=taskraft-2:7070,3=taskraft-3:7070",
             "{name}"
         );
+        assert_eq!(env["TASKRAFT_PEER_LISTEN"], "0.0.0.0:7072", "{name}");
+        let secret = env["TASKRAFT_CLUSTER_SECRET"].as_str().unwrap_or_default();
+        assert!(!secret.is_empty(), "{name} has no cluster secret");
+        secrets.insert(secret.to_string());
+        for port in s["ports"].as_array().expect("ports") {
+            assert_ne!(
+                port["target"], 7072,
+                "{name} publishes the peer port: {port}"
+            );
+        }
         assert_eq!(s["volumes"][0]["target"], "/var/lib/taskraft", "{name}");
     }
     ids.sort();
     assert_eq!(ids, ["1", "2", "3"]);
+    assert_eq!(secrets.len(), 1, "one cluster secret for all nodes");
 }
 
 /// The systemd unit passes `systemd-analyze verify` (with ExecStart pointed at the
@@ -679,6 +693,7 @@ fn dockerfile_builds_with_the_workspace_toolchain_and_runs_unprivileged() {
         "VOLUME [\"/var/lib/taskraft\"]",
         "CMD [\"taskraft\", \"probe\", \"--http\", \"127.0.0.1:7071\", \"--path\", \"/readyz\"]",
         "TASKRAFT_HTTP=0.0.0.0:7071",
+        "TASKRAFT_PEER_LISTEN=127.0.0.1:7072",
         "TASKRAFT_DATA_DIR=/var/lib/taskraft",
         "--locked",
     ] {

@@ -626,14 +626,26 @@ mod tests {
         assert!(e.contains("--visibility-timeout"), "{e}");
     }
 
+    /// The example names its cluster secret file under /etc; the test puts one in its
+    /// place with the flag (which overrides the file's key) and checks the rest.
     #[test]
     fn the_example_config_file_is_valid() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/taskraft.toml");
-        let c = parse_serve(["serve", "--config", path])
+        let a = parse_serve(["serve", "--config", path]).unwrap();
+        assert_eq!(
+            a.cluster_secret_file,
+            Some(PathBuf::from("/etc/taskraft/cluster-secret"))
+        );
+        let secret = file("s3cret\n");
+        let secret = secret.path().display().to_string();
+        let c = parse_serve(["serve", "--config", path, "--cluster-secret-file", &secret])
             .unwrap()
             .into_config()
             .unwrap();
         assert_eq!((c.id, c.peers.len()), (1, 3));
+        assert_eq!(c.peers[&2], "broker-2:7070/broker-2:7072");
+        assert_eq!(c.peer_listen, "0.0.0.0:7072".parse().unwrap());
+        assert_eq!(c.cluster_secret.as_deref(), Some("s3cret"));
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/taskraft"));
     }
 
