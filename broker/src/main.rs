@@ -49,11 +49,19 @@ fn main() -> anyhow::Result<()> {
             let args = serve.args;
             taskraft_broker::telemetry::init_with(&args.log_format, args.otlp_endpoint.as_deref())?;
             let config = args.into_config()?;
-            runtime.block_on(taskraft_broker::server::run(config, shutdown_signal()))
+            let shutdown = {
+                let _in_runtime = runtime.enter();
+                shutdown_signal()
+            };
+            runtime.block_on(taskraft_broker::server::run(config, shutdown))
         }
         Command::Dev(args) => {
             taskraft_broker::telemetry::init_with("text", None)?;
-            runtime.block_on(taskraft_broker::dev::run(args, shutdown_signal()))
+            let shutdown = {
+                let _in_runtime = runtime.enter();
+                shutdown_signal()
+            };
+            runtime.block_on(taskraft_broker::dev::run(args, shutdown))
         }
         Command::Client(command) => {
             let code = runtime.block_on(cli::run(cli.global, command));
@@ -63,24 +71,30 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Resolves on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on ctrl-c or SIGTERM. The SIGTERM handler is installed when this is
+/// called, before the node serves, so a SIGTERM that arrives while it starts is a
+/// graceful shutdown rather than the default action (the process ends at once).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async {
+            match term {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }
