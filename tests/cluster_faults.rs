@@ -243,19 +243,6 @@ async fn without_quorum_writes_fail_fast_and_nothing_is_lost_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_command_starts_a_local_three_node_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    // Nine ports (gRPC, HTTP and peer of three nodes) from a base whose neighbours are free.
-    let base = loop {
-        let p = free_port();
-        if p < 60_000
-            && (0..3).all(|n| {
-                std::net::TcpListener::bind(("127.0.0.1", p + 10 * n)).is_ok()
-                    && std::net::TcpListener::bind(("127.0.0.1", p + 10 * n + 1)).is_ok()
-                    && std::net::TcpListener::bind(("127.0.0.1", p + 10 * n + 2)).is_ok()
-            })
-        {
-            break p;
-        }
-    };
     struct KillOnDrop(Option<std::process::Child>);
     impl Drop for KillOnDrop {
         fn drop(&mut self) {
@@ -265,21 +252,77 @@ async fn dev_command_starts_a_local_three_node_cluster() {
             }
         }
     }
-    let child = std::process::Command::new(taskraft_bin())
-        .args([
-            "dev",
-            "--nodes",
-            "3",
-            "--base-port",
-            &base.to_string(),
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut guard = KillOnDrop(Some(child));
+    // Nine ports (gRPC, HTTP and peer of three nodes) from a base whose neighbours are
+    // free. A parallel test may take one of them before `taskraft dev` binds it; the
+    // process then exits, and it is started again from another base.
+    let mut attempts = 0;
+    let (mut guard, base, printed) = 'launch: loop {
+        attempts += 1;
+        let base = loop {
+            let p = free_port();
+            if p < 60_000
+                && (0..3).all(|n| {
+                    (0..3)
+                        .all(|k| std::net::TcpListener::bind(("127.0.0.1", p + 10 * n + k)).is_ok())
+                })
+            {
+                break p;
+            }
+        };
+        let child = std::process::Command::new(taskraft_bin())
+            .args([
+                "dev",
+                "--nodes",
+                "3",
+                "--base-port",
+                &base.to_string(),
+                "--data-dir",
+            ])
+            .arg(dir.path().join(format!("attempt-{attempts}")))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut guard = KillOnDrop(Some(child));
+        // The process prints a line per node, then "cluster of 3 node(s) running".
+        let stdout = guard.0.as_mut().unwrap().stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut printed = Vec::new();
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            printed.extend(rx.try_iter());
+            if printed
+                .iter()
+                .any(|l| l.starts_with("cluster of 3 node(s) running"))
+            {
+                break 'launch (guard, base, printed.join("\n"));
+            }
+            let exited = guard.0.as_mut().unwrap().try_wait().unwrap();
+            if exited.is_some() {
+                assert!(
+                    attempts < 5,
+                    "taskraft dev exited {attempts} times: {exited:?}"
+                );
+                continue 'launch;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "taskraft dev never started its nodes: {printed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", base + 20).parse().unwrap();
     let mut c = connect(addr).await;
     let deadline = tokio::time::Instant::now() + SOON;
@@ -304,8 +347,7 @@ async fn dev_command_starts_a_local_three_node_cluster() {
     c.broker.enqueue(job("dev", "x")).await.unwrap();
     let mut child = guard.0.take().unwrap();
     let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout);
+    let _ = child.wait();
     for n in 1..=3 {
         assert!(
             printed.contains(&format!("node {n}: grpc 127.0.0.1:{}", base + 10 * (n - 1))),

@@ -121,6 +121,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .context("building v1alpha reflection service")?;
 
     let auth = Auth::with_file(config.token.as_deref(), config.tokens_file.as_deref())?;
+    // Built before serving: reading the system's CA roots takes a moment.
+    let webhook_ca = match &config.webhook_ca {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading --webhook-ca {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let webhook_client =
+        crate::webhook_client::client(config.api.webhook_targets.clone(), webhook_ca.as_deref())?;
     let hangup = if config.tokens_file.is_some() || tls.is_some() {
         listen_hangup()
     } else {
@@ -210,15 +220,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
     });
 
-    let webhook_ca = match &config.webhook_ca {
-        Some(path) => Some(
-            std::fs::read(path)
-                .with_context(|| format!("reading --webhook-ca {}", path.display()))?,
-        ),
-        None => None,
-    };
-    let webhook_client =
-        crate::webhook_client::client(config.api.webhook_targets.clone(), webhook_ca.as_deref())?;
     let mut background = vec![
         (
             "ticker",
