@@ -28,7 +28,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
@@ -194,12 +193,13 @@ impl Tls {
     }
 }
 
-/// An accepted connection, plain or TLS.
+/// A connection, plain or TLS: what the listeners accept (server side) and what the
+/// webhook client dials (client side, `webhook_client.rs`).
 pub enum Conn {
     /// Plain TCP.
     Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<TlsStream<TcpStream>>),
+    /// TLS over TCP, either side.
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
 }
 
 impl Connected for Conn {
@@ -342,7 +342,7 @@ pub fn incoming(listener: TcpListener, tls: Option<(Arc<Tls>, Port)>) -> io::Res
                     tokio::spawn(async move {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                             Ok(Ok(s)) => {
-                                let _ = tx.send(Conn::Tls(Box::new(s))).await;
+                                let _ = tx.send(Conn::Tls(Box::new(s.into()))).await;
                             }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")

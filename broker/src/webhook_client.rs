@@ -15,9 +15,8 @@ use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
+use crate::tls::Conn;
 use crate::webhook_target::TargetPolicy;
 
 /// The webhook HTTP client.
@@ -98,59 +97,13 @@ impl tower::Service<Name> for GuardedResolver {
     }
 }
 
-/// A connection to a receiver, plain or TLS.
-pub enum Stream {
-    /// `http://`.
-    Plain(TcpStream),
-    /// `https://`.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl Connection for Stream {
+/// The webhook client's connections are [`Conn`]s (plain for `http://`, TLS for
+/// `https://`); hyper asks them what they are connected to.
+impl Connection for Conn {
     fn connected(&self) -> Connected {
         match self {
-            Stream::Plain(s) => s.connected(),
-            Stream::Tls(s) => s.get_ref().0.connected(),
-        }
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Plain(s) => s.connected(),
+            Conn::Tls(s) => s.get_ref().0.connected(),
         }
     }
 }
@@ -163,7 +116,7 @@ pub struct Connector {
 }
 
 impl tower::Service<http::Uri> for Connector {
-    type Response = TokioIo<Stream>;
+    type Response = TokioIo<Conn>;
     type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -184,12 +137,12 @@ impl tower::Service<http::Uri> for Connector {
         Box::pin(async move {
             let tcp = connecting.await?.into_inner();
             if !https {
-                return Ok(TokioIo::new(Stream::Plain(tcp)));
+                return Ok(TokioIo::new(Conn::Plain(tcp)));
             }
             let name = rustls::pki_types::ServerName::try_from(host)
                 .map_err(|e| format!("not a TLS server name: {e}"))?;
             let stream = tls.connect(name, tcp).await?;
-            Ok(TokioIo::new(Stream::Tls(Box::new(stream))))
+            Ok(TokioIo::new(Conn::Tls(Box::new(stream.into()))))
         })
     }
 }
