@@ -10,25 +10,6 @@ use std::time::{Duration, Instant};
 use taskraft::{Client, EnqueueOptions, HandlerError, Job, NewJob, Worker};
 use taskraft_tests::*;
 
-/// The log without its colour codes.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ ... letter
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Polls nodes `among` until they agree on a leader that is one of them (a stopped
 /// leader is still named by its followers until they elect another).
 async fn agreed_leader(cluster: &ProcessCluster, among: &[u64]) -> u64 {
@@ -66,7 +47,7 @@ async fn stopping_leader_hands_leadership_to_an_up_to_date_follower() {
     let status = tokio::task::block_in_place(|| cluster.node(leader).terminate());
     let stopped = Instant::now();
     assert!(status.success(), "leader exited with {status}");
-    let log = strip_ansi(&cluster.node(leader).log_tail());
+    let log = cluster.node(leader).log_tail();
     let successor: u64 = log
         .lines()
         .find(|l| l.contains("handed leadership off"))

@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use taskraft_broker::queue::{
-    Command, Due, Envelope, MemTables, NewJob, Outcome, Retention, State,
+    Command, Due, Envelope, LeasedJob, MemTables, NewJob, Outcome, Retention, State,
 };
 
 /// The broker's allocator (`broker/src/main.rs`), so the store benchmark measures what
@@ -95,6 +95,20 @@ fn lease_ack_one(c: &mut Criterion) {
     });
 }
 
+/// One `Batch` entry acking every job of `leased` with an empty result.
+fn ack_all(leased: Vec<LeasedJob>) -> Command {
+    Command::Batch(
+        leased
+            .into_iter()
+            .map(|l| Command::Ack {
+                job_id: l.job_id,
+                lease_id: l.lease_id,
+                result: bytes::Bytes::new(),
+            })
+            .collect(),
+    )
+}
+
 /// A state holding `n` succeeded jobs whose result TTL has passed by time 10_000.
 fn expired_state(n: usize) -> State<MemTables> {
     let mut s = State::new();
@@ -123,17 +137,9 @@ fn expired_state(n: usize) -> State<MemTables> {
             other => panic!("lease: {other:?}"),
         }
     }
-    let acks = leased
-        .into_iter()
-        .map(|l| Command::Ack {
-            job_id: l.job_id,
-            lease_id: l.lease_id,
-            result: bytes::Bytes::new(),
-        })
-        .collect();
     s.apply(&Envelope {
         now_ms: 1_002,
-        cmd: Command::Batch(acks),
+        cmd: ack_all(leased),
     })
     .expect("acks");
     s
@@ -239,15 +245,7 @@ fn store_lifecycle_100(c: &mut Criterion) {
                         other => panic!("lease: {other:?}"),
                     };
                     assert_eq!(leased.len(), 100);
-                    let acks = leased
-                        .into_iter()
-                        .map(|l| Command::Ack {
-                            job_id: l.job_id,
-                            lease_id: l.lease_id,
-                            result: bytes::Bytes::new(),
-                        })
-                        .collect();
-                    black_box(sm.apply([entry(Command::Batch(acks))]).await.expect("acks"));
+                    black_box(sm.apply([entry(ack_all(leased))]).await.expect("acks"));
                 })
             }
             process_cpu_time() - start

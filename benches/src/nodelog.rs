@@ -121,7 +121,8 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     rest.split_whitespace().next()
 }
 
-/// Removes terminal colour sequences (`ESC [ ... letter`).
+/// Removes terminal colour sequences (`ESC [ ... letter`): current nodes write none to
+/// a log file, but older binaries driven with `--taskraft-bin` do.
 fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();

@@ -57,8 +57,12 @@ pub fn init_with(format: &str, otlp_endpoint: Option<&str>) -> anyhow::Result<()
             .with(fmt::layer().json().with_writer(std::io::stderr))
             .try_init()
     } else {
+        // Colour codes only for a terminal: a log file (systemd, a container, tests and
+        // the bench reading serve.log) gets plain text.
+        use std::io::IsTerminal;
+        let ansi = std::io::stderr().is_terminal();
         registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
             .try_init()
     };
     Ok(())
