@@ -8,7 +8,10 @@ mod cli;
 
 /// mimalloc instead of glibc's malloc: the apply path allocates and frees many small
 /// buffers per job (keys, records, redb's page handles), and glibc's malloc and free
-/// took about a quarter of the apply CPU profile (benches/README.md).
+/// took about a quarter of the apply CPU profile (benches/README.md). Built with
+/// `no_thp`: by default mimalloc asks for transparent huge pages, and every fresh 2 MiB
+/// page the kernel then zeroes on first touch; on this VM that was 15-25 % of the
+/// broker's CPU in half of the `enqueue-batch` runs (the 0.70 ratio of benches/README).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
