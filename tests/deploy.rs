@@ -629,6 +629,10 @@ fn compose_file_is_a_valid_three_node_cluster() {
                 port["target"], 7072,
                 "{name} publishes the peer port: {port}"
             );
+            assert_eq!(
+                port["host_ip"], "127.0.0.1",
+                "{name} publishes beyond loopback by default: {port}"
+            );
         }
         assert_eq!(s["volumes"][0]["target"], "/var/lib/taskraft", "{name}");
     }
@@ -668,10 +672,11 @@ fn systemd_unit_verifies_and_is_hardened() {
     assert!(ok, "hardening above 2.5:\n{stdout}\n{stderr}");
 }
 
-/// What the image promises: a build stage at least at the workspace's Rust version, a
-/// non-root user, the data volume, and a health check on /readyz through the binary.
+/// What the image promises: a build stage at least at the workspace's Rust version
+/// (the default base, which a build may replace), a non-root user, the data volume, and
+/// a health check on /readyz through the binary. `tests/container.rs` builds and runs it.
 #[test]
-fn dockerfile_builds_with_the_workspace_toolchain_and_runs_unprivileged() {
+fn dockerfile_pins_the_workspace_toolchain_and_runs_unprivileged() {
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     let cargo = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
     let want = cargo
@@ -683,10 +688,14 @@ fn dockerfile_builds_with_the_workspace_toolchain_and_runs_unprivileged() {
         .lines()
         .filter(|l| l.starts_with("FROM "))
         .collect();
-    assert_eq!(from.len(), 2, "a build and a run stage: {from:?}");
+    assert_eq!(
+        from,
+        ["FROM ${RUST_IMAGE} AS build", "FROM ${RUN_IMAGE}"],
+        "a build and a run stage"
+    );
     assert!(
-        from[0].starts_with(&format!("FROM rust:{want}")),
-        "{from:?} vs rust-version {want}"
+        dockerfile.contains(&format!("ARG RUST_IMAGE=rust:{want}-bookworm")),
+        "the default build image is not rust:{want}"
     );
     for needle in [
         "USER 10001:10001",

@@ -62,7 +62,7 @@ pub fn ensure(
 
 /// Opens (creating if needed) and exclusively locks `path`; the lock lasts as long as
 /// the returned file is open, and the kernel drops it if the process dies.
-fn lock(path: &Path) -> File {
+pub fn lock(path: &Path) -> File {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .unwrap_or_else(|e| panic!("creating lock directory {}: {e}", dir.display()));
