@@ -299,6 +299,71 @@ async fn idempotency_key_under_32_racing_enqueues_creates_one_job() {
     );
 }
 
+/// An Enqueue retried with its request id (as the SDKs retry after UNAVAILABLE, when
+/// the first attempt may have committed) stores one job; an idempotency key, when set,
+/// decides instead; and what would make a request id unsafe is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_enqueue_with_its_request_id_stores_one_job() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    let with_id = |payload: &str, request_id: &str| {
+        let mut j = job("retried", payload);
+        j.request_id = request_id.into();
+        j
+    };
+    let first = c
+        .broker
+        .enqueue(with_id("a", "req-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let retry = c
+        .broker
+        .enqueue(with_id("a", "req-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.duplicate && retry.duplicate, "{first:?} {retry:?}");
+    assert_eq!(first.job_id, retry.job_id);
+    let other = c
+        .broker
+        .enqueue(with_id("b", "req-2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!other.duplicate && other.job_id != first.job_id);
+    // In a batch, each job's own request id.
+    let r = c
+        .broker
+        .enqueue_batch(pb::EnqueueBatchRequest {
+            jobs: vec![with_id("a", "req-1"), with_id("c", "req-3")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.results[0].duplicate && r.results[0].job_id == first.job_id);
+    assert!(!r.results[1].duplicate);
+    // An idempotency key decides over the request id.
+    let mut keyed = with_id("d", "req-1");
+    keyed.idempotency_key = "order-7".into();
+    let keyed = c.broker.enqueue(keyed).await.unwrap().into_inner();
+    assert!(!keyed.duplicate && keyed.job_id != first.job_id);
+    assert_eq!(stats(&mut c, "retried").await.ready, 4);
+
+    let mut reserved = job("retried", "x");
+    reserved.idempotency_key = "request-id:req-1".into();
+    let e = c.broker.enqueue(reserved).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("idempotency_key"), "{e:?}");
+    let e = c
+        .broker
+        .enqueue(with_id("x", &"r".repeat(201)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("request_id"), "{e:?}");
+}
+
 #[tokio::test]
 async fn cancel_ready_and_leased_jobs() {
     let node = InProcNode::start().await;

@@ -213,6 +213,7 @@ fn enqueue_request(u: &mut Unstructured) -> arbitrary::Result<pb::EnqueueRequest
         run_at_ms: number(u)?,
         max_attempts: u32::arbitrary(u)?,
         idempotency_key: text(u)?,
+        request_id: text(u)?,
         headers: headers(u)?.into_iter().collect::<HashMap<_, _>>(),
         webhook_url: text(u)?,
     })

@@ -18,9 +18,11 @@
 //! Every other error is returned at once, classified as an [`Error`]. Each attempt
 //! carries its own deadline (`grpc-timeout`), and the bearer token when one is set.
 //!
-//! Retrying an enqueue after UNAVAILABLE can, rarely, store the job twice (the first
-//! attempt committed but its answer was lost); set an idempotency key
-//! ([`EnqueueOptions::idempotency_key`]) when that matters.
+//! Retrying an enqueue after UNAVAILABLE cannot store the job twice: every enqueue
+//! request carries a random `request_id`, the same on each of its attempts, and the
+//! broker answers a repeat within 5 minutes with the first job (`duplicate`). An
+//! idempotency key ([`EnqueueOptions::idempotency_key`]) does the same across separate
+//! calls and for as long as the broker's dedup window.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -138,6 +138,9 @@ impl EnqueueOptions {
                 .map(|t| ms(t.duration_since(UNIX_EPOCH).unwrap_or_default()).max(1))
                 .unwrap_or(0),
             webhook_url: self.webhook_url.clone(),
+            // Fresh for each request built; the client's retries resend the same request,
+            // so the broker stores the job once however many attempts reach it.
+            request_id: format!("{:032x}", rand::random::<u128>()),
         }
     }
 }
@@ -249,5 +252,16 @@ mod tests {
             req.headers["tracestate"], "mine",
             "the caller's header wins"
         );
+    }
+
+    /// Every request built gets its own request id (what makes the client's retries of
+    /// it safe); retries resend the built request, so they carry the same one.
+    #[test]
+    fn each_request_gets_its_own_request_id() {
+        let job = NewJob::new("q", "p");
+        let (a, b) = (job.clone().into_request(), job.into_request());
+        assert_eq!(a.request_id.len(), 32);
+        assert!(a.request_id.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a.request_id, b.request_id);
     }
 }

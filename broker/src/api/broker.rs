@@ -18,6 +18,11 @@ use crate::error::BrokerError;
 use crate::queue::{Command, Due, NewJob, Outcome};
 use crate::raft::RaftNode;
 
+/// How long an Enqueue's `request_id` dedups its retries: long enough for a client's
+/// retries with backoff across a leader change, short enough that the records stay few
+/// (SQS keeps a deduplication id 5 minutes too).
+const REQUEST_ID_WINDOW: Duration = Duration::from_secs(300);
+
 /// The Broker service of one node.
 pub struct BrokerService {
     node: Arc<RaftNode>,
@@ -97,8 +102,18 @@ impl BrokerService {
             } else {
                 r.max_attempts
             },
-            idempotency_key: r.idempotency_key,
-            dedup_window_ms: self.settings.dedup_window.as_millis() as u64,
+            // A request id without a key dedups the call's retries for a short window,
+            // through the same (queue, key) records as idempotency keys.
+            dedup_window_ms: if r.idempotency_key.is_empty() && !r.request_id.is_empty() {
+                REQUEST_ID_WINDOW.as_millis() as u64
+            } else {
+                self.settings.dedup_window.as_millis() as u64
+            },
+            idempotency_key: if r.idempotency_key.is_empty() && !r.request_id.is_empty() {
+                format!("{}{}", v::REQUEST_ID_PREFIX, r.request_id)
+            } else {
+                r.idempotency_key
+            },
             retention: self.settings.retention,
             webhook_url: r.webhook_url,
         })
@@ -199,7 +214,13 @@ impl Broker for BrokerService {
                 .map(|j| {
                     v::job_bytes(
                         j.payload.len(),
-                        &[&j.job_type, &j.idempotency_key, &j.webhook_url, &j.queue],
+                        &[
+                            &j.job_type,
+                            &j.idempotency_key,
+                            &j.request_id,
+                            &j.webhook_url,
+                            &j.queue,
+                        ],
                         j.headers.iter(),
                     )
                 })

@@ -23,6 +23,12 @@ pub const MAX_BATCH: usize = 10_000;
 pub const MAX_ATTEMPTS: u32 = 1000;
 /// Longest short text field (job type, worker id, idempotency key, header key).
 pub const MAX_NAME: usize = 256;
+/// Longest `request_id`: it becomes an idempotency key behind [`REQUEST_ID_PREFIX`],
+/// within [`MAX_NAME`].
+pub const MAX_REQUEST_ID: usize = 200;
+/// Prefix of the idempotency key a request id becomes (`api/broker.rs`); client keys
+/// may not start with it, so the two never collide.
+pub const REQUEST_ID_PREFIX: &str = "request-id:";
 /// Longest long text field (header value, error text, progress message).
 pub const MAX_TEXT: usize = 64 * 1024;
 /// Most headers per job.
@@ -272,6 +278,13 @@ pub fn enqueue_request(r: &pb::EnqueueRequest, settings: &ApiSettings, now_ms: u
     blob("payload", r.payload.len(), settings.max_payload)?;
     text("job_type", &r.job_type, MAX_NAME)?;
     text("idempotency_key", &r.idempotency_key, MAX_NAME)?;
+    if r.idempotency_key.starts_with(REQUEST_ID_PREFIX) {
+        return Err(BrokerError::invalid(
+            "idempotency_key",
+            format!("keys starting with {REQUEST_ID_PREFIX:?} are reserved for request ids"),
+        ));
+    }
+    text("request_id", &r.request_id, MAX_REQUEST_ID)?;
     webhook_url(&r.webhook_url, &settings.webhook_targets)?;
     max_attempts(r.max_attempts)?;
     due(r.delay_ms, r.run_at_ms, now_ms)?;

@@ -79,6 +79,8 @@ pub async fn run(conn: &mut Conn, args: EnqueueArgs) -> Result<(), CliError> {
         headers: args.headers.iter().cloned().collect::<HashMap<_, _>>(),
         run_at_ms: 0,
         webhook_url: String::new(),
+        // One call, no retries here: nothing to dedup.
+        request_id: String::new(),
     };
     let r = conn
         .broker
