@@ -240,6 +240,66 @@ async fn without_quorum_writes_fail_fast_and_nothing_is_lost_after_restart() {
     assert_eq!(stats(&mut c, "q2").await.ready, 50);
 }
 
+/// Calls that gave up while the leader had no quorum are not written when it returns:
+/// only what the leader had already put in its log (the proposer keeps at most two
+/// entries in flight) may apply, not every call that queued behind them and timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_abandoned_during_a_stall_are_not_written_when_quorum_returns() {
+    let mut cluster = ProcessCluster::spawn(3, &["--request-timeout", "1s"]).await;
+    for n in &cluster.nodes {
+        n.wait_ready().await;
+    }
+    let leader = leader_of(&cluster, &[1, 2, 3]).await;
+    let followers: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let mut c = cluster.node(leader).clients().await;
+    c.broker.enqueue(job("warm", "x")).await.unwrap();
+    for f in &followers {
+        cluster.node(*f).kill9();
+    }
+    // One at a time: each waits out its deadline, and from the third on each waits in
+    // the proposer's queue behind the two entries that cannot commit.
+    let calls = 8;
+    for i in 0..calls {
+        let err = c
+            .broker
+            .enqueue(job("ghost", &format!("g{i}")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    }
+    for f in &followers {
+        cluster.node(*f).restart().await;
+    }
+    for n in &cluster.nodes {
+        n.wait_ready().await;
+    }
+    let leader = leader_of(&cluster, &[1, 2, 3]).await;
+    let mut c = cluster.node(leader).clients().await;
+    // A write that commits after everything before it in the log has applied.
+    let mut marker = None;
+    for _ in 0..50 {
+        match c.broker.enqueue(job("marker", "m")).await {
+            Ok(r) => {
+                marker = Some(r.into_inner().job_id);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert!(
+        marker.is_some(),
+        "the cluster took no write after quorum returned"
+    );
+    let stored = stats(&mut c, "ghost").await.ready;
+    assert!(
+        stored <= 2,
+        "{stored} of {calls} abandoned enqueues were written after quorum returned"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_command_starts_a_local_three_node_cluster() {
     let dir = tempfile::tempdir().unwrap();

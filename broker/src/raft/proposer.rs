@@ -9,8 +9,16 @@
 //!
 //! ```text
 //!  callers ──► queue ──► [drain up to 1,024 cmds / 4 MiB] ──► client_write(Batch) ─► replies
-//!                            (at most MAX_IN_FLIGHT entries in flight)
+//!   (full: UNAVAILABLE    (callers that gave up     (at most MAX_IN_FLIGHT entries in flight)
+//!    at once)              are dropped here)
 //! ```
+//!
+//! A command waits in the queue while earlier entries are in flight, which after a
+//! stall (no quorum, a slow disk) can be long. A caller whose deadline passed (or whose
+//! call was cancelled) has been answered UNAVAILABLE and may retry; proposing its command
+//! later would apply it behind its back, a ghost write (an enqueue stored twice, a lease
+//! that takes jobs nobody will work on). So a command whose caller is gone is dropped
+//! when the batch is taken, never proposed. Once proposed, a command's fate is the log's.
 
 use std::sync::Arc;
 
@@ -29,20 +37,23 @@ const MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Entries proposed but not yet applied. Two lets one batch fsync while the previous
 /// one is applied and answered.
 const MAX_IN_FLIGHT: usize = 2;
+/// Commands waiting for an entry. Beyond this the node is overloaded (or stalled), and
+/// a new call is answered UNAVAILABLE at once instead of queueing without bound.
+const MAX_QUEUED: usize = 16_384;
 
 type Pending = (Command, oneshot::Sender<Result<Reply, PeerError>>);
 
 /// Hands commands to Raft in batches.
 #[derive(Clone)]
 pub struct Proposer {
-    tx: mpsc::UnboundedSender<Pending>,
+    tx: mpsc::Sender<Pending>,
 }
 
 impl Proposer {
     /// Starts the batching task for `raft`; the handle lets the server watch it (every
     /// write goes through it, so a node whose proposer died must not stay up).
     pub fn start(raft: Raft) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(MAX_QUEUED);
         let task = tokio::spawn(run(raft, rx));
         (Self { tx }, task)
     }
@@ -51,36 +62,52 @@ impl Proposer {
     /// `deadline`.
     pub async fn propose(&self, cmd: Command, deadline: Instant) -> Result<Reply, PeerError> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.tx
-            .send((cmd, reply_tx))
-            .map_err(|_| PeerError::Unavailable("node is shutting down".into()))?;
+        self.tx.try_send((cmd, reply_tx)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => PeerError::Unavailable(format!(
+                "overloaded: {MAX_QUEUED} writes already wait for the log; retry later"
+            )),
+            mpsc::error::TrySendError::Closed(_) => {
+                PeerError::Unavailable("node is shutting down".into())
+            }
+        })?;
         match tokio::time::timeout_at(deadline, reply_rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(PeerError::Unavailable("node is shutting down".into())),
             Err(_) => Err(PeerError::Unavailable(
-                "write not confirmed in time (no quorum?); it may still apply, so retry with an idempotency key".into(),
+                "write not confirmed in time (no quorum?); if it was proposed it may still apply, so retry with the same request id or idempotency key".into(),
             )),
         }
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
+/// True while the caller still waits for the reply.
+fn waited_for(p: &Pending) -> bool {
+    !p.1.is_closed()
+}
+
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        // Everything that queued up while we waited for a slot goes in this entry.
-        let mut bytes = first.0.approx_size();
-        let mut batch = vec![first];
-        while batch.len() < MAX_COMMANDS && bytes < MAX_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += p.0.approx_size();
-                    batch.push(p);
-                }
-                Err(_) => break,
+        // Everything that queued up while we waited for a slot goes in this entry,
+        // except what nobody waits for any more.
+        let mut bytes = 0;
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(p) = next.take() {
+            if waited_for(&p) {
+                bytes += p.0.approx_size();
+                batch.push(p);
             }
+            if batch.len() >= MAX_COMMANDS || bytes >= MAX_BYTES {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if batch.is_empty() {
+            continue;
         }
         let raft = raft.clone();
         tokio::spawn(async move {
