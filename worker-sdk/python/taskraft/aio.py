@@ -16,10 +16,13 @@ the bearer token when one is set. ``DEADLINE_EXCEEDED`` is not retried (the call
 may have taken effect), but the next call starts at the next node and asks it who
 leads, so a node that hangs is left behind.
 
-Retrying an enqueue after UNAVAILABLE can, rarely, store the job twice (the first
-attempt committed but its answer was lost). The proto has no request id yet, so
-the SDK cannot deduplicate on its own: set ``idempotency_key`` when a duplicate
-matters; the broker then returns the first job instead of storing another.
+Retrying an enqueue after UNAVAILABLE cannot store the job twice (even when the
+first attempt committed but its answer was lost): every enqueue request carries a
+random ``request_id`` (each job of a batch its own), built once per call and resent
+unchanged on each attempt, and the broker answers a repeat within 5 minutes with
+the first job (``Enqueued.duplicate``). Calling ``enqueue`` again after an error is
+a new call with a new request id: set ``idempotency_key`` to deduplicate separate
+calls (it also lasts the broker's whole dedup window).
 
 The synchronous :class:`taskraft.Client` runs one of these on a private event
 loop thread.
@@ -292,7 +295,10 @@ class AsyncClient:
         timeout: float | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> _Resp:
-        """Runs one call: on the leader if known, moving across nodes on UNAVAILABLE."""
+        """Runs one call: on the leader if known, moving across nodes on UNAVAILABLE.
+
+        ``request`` is built once by the caller and sent unchanged on every attempt,
+        which is what makes an enqueue's ``request_id`` the same on each retry."""
         deadline = timeout if timeout is not None else self.config.call_timeout
         md = self._metadata + tuple((k.lower(), v) for k, v in (metadata or {}).items())
         give_up = time.monotonic() + self.config.retry_for
@@ -397,8 +403,10 @@ class AsyncClient:
         metadata: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> Enqueued:
-        """Enqueues one :class:`NewJob`."""
-        r = await self._call(lambda n: n.broker.Enqueue, job.to_proto(), timeout, metadata)
+        """Enqueues one :class:`NewJob`. The request (and its fresh ``request_id``)
+        is built once here, so every retry of this call resends the same id."""
+        req = job.to_proto()
+        r = await self._call(lambda n: n.broker.Enqueue, req, timeout, metadata)
         return Enqueued.from_proto(r)
 
     async def enqueue_batch(
@@ -410,7 +418,8 @@ class AsyncClient:
     ) -> list[Enqueued]:
         """Enqueues many jobs in one call (one Raft log entry): all are stored, or
         none (the error names the index of a refused job, e.g. ``jobs[7]``). At most
-        10,000 per call. Answers are in the order of ``jobs``."""
+        10,000 per call. Answers are in the order of ``jobs``. Each job gets its own
+        ``request_id``, kept across the call's retries."""
         req = pb.EnqueueBatchRequest(jobs=[j.to_proto() for j in jobs])
         r = await self._call(lambda n: n.broker.EnqueueBatch, req, timeout, metadata)
         return [Enqueued.from_proto(x) for x in r.results]

@@ -5,8 +5,9 @@ private event loop in a daemon thread, so both share one implementation of
 leader discovery, retries, deadlines and error mapping (see :mod:`taskraft.aio`).
 A ``Client`` may be used from many threads at once.
 
-Retrying an enqueue after UNAVAILABLE can, rarely, store the job twice; set
-``idempotency_key`` when that matters.
+Retrying an enqueue after UNAVAILABLE cannot store the job twice: each enqueue
+carries a random request id, the same on all of its attempts (see
+:mod:`taskraft.aio`). Set ``idempotency_key`` to deduplicate separate calls.
 """
 
 from __future__ import annotations

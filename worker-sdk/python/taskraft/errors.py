@@ -48,8 +48,9 @@ class ConfigError(TaskraftError, ValueError):
 
 class UnavailableError(TaskraftError):
     """No node answered (connection refused, no leader, no quorum) within the retry
-    window. Safe to retry later; an enqueue retried without an idempotency key may,
-    rarely, store the job twice."""
+    window. Safe to retry later. The client's own retries of an enqueue never store
+    the job twice (they resend its request id), but calling ``enqueue`` again is a
+    new call: pass an ``idempotency_key`` if the first one may have been stored."""
 
     code = grpc.StatusCode.UNAVAILABLE
     retryable = True

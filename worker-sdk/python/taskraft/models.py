@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, Unpack
@@ -56,6 +57,11 @@ class JobState(enum.IntEnum):
             return cls.UNSPECIFIED
 
 
+def new_request_id() -> str:
+    """A fresh random enqueue request id (a uuid4 as 32 hex characters)."""
+    return uuid.uuid4().hex
+
+
 def _ms(seconds: float) -> int:
     return max(0, int(round(seconds * 1000)))
 
@@ -91,9 +97,11 @@ class NewJob:
     #: Deliveries allowed before the job dies (0: the broker's ``--max-attempts``).
     max_attempts: int = 0
     #: A second enqueue with the same (queue, key) inside the broker's dedup window
-    #: returns the first job's id with ``duplicate=True`` and stores nothing. Set it
-    #: whenever a duplicate matters: the client retries UNAVAILABLE, and an enqueue
-    #: whose answer was lost is then stored twice unless it carries a key.
+    #: returns the first job's id with ``duplicate=True`` and stores nothing. The
+    #: client's own retries never need it (each enqueue carries a request id, see
+    #: :meth:`to_proto`); set it when *separate* calls must not store the job twice,
+    #: e.g. your code enqueues again after an error, or another process may enqueue
+    #: the same work. When set, it decides instead of the request id.
     idempotency_key: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     #: The broker POSTs a signed event here when the job succeeds or dies.
@@ -104,8 +112,15 @@ class NewJob:
         """A job whose payload is ``value`` encoded as JSON."""
         return cls(queue, json.dumps(value, separators=(",", ":")).encode(), **options)
 
-    def to_proto(self) -> pb.EnqueueRequest:
-        """The ``EnqueueRequest`` for this job."""
+    def to_proto(self, request_id: str | None = None) -> pb.EnqueueRequest:
+        """The ``EnqueueRequest`` for this job.
+
+        It carries ``request_id`` or, by default, a fresh random one (32 hex
+        characters), so every request built is a new logical call. The client builds
+        the request once per call and resends that same request on each retry: the
+        broker answers a repeat of a (queue, request id) within 5 minutes with the
+        first job (``duplicate=True``) instead of storing a second one. The broker
+        ignores it when ``idempotency_key`` is set."""
         if self.delay is not None and self.run_at is not None:
             from taskraft.errors import ConfigError
 
@@ -132,6 +147,7 @@ class NewJob:
             headers=dict(self.headers),
             run_at_ms=run_at_ms,
             webhook_url=self.webhook_url,
+            request_id=new_request_id() if request_id is None else request_id,
         )
 
 
@@ -141,7 +157,8 @@ class Enqueued:
 
     #: The job's id (the first job's id when ``duplicate``).
     job_id: str
-    #: True when the idempotency key matched an earlier job and nothing was stored.
+    #: True when nothing was stored: the idempotency key (or, for a retried call, the
+    #: request id) matched an earlier job.
     duplicate: bool = False
 
     @classmethod

@@ -3,6 +3,8 @@
 The binary comes from ``TASKRAFT_BIN`` (the Rust harness sets it to the binary it
 built), else ``taskraft`` on PATH, else ``target/{debug,release}/taskraft`` of the
 checkout. Each node gets free loopback ports and its own data directory.
+:func:`make_tls` writes a throwaway CA and a node certificate for 127.0.0.1 (with the
+``openssl`` CLI) for a node started with ``tls=``.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
@@ -49,11 +54,17 @@ def free_port() -> int:
         return port
 
 
-def http_get(port: int, path: str) -> int | None:
-    """Status code of GET http://127.0.0.1:port/path, None if unreachable."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+def http_get(port: int, path: str, ca: Path | None = None) -> int | None:
+    """Status code of GET http://127.0.0.1:port/path (https, verified with the PEM
+    CA ``ca``, when given), None if unreachable."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    scheme = "http"
+    if ca is not None:
+        scheme = "https"
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca)))
+    opener = urllib.request.build_opener(*handlers)
     try:
-        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+        with opener.open(f"{scheme}://127.0.0.1:{port}{path}", timeout=2) as r:
             code: int = r.status
             return code
     except urllib.error.HTTPError as e:
@@ -62,8 +73,72 @@ def http_get(port: int, path: str) -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA and a node certificate signed by it (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def _openssl(*args: str | Path) -> None:
+    done = subprocess.run(
+        ["openssl", *map(str, args)], stdin=subprocess.DEVNULL, capture_output=True, timeout=60
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed:\n{done.stderr.decode(errors='replace')}")
+
+
+def make_tls(directory: Path, key_format: str = "pkcs8") -> TlsFiles:
+    """Writes into ``directory`` a CA (ECDSA P-256, ``ca.pem``) and a server
+    certificate for IP 127.0.0.1 (``node.pem``: subjectAltName IP:127.0.0.1,
+    extendedKeyUsage serverAuth) with its key ``node.key`` as PKCS#8
+    (``BEGIN PRIVATE KEY``) or, with ``key_format="sec1"``, SEC1 (``BEGIN EC
+    PRIVATE KEY``). Valid from now for a day."""
+    if key_format not in ("pkcs8", "sec1"):
+        raise ValueError(f"key_format {key_format!r}: pkcs8 or sec1")
+    d = directory
+    d.mkdir(parents=True, exist_ok=True)
+    p256 = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    _openssl("genpkey", *p256, "-out", d / "ca.key")
+    _openssl(
+        "req", "-x509", "-new", "-key", d / "ca.key", "-sha256", "-days", "1",
+        "-subj", "/CN=taskraft test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-out", d / "ca.pem",
+    )  # fmt: skip
+    _openssl("genpkey", *p256, "-out", d / "node.pkcs8.key")
+    if key_format == "sec1":
+        _openssl("ec", "-in", d / "node.pkcs8.key", "-out", d / "node.key")
+    else:
+        (d / "node.pkcs8.key").rename(d / "node.key")
+    _openssl(
+        "req", "-new", "-key", d / "node.key", "-subj", "/CN=127.0.0.1", "-out", d / "node.csr"
+    )
+    (d / "node.ext").write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectAltName=IP:127.0.0.1\n"
+    )
+    _openssl(
+        "x509", "-req", "-in", d / "node.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
+        "-set_serial", f"0x{os.urandom(8).hex()}", "-days", "1", "-sha256",
+        "-extfile", d / "node.ext", "-out", d / "node.pem",
+    )  # fmt: skip
+    marker = "EC PRIVATE KEY" if key_format == "sec1" else "PRIVATE KEY"
+    if not (d / "node.key").read_text().startswith(f"-----BEGIN {marker}-----"):
+        raise RuntimeError(f"{d / 'node.key'} is not {key_format}")
+    return TlsFiles(ca=d / "ca.pem", cert=d / "node.pem", key=d / "node.key")
+
+
 class BrokerNode:
-    """One ``taskraft serve`` process; its output goes to ``<data_dir>.log``."""
+    """One ``taskraft serve`` process; its output goes to ``<data_dir>.log``.
+
+    With ``tls`` it serves TLS on its gRPC and HTTP ports (``--tls-cert`` /
+    ``--tls-key``) and readiness is checked over HTTPS against ``tls.ca``."""
 
     def __init__(
         self,
@@ -72,8 +147,10 @@ class BrokerNode:
         *,
         grpc_port: int | None = None,
         peer_port: int | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.tls = tls
         self.port = grpc_port or free_port()
         self.http_port = free_port()
         self.peer_port = peer_port or free_port()
@@ -90,6 +167,7 @@ class BrokerNode:
             f"127.0.0.1:{self.peer_port}",
             "--data-dir",
             str(data_dir),
+            *(["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)] if tls else []),
             *(extra or []),
         ]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -107,12 +185,12 @@ class BrokerNode:
         return self
 
     def wait_ready(self, timeout: float = SOON) -> None:
-        """Waits until ``/readyz`` says the node knows a leader."""
+        """Waits until ``/readyz`` (over HTTPS with ``tls``) says the node knows a leader."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"broker exited ({self.proc.returncode}):\n{self.log_tail()}")
-            if http_get(self.http_port, "/readyz") == 200:
+            if http_get(self.http_port, "/readyz", self.tls.ca if self.tls else None) == 200:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"broker at {self.addr} never became ready:\n{self.log_tail()}")
