@@ -6,7 +6,7 @@ const client = new Client(process.argv[2] ?? "127.0.0.1:7070", { token: process.
 const { jobId } = await client.enqueueJson("emails", { to: "ada@example.com" }, {
   jobType: "send",
   priority: 5,
-  idempotencyKey: "welcome-ada", // retried after UNAVAILABLE, it is still stored once
+  idempotencyKey: "welcome-ada", // run again within the dedup window: still stored once
 });
 const batch = await client.enqueueBatch(
   ["grace", "edsger", "barbara"].map((name) => ({

@@ -14,10 +14,12 @@
 // Every other error is thrown at once, classified (errors.ts). Each attempt carries its
 // own deadline and the bearer token when one is set.
 //
-// Retrying an enqueue after UNAVAILABLE can, rarely, store the job twice: the first
-// attempt committed but its answer was lost. The broker has no automatic request id
-// yet, so set `idempotencyKey` when that matters; with a key the retry returns the first
-// job (`duplicate: true`).
+// Retrying an enqueue after UNAVAILABLE or a deadline cannot store the job twice, even
+// when the first attempt committed and only its answer was lost: every enqueue request
+// (each job of a batch) carries a random `requestId`, built once per call before the
+// retry loop, so every attempt sends the same one, and the broker answers a repeat
+// within 5 minutes with the first job (`duplicate: true`). An `idempotencyKey` does the
+// same across separate calls, for as long as the broker's dedup window.
 
 import { readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -43,7 +45,7 @@ import { method, type ClusterStatus, type MethodName, type Methods, type QueueSt
 
 const MAX_MESSAGE = 64 << 20;
 
-/** TLS settings (the broker must be behind TLS, e.g. a terminating proxy). */
+/** TLS settings (the broker serves TLS with `taskraft serve --tls-cert --tls-key`, or sits behind a TLS proxy). */
 export interface TlsOptions {
   /** PEM file of the CA that signed the server certificate (default: the system roots). */
   caFile?: string;
@@ -157,6 +159,8 @@ export class Client {
   /**
    * Runs one call of either service by method name, with the client's retries, deadline
    * and token. The typed methods below are built on it; use it for calls they lack.
+   * Every attempt sends `request` as given: a raw `Enqueue` is only safe to retry when
+   * it carries a `requestId` (or an `idempotencyKey`), which this method does not add.
    */
   async call<M extends MethodName>(
     name: M,
@@ -273,9 +277,14 @@ export class Client {
 
   // ---- producer calls ----
 
-  /** Enqueues `payload` (bytes, or a string sent as UTF-8) on `queue`. */
+  /**
+   * Enqueues `payload` (bytes, or a string sent as UTF-8) on `queue`. The request, with
+   * its fresh request id, is built once here and resent as is by every retry, so a retry
+   * whose first attempt was stored returns that job (`duplicate: true`).
+   */
   async enqueue(queue: string, payload: Payload, options: EnqueueOptions & CallOptions = {}): Promise<Enqueued> {
-    const r = await this.call("Enqueue", toRequest(queue, payload, options), callOptions(options));
+    const request = toRequest(queue, payload, options);
+    const r = await this.call("Enqueue", request, callOptions(options));
     return { jobId: r.jobId, duplicate: r.duplicate };
   }
 
@@ -287,13 +296,12 @@ export class Client {
   /**
    * Enqueues many jobs in one call: all are stored, or none (the error names the index
    * of a refused job, e.g. `jobs[7]`). At most 10,000 per call. Results are in order.
+   * Each job gets its own request id, built once; a retried batch whose first attempt
+   * was stored answers every job with `duplicate: true`.
    */
   async enqueueBatch(jobs: readonly NewJob[], options: CallOptions = {}): Promise<Enqueued[]> {
-    const r = await this.call(
-      "EnqueueBatch",
-      { jobs: jobs.map((j) => toRequest(j.queue, j.payload, j)) },
-      callOptions(options),
-    );
+    const request = { jobs: jobs.map((j) => toRequest(j.queue, j.payload, j)) };
+    const r = await this.call("EnqueueBatch", request, callOptions(options));
     return r.results.map((x) => ({ jobId: x.jobId, duplicate: x.duplicate }));
   }
 

@@ -43,10 +43,11 @@ export class UnavailableError extends TaskraftError {
   readonly addrs: string;
 
   constructor(addrs: string, message: string) {
-    super(
-      `cannot reach taskraft at ${addrs}: ${message} (is \`taskraft serve\` running?)`,
-      grpc.status.UNAVAILABLE,
-    );
+    // A refused certificate will not go away by retrying: point at the TLS settings.
+    const hint = /certificate|altname|self[- ]signed|\bTLS\b|\bSSL\b/i.test(message)
+      ? "a TLS failure: does the node serve TLS, and do tls.caFile / tls.ca hold the CA that signed its certificate for this address (or tls.serverName)?"
+      : "is `taskraft serve` running?";
+    super(`cannot reach taskraft at ${addrs}: ${message} (${hint})`, grpc.status.UNAVAILABLE);
     this.addrs = addrs;
   }
 

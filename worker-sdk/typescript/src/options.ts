@@ -1,6 +1,8 @@
 // What goes into an enqueue (`EnqueueOptions`, `NewJob`), what comes back (`Enqueued`),
 // and jobs as the broker reports them (`JobInfo`, `JobState`).
 
+import { randomBytes } from "node:crypto";
+
 import type { EnqueueRequest, WireJob, WireJobState } from "./proto.js";
 import { ConfigError } from "./errors.js";
 
@@ -21,8 +23,10 @@ export interface EnqueueOptions {
   maxAttempts?: number;
   /**
    * A second enqueue with the same (queue, key) inside the broker's dedup window returns
-   * the first job's id with `duplicate: true` and stores nothing. Set it when a retried
-   * enqueue must not store the job twice (see `Client`).
+   * the first job's id with `duplicate: true` and stores nothing. The client's own
+   * retries of one call never store a job twice even without a key (each call carries a
+   * request id, see `Client`); set a key when separate calls, e.g. a producer that
+   * restarts and sends again, must not store the job twice.
    */
   idempotencyKey?: string;
   /** Headers the worker sees on the job. */
@@ -41,7 +45,11 @@ export interface NewJob extends EnqueueOptions {
 export interface Enqueued {
   /** The job's id (of the first job when `duplicate`). */
   jobId: string;
-  /** True when the idempotency key matched an earlier job and nothing was stored. */
+  /**
+   * True when nothing was stored because the job already was: its idempotency key
+   * matched an earlier job, or an earlier attempt of this same call (whose answer was
+   * lost) stored it.
+   */
   duplicate: boolean;
 }
 
@@ -69,7 +77,20 @@ function nonNegativeInt(field: string, v: number | undefined): number {
   return Math.round(v);
 }
 
-/** The wire request of one job. */
+/**
+ * A fresh request id: 32 random hex characters (like the Rust SDK's). The broker answers
+ * a second enqueue with the same (queue, request id) within 5 minutes with the first
+ * job (`duplicate: true`) and stores nothing, so every attempt of one call must carry
+ * the same id, and every call its own.
+ */
+export function newRequestId(): string {
+  return randomBytes(16).toString("hex");
+}
+
+/**
+ * The wire request of one job, with a fresh `requestId`. Build it once per call: the
+ * client's retries resend this same object, so they carry the same id.
+ */
 export function toRequest(queue: string, payload: Payload, o: EnqueueOptions = {}): EnqueueRequest {
   if (o.delayMs !== undefined && o.runAt !== undefined) {
     throw new ConfigError("set delayMs or runAt, not both");
@@ -87,6 +108,7 @@ export function toRequest(queue: string, payload: Payload, o: EnqueueOptions = {
     idempotencyKey: o.idempotencyKey ?? "",
     headers: o.headers ?? {},
     webhookUrl: o.webhookUrl ?? "",
+    requestId: newRequestId(),
   };
 }
 

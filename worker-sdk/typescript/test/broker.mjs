@@ -1,9 +1,12 @@
 // @ts-check
 // Test fixture: real `taskraft serve` processes (binary from TASKRAFT_BIN) on free
 // loopback ports, each with its own temporary data dir, killed when the test ends.
+// `startBroker(extra, { tls })` serves TLS (`--tls-cert`/`--tls-key`) on every port;
+// readiness is then polled over HTTPS, trusting the given CA.
 
 import { spawn } from "node:child_process";
 import { mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { get as httpsGet } from "node:https";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -31,10 +34,30 @@ export async function freePort() {
 }
 
 /**
- * HTTP GET status code, or 0 when the node does not answer.
- * @param {string} url
+ * Certificate, key and CA (PEM files) of a broker serving TLS.
+ * @typedef {{ cert: string, key: string, ca: string }} TlsFiles
  */
-async function httpStatus(url) {
+
+/**
+ * HTTP GET status code, or 0 when the node does not answer. With `ca` (PEM) the URL is
+ * https:// and the server certificate is checked against that CA (fetch() cannot be
+ * given one).
+ * @param {string} url
+ * @param {Buffer} [ca]
+ * @returns {Promise<number>}
+ */
+async function httpStatus(url, ca) {
+  if (ca) {
+    return new Promise((resolve) => {
+      const req = httpsGet(url, { ca, timeout: 2000 }, (res) => {
+        res.resume();
+        res.once("end", () => resolve(res.statusCode ?? 0));
+        res.once("error", () => resolve(0));
+      });
+      req.once("timeout", () => req.destroy());
+      req.once("error", () => resolve(0));
+    });
+  }
   try {
     const r = await fetch(url, { signal: AbortSignal.timeout(2000) });
     await r.arrayBuffer();
@@ -50,12 +73,16 @@ export class BrokerNode {
    * @param {string} addr gRPC host:port
    * @param {string} http HTTP host:port
    * @param {string[]} extra more `serve` flags
+   * @param {TlsFiles} [tls] serve TLS with these files
    */
-  constructor(dir, addr, http, extra) {
+  constructor(dir, addr, http, extra, tls) {
     this.dir = dir;
     this.addr = addr;
     this.http = http;
-    this.args = ["serve", "--listen", addr, "--http", http, "--data-dir", dir, ...extra];
+    /** CA to check the HTTPS readiness probe against, when the node serves TLS. */
+    this.ca = tls ? readFileSync(tls.ca) : undefined;
+    const tlsFlags = tls ? ["--tls-cert", tls.cert, "--tls-key", tls.key] : [];
+    this.args = ["serve", "--listen", addr, "--http", http, "--data-dir", dir, ...tlsFlags, ...extra];
     this.log = `${dir}.log`;
     /** @type {import("node:child_process").ChildProcess | undefined} */
     this.child = undefined;
@@ -73,7 +100,8 @@ export class BrokerNode {
   /** Waits until /readyz says the node knows a leader. */
   async ready() {
     const deadline = Date.now() + SOON_MS;
-    while ((await httpStatus(`http://${this.http}/readyz`)) !== 200) {
+    const url = `${this.ca ? "https" : "http"}://${this.http}/readyz`;
+    while ((await httpStatus(url, this.ca)) !== 200) {
       if (Date.now() > deadline) throw new Error(`node ${this.addr} never became ready; log:\n${this.logTail()}`);
       if (this.child?.exitCode !== null) throw new Error(`node ${this.addr} exited; log:\n${this.logTail()}`);
       await sleep(50);
@@ -103,15 +131,24 @@ export class BrokerNode {
 /**
  * Starts a one-node broker and waits until it is ready.
  * @param {string[]} [extra] more `serve` flags
+ * @param {{ tls?: TlsFiles }} [options] `tls`: serve TLS on every port with these files
  */
-export async function startBroker(extra = []) {
+export async function startBroker(extra = [], options = {}) {
   const root = mkdtempSync(join(tmpdir(), "taskraft-ts-"));
-  const node = new BrokerNode(join(root, "node"), `127.0.0.1:${await freePort()}`, `127.0.0.1:${await freePort()}`, [
-    "--peer-listen",
+  const node = new BrokerNode(
+    join(root, "node"),
     `127.0.0.1:${await freePort()}`,
-    ...extra,
-  ]);
-  await node.ready();
+    `127.0.0.1:${await freePort()}`,
+    ["--peer-listen", `127.0.0.1:${await freePort()}`, ...extra],
+    options.tls,
+  );
+  try {
+    await node.ready();
+  } catch (e) {
+    await node.kill();
+    rmSync(root, { recursive: true, force: true });
+    throw e;
+  }
   return {
     node,
     addr: node.addr,

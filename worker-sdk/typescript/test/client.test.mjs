@@ -154,14 +154,21 @@ describe("connections", () => {
       const call = c.enqueue("c-late", "x");
       // The first attempts fail with connection refused while the node is not there.
       const { BrokerNode } = await import("./broker.mjs");
-      const { mkdtempSync } = await import("node:fs");
+      const { mkdtempSync, rmSync } = await import("node:fs");
       const { tmpdir } = await import("node:os");
       const dir = mkdtempSync(`${tmpdir()}/taskraft-ts-late-`);
       const node = new BrokerNode(`${dir}/node`, `127.0.0.1:${port}`, `127.0.0.1:${await freePort()}`, [
         "--peer-listen",
         `127.0.0.1:${await freePort()}`,
       ]);
-      late = { node, addr: node.addr, stop: () => node.kill() };
+      late = {
+        node,
+        addr: node.addr,
+        async stop() {
+          await node.kill();
+          rmSync(dir, { recursive: true, force: true });
+        },
+      };
       const { jobId } = await call;
       assert.equal((await c.getJob(jobId)).state, "READY");
     } finally {
