@@ -300,6 +300,90 @@ async fn calls_abandoned_during_a_stall_are_not_written_when_quorum_returns() {
     );
 }
 
+/// A Lease that applies after its caller gave up (it waited on a leader without quorum)
+/// handed its job to nobody: the job comes back at once, ready and with the attempt not
+/// counted, instead of staying leased for its 5-minute visibility timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_leased_for_a_caller_that_gave_up_comes_back_at_once() {
+    let mut cluster = ProcessCluster::spawn(3, &["--request-timeout", "1s"]).await;
+    for n in &cluster.nodes {
+        n.wait_ready().await;
+    }
+    let leader = leader_of(&cluster, &[1, 2, 3]).await;
+    let followers: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let mut c = cluster.node(leader).clients().await;
+    let id = c
+        .broker
+        .enqueue(job("orphan", "x"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    for f in &followers {
+        cluster.node(*f).kill9();
+    }
+    let err = c
+        .broker
+        .lease(lease("orphan", 1, 300_000, 0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded),
+        "{err:?}"
+    );
+    for f in &followers {
+        cluster.node(*f).restart().await;
+    }
+    for n in &cluster.nodes {
+        n.wait_ready().await;
+    }
+    let leader = leader_of(&cluster, &[1, 2, 3]).await;
+    let mut c = cluster.node(leader).clients().await;
+    let job = eventually("the job is back", Duration::from_secs(30), || {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move {
+            let j = c
+                .broker
+                .get_job(pb::GetJobRequest { job_id: id })
+                .await
+                .ok()?
+                .into_inner();
+            (j.state == pb::JobState::Ready as i32).then_some(j)
+        }
+    })
+    .await;
+    assert_eq!(
+        job.attempt, 0,
+        "the orphaned delivery counted as an attempt"
+    );
+    // The lease did apply (the worker was seen leasing one job), and holds nothing now.
+    let workers = c
+        .admin
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workers;
+    let w = workers
+        .iter()
+        .find(|w| w.worker_id == "test-worker")
+        .expect("the Lease applied");
+    assert_eq!((w.leased_total, w.jobs_in_hand), (1, 0), "{w:?}");
+    let again = c
+        .broker
+        .lease(lease("orphan", 1, 30_000, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].job_id.as_str(), again[0].attempt),
+        (id.as_str(), 1)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_command_starts_a_local_three_node_cluster() {
     let dir = tempfile::tempdir().unwrap();

@@ -411,10 +411,11 @@ pub fn forwarded(cmd: &Command, settings: &ApiSettings, now_ms: u64) -> R {
         }
         Command::Batch(_)
         | Command::Tick
+        | Command::Release { .. }
         | Command::WebhookDelivered { .. }
         | Command::WebhookFailed { .. } => Err(BrokerError::invalid(
             "command",
-            "only the leader proposes batches, ticks and webhook outcomes",
+            "only the leader proposes batches, ticks, releases and webhook outcomes",
         )),
     }
 }

@@ -121,6 +121,14 @@ pub enum Command {
     /// redelivered, finished jobs past their TTL are removed. The leader proposes it
     /// when something is due and no other traffic arrives.
     Tick,
+    /// Gives back the jobs of a `Lease` whose caller had gone by the time it applied
+    /// (the leader proposes it, `raft/proposer.rs`): each job still held under its lease
+    /// goes back to ready, and the delivery does not count as an attempt (nobody got
+    /// the job). Last in this enum: a variant's position is its code in the log.
+    Release {
+        /// (job id, lease id) of each job handed out.
+        leases: Vec<(String, u64)>,
+    },
 }
 
 impl Command {
@@ -253,6 +261,8 @@ pub enum Outcome {
     Ticked,
     /// One reply per command of a [`Command::Batch`], in order.
     Batch(Vec<Reply>),
+    /// Jobs given back by a [`Command::Release`] (those still under their lease).
+    Released(u64),
 }
 
 /// Result of one enqueue.

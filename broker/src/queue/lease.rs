@@ -155,6 +155,22 @@ impl<T: Tables> State<T> {
         Ok(Outcome::Extended { deadline_ms })
     }
 
+    /// Gives back jobs whose lease went to a caller that was gone: still held under
+    /// that lease, a job returns to ready with the attempt undone. Any other (acked,
+    /// expired and leased again) is left alone.
+    pub(crate) fn release(&mut self, leases: &[(String, u64)]) -> Reply {
+        let mut released = 0;
+        for (job_id, lease_id) in leases {
+            let Ok(mut job) = self.held(job_id, *lease_id) else {
+                continue;
+            };
+            job.attempt = job.attempt.saturating_sub(1);
+            self.set_state(&mut job, JobState::Ready);
+            released += 1;
+        }
+        Ok(Outcome::Released(released))
+    }
+
     /// A lease ran out: the delivery counts as an attempt that ended by timeout.
     pub(crate) fn expire_lease(&mut self, seq: u64) {
         let mut job = self.record(seq);

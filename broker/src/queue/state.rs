@@ -294,6 +294,7 @@ impl<T: Tables> State<T> {
             Command::Pause { queue } => Ok(Outcome::Queue(self.set_paused(queue, true))),
             Command::Resume { queue } => Ok(Outcome::Queue(self.set_paused(queue, false))),
             Command::Tick => Ok(Outcome::Ticked),
+            Command::Release { leases } => self.release(leases),
             Command::WebhookDelivered { id } => {
                 self.webhook_delivered(*id);
                 Ok(Outcome::Ticked)

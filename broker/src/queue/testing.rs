@@ -46,6 +46,10 @@ pub(crate) enum Op {
         queue: u8,
         paused: bool,
     },
+    Release {
+        pick: u16,
+        n: u8,
+    },
     Tick,
 }
 
@@ -62,6 +66,7 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
         1 => any::<u16>().prop_map(|pick| Op::Retry { pick }),
         1 => (0..3u8).prop_map(|queue| Op::Redrive { queue }),
         1 => (0..3u8, any::<bool>()).prop_map(|(queue, paused)| Op::Pause { queue, paused }),
+        1 => (any::<u16>(), 1..4u8).prop_map(|(pick, n)| Op::Release { pick, n }),
         2 => Just(Op::Tick),
     ]
 }
@@ -166,6 +171,12 @@ impl Driver {
             },
             Op::Retry { pick } if !ids.is_empty() => Command::Retry {
                 job_id: ids[pick as usize % ids.len()].clone(),
+            },
+            Op::Release { pick, n } if !leases.is_empty() => Command::Release {
+                leases: (0..usize::from(n))
+                    .map(|i| &leases[(pick as usize + i) % leases.len()])
+                    .map(|l| (l.job_id.clone(), l.lease_id))
+                    .collect(),
             },
             Op::Redrive { queue: q } => Command::Redrive { queue: queue(q) },
             Op::Pause {

@@ -52,6 +52,54 @@ fn leased(reply: Reply) -> Vec<LeasedJob> {
     }
 }
 
+/// A released job (its Lease reached nobody) is ready again at the front of its queue,
+/// with the attempt undone and the worker holding nothing; a release naming a lease that
+/// is no longer the job's (acked, or a stale id) changes nothing.
+#[test]
+fn released_jobs_are_ready_again_without_using_an_attempt() {
+    let mut s = State::new();
+    let jobs = vec![new_job("a", "q", 0), new_job("b", "q", 0)];
+    s.apply(&at(1, Command::Enqueue(jobs))).unwrap();
+    let got = leased(s.apply(&at(2, lease_cmd(&["q"], 2, 30_000))));
+    let (a, b) = (&got[0], &got[1]);
+    s.apply(&at(
+        3,
+        Command::Ack {
+            job_id: b.job_id.clone(),
+            lease_id: b.lease_id,
+            result: bytes::Bytes::new(),
+        },
+    ))
+    .unwrap();
+    let reply = s.apply(&at(
+        4,
+        Command::Release {
+            leases: vec![
+                (a.job_id.clone(), a.lease_id),
+                (b.job_id.clone(), b.lease_id),
+                ("missing".into(), 1),
+            ],
+        },
+    ));
+    assert!(matches!(reply, Ok(Outcome::Released(1))), "{reply:?}");
+    let job_a = s.job("a").expect("a");
+    assert_eq!((job_a.state, job_a.attempt), (JobState::Ready, 0));
+    assert!(job_a.lease.is_none());
+    assert_eq!(s.job("b").expect("b").state, JobState::Succeeded);
+    assert_eq!(s.workers()[0].1.jobs_in_hand, 0);
+    // A stale lease id: nothing moves.
+    let again = leased(s.apply(&at(5, lease_cmd(&["q"], 1, 30_000))));
+    assert_eq!((again[0].job_id.as_str(), again[0].attempt), ("a", 1));
+    let reply = s.apply(&at(
+        6,
+        Command::Release {
+            leases: vec![(a.job_id.clone(), a.lease_id)],
+        },
+    ));
+    assert!(matches!(reply, Ok(Outcome::Released(0))), "{reply:?}");
+    assert_eq!(s.job("a").expect("a").state, JobState::Leased);
+}
+
 #[test]
 fn serves_higher_priority_first_then_fifo() {
     let mut s = State::new();

@@ -18,7 +18,10 @@
 //! call was cancelled) has been answered UNAVAILABLE and may retry; proposing its command
 //! later would apply it behind its back, a ghost write (an enqueue stored twice, a lease
 //! that takes jobs nobody will work on). So a command whose caller is gone is dropped
-//! when the batch is taken, never proposed. Once proposed, a command's fate is the log's.
+//! when the batch is taken, never proposed. Once proposed, a command's fate is the log's;
+//! but a Lease that applied for a caller who had gone by then handed jobs to nobody, so
+//! the proposer gives them back at once ([`Command::Release`]: ready again, the attempt
+//! not counted) rather than leave them leased until their visibility timeout.
 
 use std::sync::Arc;
 
@@ -132,12 +135,16 @@ async fn write(raft: &Raft, batch: Vec<Pending>) {
     match raft.client_write(env).await {
         Ok(resp) => match (single, resp.data) {
             (true, reply) => {
-                let _ = replies.into_iter().next().expect("one").send(Ok(reply));
+                let tx = replies.into_iter().next().expect("one");
+                give_back(raft, answer(tx, reply));
             }
             (false, Ok(Outcome::Batch(each))) => {
-                for (tx, reply) in replies.into_iter().zip(each) {
-                    let _ = tx.send(Ok(reply));
-                }
+                let orphans = replies
+                    .into_iter()
+                    .zip(each)
+                    .flat_map(|(tx, reply)| answer(tx, reply))
+                    .collect();
+                give_back(raft, orphans);
             }
             (false, other) => {
                 let msg = format!("batch applied with an unexpected reply: {other:?}");
@@ -159,4 +166,45 @@ async fn write(raft: &Raft, batch: Vec<Pending>) {
             }
         }
     }
+}
+
+/// Hands a caller its reply. When the caller has gone and the reply handed it jobs (a
+/// Lease), returns those jobs' (id, lease id): nobody will work on them.
+fn answer(tx: oneshot::Sender<Result<Reply, PeerError>>, reply: Reply) -> Vec<(String, u64)> {
+    match tx.send(Ok(reply)) {
+        Err(Ok(Ok(Outcome::Leased(jobs)))) => {
+            jobs.into_iter().map(|j| (j.job_id, j.lease_id)).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Proposes the release of leases whose caller had gone (in the background: it is
+/// rare, and must not hold the in-flight slot of the entry that leased them). If it
+/// fails, the jobs come back when their visibility timeout runs out, as after a worker
+/// crash.
+fn give_back(raft: &Raft, leases: Vec<(String, u64)>) {
+    if leases.is_empty() {
+        return;
+    }
+    let raft = raft.clone();
+    tokio::spawn(async move {
+        let n = leases.len();
+        let env = Envelope {
+            now_ms: wall_clock_ms(),
+            cmd: Command::Release { leases },
+        };
+        match raft.client_write(env).await {
+            Ok(resp) => tracing::info!(
+                leased = n,
+                outcome = ?resp.data,
+                "gave back jobs leased for a caller that had gone"
+            ),
+            Err(e) => tracing::warn!(
+                leased = n,
+                error = %e,
+                "could not give back jobs leased for a caller that had gone; they return at their visibility timeout"
+            ),
+        }
+    });
 }
