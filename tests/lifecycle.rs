@@ -364,6 +364,44 @@ async fn a_retried_enqueue_with_its_request_id_stores_one_job() {
     assert!(e.message().contains("request_id"), "{e:?}");
 }
 
+/// An Ack resent with the same lease after it applied (a client whose answer was lost
+/// retries) succeeds again and keeps the first result; a Nack likewise answers where
+/// the job went. Only another use of the lease is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_ack_or_nack_answers_as_the_first_did() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    c.broker.enqueue(job("resent", "a")).await.unwrap();
+    c.broker.enqueue(job("resent", "b")).await.unwrap();
+    let a = lease_one(&mut c, "resent", 30_000).await;
+    let b = lease_one(&mut c, "resent", 30_000).await;
+    for result in ["first", "second"] {
+        c.broker
+            .ack(pb::AckRequest {
+                job_id: a.job_id.clone(),
+                lease_id: a.lease_id.clone(),
+                result: result.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ack ({result}): {e:?}"));
+    }
+    assert_eq!(&get_job(&mut c, &a.job_id).await.result[..], b"first");
+    let first = nack(&mut c, &b, "boom", true).await;
+    let again = nack(&mut c, &b, "boom", true).await;
+    assert_eq!(first, again);
+    assert_eq!(first.state, pb::JobState::Dead as i32);
+    let err = c
+        .broker
+        .ack(pb::AckRequest {
+            job_id: b.job_id.clone(),
+            lease_id: b.lease_id.clone(),
+            result: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
 #[tokio::test]
 async fn cancel_ready_and_leased_jobs() {
     let node = InProcNode::start().await;

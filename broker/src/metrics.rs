@@ -351,7 +351,7 @@ impl Metrics {
                 let Some(job) = data.state.job_record(&s.job_id) else {
                     return false;
                 };
-                if job.lease.as_ref().is_some_and(|l| l.id == *lease_id) {
+                if job.held_lease().is_some_and(|l| l.id == *lease_id) {
                     return s.at.elapsed() < LEASE_FORGET;
                 }
                 if job.expirations > s.expirations {

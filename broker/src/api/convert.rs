@@ -49,10 +49,9 @@ pub fn job_to_pb(d: &queue::JobDetail) -> pb::Job {
         progress_message: j.progress_message.clone(),
         expirations: j.expirations,
         headers: j.headers.clone().into_iter().collect(),
-        lease_deadline_ms: j.lease.as_ref().map_or(0, |l| l.deadline_ms),
+        lease_deadline_ms: j.held_lease().map_or(0, |l| l.deadline_ms),
         worker_id: j
-            .lease
-            .as_ref()
+            .held_lease()
             .map_or(String::new(), |l| l.worker_id.clone()),
         finished_at_ms: j.finished_at_ms,
         expires_at_ms: j.expires_at_ms,

@@ -125,7 +125,7 @@ fn job_json(d: &JobDetail) -> Value {
         "payload": preview(&d.payload),
         "payload_bytes": d.payload.len(),
         "result": preview(&d.result),
-        "lease": j.lease.as_ref().map(|l| json!({
+        "lease": j.held_lease().map(|l| json!({
             "lease_id": format_lease_id(l.id),
             "deadline_ms": l.deadline_ms,
             "worker_id": l.worker_id,

@@ -42,6 +42,7 @@ impl<T: Tables> State<T> {
         job.run_at_ms = self.c.now_ms;
         job.progress = 0;
         job.progress_message.clear();
+        job.lease = None;
         self.set_state(&mut job, JobState::Ready);
     }
 

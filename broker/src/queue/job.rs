@@ -123,7 +123,10 @@ pub struct Job {
     pub progress: u32,
     /// Progress text from `ExtendLease`.
     pub progress_message: String,
-    /// Present exactly when `state == Leased`.
+    /// The current lease when `state == Leased`. After an ack or a nack it stays as the
+    /// lease that ended so, until the job is leased again (or an operator revives it):
+    /// a retried Ack or Nack of that lease (its answer was lost) then gets the same
+    /// answer instead of a stale-lease error. Read [`Job::held_lease`] for "is leased".
     pub lease: Option<Lease>,
     /// When it reached a terminal state (0 while live).
     pub finished_at_ms: u64,
@@ -135,6 +138,20 @@ pub struct Job {
     pub idempotency_key: String,
     /// Where success/death events are POSTed, if anywhere.
     pub webhook_url: String,
+}
+
+impl Job {
+    /// The lease the job is held under now, if it is leased.
+    pub fn held_lease(&self) -> Option<&Lease> {
+        self.lease
+            .as_ref()
+            .filter(|_| self.state == JobState::Leased)
+    }
+
+    /// The lease that ended with an ack or nack, while the job has not been leased again.
+    pub(crate) fn ended_lease(&self, lease_id: u64) -> bool {
+        self.state != JobState::Leased && self.lease.as_ref().is_some_and(|l| l.id == lease_id)
+    }
 }
 
 /// A job with its payload and result, as reads and admin replies return it.

@@ -85,12 +85,18 @@ impl<T: Tables> State<T> {
     }
 
     pub(crate) fn ack(&mut self, job_id: &str, lease_id: u64, result: &Bytes) -> Reply {
-        let mut job = self.held(job_id, lease_id)?;
+        let mut job = self.record(self.seq_of(job_id)?);
+        if job.state == JobState::Succeeded && job.ended_lease(lease_id) {
+            // A retry of the ack that ended this lease (its answer was lost): the same
+            // answer, and nothing changes (the first result stays).
+            return Ok(Outcome::Acked);
+        }
+        check_lease(&job, lease_id)?;
         if !result.is_empty() {
             self.t.put_result(job.seq, result);
         }
         job.progress = 100;
-        self.set_state(&mut job, JobState::Succeeded);
+        self.end_lease(&mut job, JobState::Succeeded);
         Ok(Outcome::Acked)
     }
 
@@ -104,10 +110,27 @@ impl<T: Tables> State<T> {
         backoff: Backoff,
     ) -> Reply {
         let now = self.c.now_ms;
-        let mut job = self.held(job_id, lease_id)?;
+        let mut job = self.record(self.seq_of(job_id)?);
+        if matches!(
+            job.state,
+            JobState::Ready | JobState::Scheduled | JobState::Dead
+        ) && job.ended_lease(lease_id)
+        {
+            // A retry of the nack that ended this lease: answered with where the job
+            // is now (a Scheduled job may have become Ready since), nothing changes.
+            return Ok(Outcome::Nacked {
+                state: job.state,
+                run_at_ms: if job.state == JobState::Dead {
+                    0
+                } else {
+                    job.run_at_ms
+                },
+            });
+        }
+        check_lease(&job, lease_id)?;
         job.last_error = error.to_string();
         if dead_letter || job.attempt >= job.max_attempts {
-            self.set_state(&mut job, JobState::Dead);
+            self.end_lease(&mut job, JobState::Dead);
             return Ok(Outcome::Nacked {
                 state: JobState::Dead,
                 run_at_ms: 0,
@@ -122,7 +145,7 @@ impl<T: Tables> State<T> {
         } else {
             JobState::Scheduled
         };
-        self.set_state(&mut job, to);
+        self.end_lease(&mut job, to);
         Ok(Outcome::Nacked {
             state: to,
             run_at_ms,

@@ -433,6 +433,16 @@ impl<T: Tables> State<T> {
     /// for Scheduled, `lease` for Leased) and left alone those the current one keys on;
     /// terminal states get their finish and expiry times here.
     pub(crate) fn set_state(&mut self, job: &mut Job, to: JobState) {
+        self.move_job(job, to, false);
+    }
+
+    /// [`Self::set_state`] for an ack or nack: the lease that ended stays in the record
+    /// (see [`Job::lease`]), so that a retry of the same call can be answered alike.
+    pub(crate) fn end_lease(&mut self, job: &mut Job, to: JobState) {
+        self.move_job(job, to, true);
+    }
+
+    fn move_job(&mut self, job: &mut Job, to: JobState, keep_lease: bool) {
         let now = self.c.now_ms;
         let from = job.state;
         self.unfile(job);
@@ -440,7 +450,7 @@ impl<T: Tables> State<T> {
             job.finished_at_ms = 0;
             job.expires_at_ms = 0;
         }
-        if from == JobState::Leased && to != JobState::Leased {
+        if from == JobState::Leased && to != JobState::Leased && !keep_lease {
             job.lease = None;
         }
         job.state = to;

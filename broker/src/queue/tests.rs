@@ -100,6 +100,79 @@ fn released_jobs_are_ready_again_without_using_an_attempt() {
     assert_eq!(s.job("a").expect("a").state, JobState::Leased);
 }
 
+/// An Ack or Nack retried with the lease it ended (the first answer was lost) gets
+/// the same answer and changes nothing; any other use of that lease stays stale.
+#[test]
+fn a_retried_ack_or_nack_of_the_same_lease_answers_alike() {
+    let mut s = State::new();
+    let jobs = vec![new_job("a", "q", 0), new_job("b", "q", 0)];
+    s.apply(&at(1, Command::Enqueue(jobs))).unwrap();
+    let got = leased(s.apply(&at(2, lease_cmd(&["q"], 2, 1_000))));
+    let (a, b) = (got[0].clone(), got[1].clone());
+    let ack = |l: &LeasedJob, result: &str| Command::Ack {
+        job_id: l.job_id.clone(),
+        lease_id: l.lease_id,
+        result: bytes::Bytes::from(result.to_string()),
+    };
+    let nack = |l: &LeasedJob| Command::Nack {
+        job_id: l.job_id.clone(),
+        lease_id: l.lease_id,
+        error: "boom".into(),
+        retry_after_ms: Some(5_000),
+        dead_letter: false,
+        backoff: BACKOFF,
+    };
+    assert!(matches!(
+        s.apply(&at(3, ack(&a, "first"))),
+        Ok(Outcome::Acked)
+    ));
+    assert!(matches!(
+        s.apply(&at(4, ack(&a, "second"))),
+        Ok(Outcome::Acked)
+    ));
+    assert_eq!(&s.job("a").unwrap().result[..], b"first");
+    assert!(matches!(
+        s.apply(&at(5, nack(&a))),
+        Err(CoreError::StaleLease { .. })
+    ));
+    let first = s.apply(&at(6, nack(&b))).unwrap();
+    assert!(matches!(
+        first,
+        Outcome::Nacked {
+            state: JobState::Scheduled,
+            run_at_ms: 5_006
+        }
+    ));
+    let again = s.apply(&at(7, nack(&b))).unwrap();
+    assert!(matches!(
+        again,
+        Outcome::Nacked {
+            state: JobState::Scheduled,
+            run_at_ms: 5_006
+        }
+    ));
+    assert_eq!(s.job("b").unwrap().attempt, 1);
+    assert!(matches!(
+        s.apply(&at(8, ack(&b, "late"))),
+        Err(CoreError::StaleLease { .. })
+    ));
+    // Leased again: the old lease is stale for good.
+    s.apply(&at(6_000, Command::Tick)).unwrap();
+    let b2 = leased(s.apply(&at(6_001, lease_cmd(&["q"], 1, 1_000))));
+    assert_eq!(b2[0].job_id, "b");
+    assert!(matches!(
+        s.apply(&at(6_002, nack(&b))),
+        Err(CoreError::StaleLease { .. })
+    ));
+    // A lease that expired is not acked by a late retry either.
+    s.apply(&at(9_000, Command::Tick)).unwrap();
+    assert_eq!(s.job("b").unwrap().state, JobState::Ready);
+    assert!(matches!(
+        s.apply(&at(9_001, ack(&b2[0], "late"))),
+        Err(CoreError::StaleLease { .. })
+    ));
+}
+
 #[test]
 fn serves_higher_priority_first_then_fifo() {
     let mut s = State::new();
@@ -433,8 +506,10 @@ fn check_invariants(s: &State<MemTables>) {
             job.attempt <= job.max_attempts,
             "attempts exceed max: {job:?}"
         );
-        assert_eq!(job.lease.is_some(), job.state == JobState::Leased);
-        if let Some(l) = &job.lease {
+        if job.state == JobState::Leased {
+            assert!(job.lease.is_some(), "a leased job without its lease");
+        }
+        if let Some(l) = job.held_lease() {
             assert!(lease_ids.insert(l.id), "lease id reused while held");
             assert!(t.timers.contains(&(Timer::Lease, l.deadline_ms, job.seq)));
         }
@@ -475,7 +550,7 @@ fn check_invariants(s: &State<MemTables>) {
         let held = t
             .jobs
             .values()
-            .filter(|j| j.lease.as_ref().is_some_and(|l| &l.worker_id == id))
+            .filter(|j| j.held_lease().is_some_and(|l| &l.worker_id == id))
             .count() as u64;
         assert_eq!(w.jobs_in_hand, held, "worker {id}");
         assert_eq!(
