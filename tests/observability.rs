@@ -209,6 +209,65 @@ async fn expired_leases_are_counted() {
     }
 }
 
+/// Long-polling workers waiting on a quiet queue cost nothing while another queue is
+/// busy: a commit wakes only the waiters of queues that gained ready jobs (one per
+/// job), so 50 idle Leases look again about once a second each, not on every one of
+/// 300 enqueues elsewhere (which used to mean about 15,000 looks); and a job for
+/// their queue still reaches one of them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_long_polls_are_not_woken_by_other_queues() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    let polls = |text: &str| sample(text, "taskraft_lease_polls_total", &[]).unwrap_or(0.0);
+    let waiters = 50;
+    let mut calls = Vec::new();
+    for i in 0..waiters {
+        let mut c = c.clone();
+        calls.push(tokio::spawn(async move {
+            let mut req = lease("idle", 1, 30_000, 20_000);
+            req.worker_id = format!("idle-{i}");
+            c.broker.lease(req).await.map(|r| r.into_inner().jobs)
+        }));
+    }
+    eventually("every idle Lease is waiting", SOON, || async {
+        (polls(&metrics_text(&node).await) >= f64::from(waiters)).then_some(())
+    })
+    .await;
+    let before = polls(&metrics_text(&node).await);
+    let started = std::time::Instant::now();
+    for i in 0..300 {
+        c.broker
+            .enqueue(job("busy", &format!("b{i}")))
+            .await
+            .unwrap();
+    }
+    let looks = polls(&metrics_text(&node).await) - before;
+    // The once-a-second re-check of each waiter, with a second of slack.
+    let allowed = f64::from(waiters) * (started.elapsed().as_secs_f64() + 2.0);
+    assert!(
+        looks <= allowed,
+        "{looks} looks by {waiters} idle Leases during 300 enqueues on another queue (at most {allowed})"
+    );
+
+    // A job for their queue is handed to one of them, within the long poll.
+    let id = c
+        .broker
+        .enqueue(job("idle", "x"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let (first, _, rest) = tokio::time::timeout(SOON, futures::future::select_all(calls))
+        .await
+        .expect("no waiting Lease got the job");
+    let jobs = first.unwrap().expect("lease");
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].job_id, id);
+    for t in rest {
+        t.abort();
+    }
+}
+
 #[tokio::test]
 async fn metrics_can_be_turned_off() {
     let node = InProcNode::start_with(|c| c.metrics = false).await;

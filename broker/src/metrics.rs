@@ -133,6 +133,7 @@ struct Inner {
     processing: Histogram<f64>,
     rpc: Histogram<f64>,
     fsync: Histogram<f64>,
+    lease_polls: Arc<AtomicU64>,
     history: Mutex<VecDeque<Sample>>,
 }
 
@@ -175,6 +176,18 @@ impl Metrics {
         register_counters(&meter, &queues);
         register_state_gauges(&meter, node);
         register_raft_gauges(&meter, node);
+        let lease_polls = Arc::new(AtomicU64::new(0));
+        {
+            let polls = lease_polls.clone();
+            meter
+                .u64_observable_counter("taskraft_lease_polls")
+                .with_description(
+                    "Looks of waiting Lease calls for leasable jobs: one per call, and one per wake-up \
+                     (a job became ready in one of its queues, or the 1 s re-check)",
+                )
+                .with_callback(move |o| o.observe(polls.load(Ordering::Relaxed), &[]))
+                .build();
+        }
         let histogram = |name: &'static str, help: &'static str, buckets: &[f64]| {
             meter
                 .f64_histogram(name)
@@ -207,6 +220,7 @@ impl Metrics {
                 "Duration of the Raft log's redb commit (fsync) per append batch",
                 LATENCY_BUCKETS,
             ),
+            lease_polls,
             history: Mutex::new(VecDeque::with_capacity(HISTORY_LEN)),
             _provider: provider,
         };
@@ -225,6 +239,13 @@ impl Metrics {
                 .or_insert_with(|| Arc::new(QueueCounters::new(queue)))
                 .clone(),
         )
+    }
+
+    /// Counts one look of a Lease call for leasable jobs.
+    pub fn lease_poll(&self) {
+        if let Some(inner) = &self.inner {
+            inner.lease_polls.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts an enqueued (non-duplicate) job.

@@ -282,10 +282,15 @@ impl Broker for BrokerService {
             // answered) just before must not be missed by a Lease that does not wait.
             shared.caught_up().await;
         }
+        let watches = shared.watch_queues(&r.queues);
         loop {
-            let notified = shared.applied.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            // Registered before the check, so that jobs filed between the check and the
+            // wait still wake this call.
+            let mut woken: Vec<_> = watches.iter().map(|n| Box::pin(n.notified())).collect();
+            for n in &mut woken {
+                n.as_mut().enable();
+            }
+            self.metrics.lease_poll();
             if shared.read().state.has_leasable(&r.queues) {
                 match self.node.propose(cmd.clone()).await? {
                     Outcome::Leased(jobs) if !jobs.is_empty() || Instant::now() >= deadline => {
@@ -307,11 +312,11 @@ impl Broker for BrokerService {
             } else if Instant::now() >= deadline {
                 return Ok(Response::new(pb::LeaseResponse { jobs: Vec::new() }));
             }
-            // Wake on the next apply, or re-check at least every second (due jobs and
-            // expired leases are moved by the leader's ticks, which also notify).
+            // Wake when one of these queues gains ready jobs (enqueued, due, redelivered,
+            // resumed: on this node's own commit), or re-check at least every second.
             let _ = tokio::time::timeout_at(
                 deadline.min(Instant::now() + Duration::from_secs(1)),
-                notified,
+                futures::future::select_all(woken),
             )
             .await;
         }

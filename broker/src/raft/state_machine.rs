@@ -16,9 +16,10 @@
 //! crash it is at its last durable commit, from which openraft re-applies the committed
 //! log. Memory holds no job: redb's page cache is bounded (`CACHE_BYTES`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -43,6 +44,9 @@ const DURABLE_EVERY: Duration = Duration::from_secs(1);
 /// committed and readers see them (see [`Writer`]).
 const COMMIT_EVERY: Duration = Duration::from_millis(3);
 
+/// A wake count meaning "every waiter of the queue" (a resumed queue).
+const WAKE_ALL: u32 = u32::MAX;
+
 /// `sm_meta` key of the last applied log id.
 pub const APPLIED_KEY: &[u8] = b"applied";
 /// `sm_meta` key of the store's format, [`FORMAT`].
@@ -66,8 +70,8 @@ pub struct ReadView {
 /// The store as API handlers see it: consistent read views and apply notifications.
 pub struct Shared {
     db: RwLock<Arc<Database>>,
-    /// Bumped after every applied batch; long-polling leases wait on it.
-    pub applied: Notify,
+    /// Long-polling leases by the queues they wait for ([`Shared::watch_queues`]).
+    waiters: Mutex<HashMap<String, Weak<Notify>>>,
     /// Index of the last applied entry that readers can see (committed to the store).
     pub applied_index: watch::Sender<u64>,
     /// Index of the last applied entry, which may still wait in the open transaction.
@@ -101,6 +105,58 @@ impl Shared {
             if rx.changed().await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// One handle per queue that a long-polling Lease waits on: a commit that files
+    /// jobs as ready in a queue wakes one waiter of that queue per job, and a resumed
+    /// queue wakes all of its waiters. Waiters of other queues sleep on (a thousand idle
+    /// workers cost nothing while another queue is busy).
+    pub fn watch_queues(&self, queues: &[String]) -> Vec<Arc<Notify>> {
+        let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        // Queues nobody waits on any more: dropped now and then, not on every call.
+        if w.len() >= 4096 && w.len().is_power_of_two() {
+            w.retain(|_, n| n.strong_count() > 0);
+        }
+        queues
+            .iter()
+            .map(|q| match w.get(q).and_then(Weak::upgrade) {
+                Some(n) => n,
+                None => {
+                    let n = Arc::new(Notify::new());
+                    w.insert(q.clone(), Arc::downgrade(&n));
+                    n
+                }
+            })
+            .collect()
+    }
+
+    /// Wakes the waiters of queues that gained ready jobs: as many as there are new
+    /// jobs (at most 1,024 per queue and commit; [`WAKE_ALL`] wakes all of them).
+    fn wake(&self, readied: HashMap<String, u32>) {
+        if readied.is_empty() {
+            return;
+        }
+        let w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        for (queue, jobs) in readied {
+            let Some(n) = w.get(&queue).and_then(Weak::upgrade) else {
+                continue;
+            };
+            if jobs == WAKE_ALL {
+                n.notify_waiters();
+            } else {
+                for _ in 0..jobs.min(1024) {
+                    n.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Wakes every waiter (after a snapshot replaced the whole state).
+    fn wake_all(&self) {
+        let w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        for n in w.values().filter_map(Weak::upgrade) {
+            n.notify_waiters();
         }
     }
 
@@ -175,6 +231,8 @@ pub struct StateMachineStore {
 /// first: redb allows one write transaction at a time.
 struct Writer {
     txn: Option<WriteTransaction>,
+    /// Jobs made ready by the entries in `txn`, by queue: woken at its commit.
+    readied: HashMap<String, u32>,
     opened: Instant,
     /// Index of the last entry applied into `txn`.
     index: Option<u64>,
@@ -191,6 +249,7 @@ impl Writer {
     fn new() -> Self {
         Self {
             txn: None,
+            readied: HashMap::new(),
             opened: Instant::now(),
             index: None,
             timer_armed: false,
@@ -224,7 +283,7 @@ impl Writer {
         if let Some(i) = self.index.take() {
             shared.applied_index.send_replace(i);
         }
-        shared.applied.notify_waiters();
+        shared.wake(std::mem::take(&mut self.readied));
         Ok(())
     }
 }
@@ -319,7 +378,7 @@ impl StateMachineStore {
         Ok(Self {
             shared: Arc::new(Shared {
                 db: RwLock::new(Arc::new(db)),
-                applied: Notify::new(),
+                waiters: Mutex::new(HashMap::new()),
                 applied_index: watch::channel(applied).0,
                 applied_latest: AtomicU64::new(applied),
             }),
@@ -461,6 +520,7 @@ fn applied_of(txn: &ReadTransaction) -> anyhow::Result<(Option<LogId>, Membershi
 fn apply_batch(
     txn: &WriteTransaction,
     entries: Vec<Entry>,
+    readied: &mut HashMap<String, u32>,
 ) -> Result<(Vec<Reply>, Option<u64>), String> {
     let h = Handles::open(|def| txn.open_table(def)).map_err(|e| e.to_string())?;
     let mut tables = DiskTables::new(h);
@@ -475,6 +535,9 @@ fn apply_batch(
                 let mut state = State::over(tables);
                 let reply = state.apply(&env);
                 tables = state.into_tables();
+                if reply.is_ok() {
+                    resumed_queues(&env.cmd, readied);
+                }
                 reply
             }
             EntryPayload::Membership(m) => {
@@ -484,6 +547,10 @@ fn apply_batch(
         };
         replies.push(reply);
     }
+    for (queue, jobs) in tables.take_readied() {
+        let n = readied.entry(queue).or_default();
+        *n = n.saturating_add(jobs);
+    }
     tables.flush();
     tables.meta_put(APPLIED_KEY, &last);
     if let Some(m) = &membership {
@@ -492,6 +559,19 @@ fn apply_batch(
     match tables.error() {
         Some(e) => Err(e),
         None => Ok((replies, last.map(|l| l.index))),
+    }
+}
+
+/// Queues a command resumed: their ready jobs become leasable without being filed
+/// again, so all their waiters are woken ([`WAKE_ALL`]).
+fn resumed_queues(cmd: &crate::queue::Command, readied: &mut HashMap<String, u32>) {
+    use crate::queue::Command;
+    match cmd {
+        Command::Resume { queue } => {
+            readied.insert(queue.clone(), WAKE_ALL);
+        }
+        Command::Batch(cmds) => cmds.iter().for_each(|c| resumed_queues(c, readied)),
+        _ => {}
     }
 }
 
@@ -545,8 +625,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 w.txn = Some(db.begin_write()?);
                 w.opened = Instant::now();
             }
+            let w = &mut *w;
             let txn = w.txn.as_ref().expect("opened above");
-            let (replies, last_index) = match apply_batch(txn, entries) {
+            let (replies, last_index) = match apply_batch(txn, entries, &mut w.readied) {
                 Ok(out) => out,
                 Err(e) => {
                     // Entries applied into this transaction before are lost with it; the
@@ -660,7 +741,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let index = meta.last_log_id.map_or(0, |l| l.index);
         self.shared.applied_latest.store(index, Ordering::Release);
         self.shared.applied_index.send_replace(index);
-        self.shared.applied.notify_waiters();
+        self.shared.wake_all();
         tracing::info!(
             snapshot_id = %meta.snapshot_id,
             records,

@@ -224,6 +224,9 @@ pub struct DiskTables<T> {
     /// Worker records changed in this transaction, likewise (a lease of 100 jobs and
     /// their acks change the lessee's count 200 times).
     workers: WriteBack<WorkerInfo>,
+    /// Jobs filed as ready in this transaction, by queue: whom a long-polling Lease
+    /// should wake ([`DiskTables::take_readied`]).
+    readied: std::collections::HashMap<String, u32>,
 }
 
 impl<T> DiskTables<T> {
@@ -234,7 +237,13 @@ impl<T> DiskTables<T> {
             error: RefCell::new(None),
             queues: Default::default(),
             workers: Default::default(),
+            readied: Default::default(),
         }
+    }
+
+    /// Jobs filed as ready since the last call, by queue.
+    pub fn take_readied(&mut self) -> std::collections::HashMap<String, u32> {
+        std::mem::take(&mut self.readied)
     }
 
     /// The first storage error met, if any.
@@ -560,6 +569,12 @@ impl<'txn> Tables for DiskTables<W<'txn>> {
         self.queues.insert(name.to_string(), None);
     }
     fn ready_insert(&mut self, queue: &str, priority: i32, seq: u64) {
+        match self.readied.get_mut(queue) {
+            Some(n) => *n = n.saturating_add(1),
+            None => {
+                self.readied.insert(queue.to_string(), 1);
+            }
+        }
         self.put_raw(
             |h| &mut h.ready,
             &ready_key(queue, priority, seq),
