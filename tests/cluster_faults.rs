@@ -28,6 +28,52 @@ async fn leader_of(cluster: &ProcessCluster, alive: &[u64]) -> u64 {
     }
 }
 
+/// A three-node cluster whose leader can be left without quorum (both followers
+/// SIGKILLed) and given it back: calls on the leader then wait out their 1 s deadline.
+struct Stall {
+    cluster: ProcessCluster,
+    leader: u64,
+    followers: Vec<u64>,
+}
+
+impl Stall {
+    async fn start() -> Self {
+        let cluster = ProcessCluster::spawn(3, &["--request-timeout", "1s"]).await;
+        for n in &cluster.nodes {
+            n.wait_ready().await;
+        }
+        let leader = leader_of(&cluster, &[1, 2, 3]).await;
+        let followers = (1..=3).filter(|i| *i != leader).collect();
+        Self {
+            cluster,
+            leader,
+            followers,
+        }
+    }
+
+    async fn leader_clients(&mut self) -> Clients {
+        self.cluster.node(self.leader).clients().await
+    }
+
+    fn cut_quorum(&mut self) {
+        for f in &self.followers {
+            self.cluster.node(*f).kill9();
+        }
+    }
+
+    /// Restarts the followers and returns clients of whoever leads then.
+    async fn heal(&mut self) -> Clients {
+        for f in &self.followers {
+            self.cluster.node(*f).restart().await;
+        }
+        for n in &self.cluster.nodes {
+            n.wait_ready().await;
+        }
+        self.leader = leader_of(&self.cluster, &[1, 2, 3]).await;
+        self.leader_clients().await
+    }
+}
+
 #[derive(Default)]
 struct Ledger {
     /// Enqueues the broker acknowledged: job id -> payload.
@@ -245,17 +291,10 @@ async fn without_quorum_writes_fail_fast_and_nothing_is_lost_after_restart() {
 /// entries in flight) may apply, not every call that queued behind them and timed out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_abandoned_during_a_stall_are_not_written_when_quorum_returns() {
-    let mut cluster = ProcessCluster::spawn(3, &["--request-timeout", "1s"]).await;
-    for n in &cluster.nodes {
-        n.wait_ready().await;
-    }
-    let leader = leader_of(&cluster, &[1, 2, 3]).await;
-    let followers: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
-    let mut c = cluster.node(leader).clients().await;
+    let mut stall = Stall::start().await;
+    let mut c = stall.leader_clients().await;
     c.broker.enqueue(job("warm", "x")).await.unwrap();
-    for f in &followers {
-        cluster.node(*f).kill9();
-    }
+    stall.cut_quorum();
     // One at a time: each waits out its deadline, and from the third on each waits in
     // the proposer's queue behind the two entries that cannot commit.
     let calls = 8;
@@ -267,32 +306,13 @@ async fn calls_abandoned_during_a_stall_are_not_written_when_quorum_returns() {
             .unwrap_err();
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     }
-    for f in &followers {
-        cluster.node(*f).restart().await;
-    }
-    for n in &cluster.nodes {
-        n.wait_ready().await;
-    }
-    let leader = leader_of(&cluster, &[1, 2, 3]).await;
-    let mut c = cluster.node(leader).clients().await;
+    let mut c = stall.heal().await;
     // A write that commits after everything before it in the log has applied.
-    let mut marker = None;
-    for _ in 0..50 {
-        match c.broker.enqueue(job("marker", "m")).await {
-            Ok(r) => {
-                marker = Some(r.into_inner().job_id);
-                break;
-            }
-            Err(e) => {
-                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-    assert!(
-        marker.is_some(),
-        "the cluster took no write after quorum returned"
-    );
+    eventually("a write commits after quorum returned", SOON, || {
+        let mut c = c.clone();
+        async move { c.broker.enqueue(job("marker", "m")).await.ok() }
+    })
+    .await;
     let stored = stats(&mut c, "ghost").await.ready;
     assert!(
         stored <= 2,
@@ -305,13 +325,8 @@ async fn calls_abandoned_during_a_stall_are_not_written_when_quorum_returns() {
 /// counted, instead of staying leased for its 5-minute visibility timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_leased_for_a_caller_that_gave_up_comes_back_at_once() {
-    let mut cluster = ProcessCluster::spawn(3, &["--request-timeout", "1s"]).await;
-    for n in &cluster.nodes {
-        n.wait_ready().await;
-    }
-    let leader = leader_of(&cluster, &[1, 2, 3]).await;
-    let followers: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
-    let mut c = cluster.node(leader).clients().await;
+    let mut stall = Stall::start().await;
+    let mut c = stall.leader_clients().await;
     let id = c
         .broker
         .enqueue(job("orphan", "x"))
@@ -319,9 +334,7 @@ async fn a_job_leased_for_a_caller_that_gave_up_comes_back_at_once() {
         .unwrap()
         .into_inner()
         .job_id;
-    for f in &followers {
-        cluster.node(*f).kill9();
-    }
+    stall.cut_quorum();
     let err = c
         .broker
         .lease(lease("orphan", 1, 300_000, 0))
@@ -331,14 +344,7 @@ async fn a_job_leased_for_a_caller_that_gave_up_comes_back_at_once() {
         matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded),
         "{err:?}"
     );
-    for f in &followers {
-        cluster.node(*f).restart().await;
-    }
-    for n in &cluster.nodes {
-        n.wait_ready().await;
-    }
-    let leader = leader_of(&cluster, &[1, 2, 3]).await;
-    let mut c = cluster.node(leader).clients().await;
+    let mut c = stall.heal().await;
     let job = eventually("the job is back", Duration::from_secs(30), || {
         let mut c = c.clone();
         let id = id.clone();
