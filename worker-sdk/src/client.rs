@@ -13,7 +13,8 @@
 //!
 //! A call that failed on this side of the wire (the connection broke mid-call, e.g. the
 //! node was killed, or connecting timed out) is retried the same way; tonic reports
-//! those as UNKNOWN or CANCELLED rather than UNAVAILABLE (see `failed_locally`).
+//! those as UNKNOWN, CANCELLED or (a stream cut by the HTTP/2 connection ending, as when
+//! a node shuts down mid-call) INTERNAL rather than UNAVAILABLE (see `failed_locally`).
 //!
 //! Every other error is returned at once, classified as an [`Error`]. Each attempt
 //! carries its own deadline (`grpc-timeout`), and the bearer token when one is set.
@@ -605,12 +606,17 @@ impl Client {
 }
 
 /// True when a call failed on this side of the wire rather than with a status the
-/// server sent: the connection broke mid-call (tonic: UNKNOWN "transport error") or
-/// connecting timed out (CANCELLED "Timeout expired"). tonic attaches the local error as
-/// the status' source; statuses decoded from a server's answer have none. Like
-/// UNAVAILABLE, another node (or the same one, restarted) may well answer.
+/// server sent: the connection broke mid-call (tonic: UNKNOWN "transport error"),
+/// connecting timed out (CANCELLED "Timeout expired"), or the HTTP/2 connection ended
+/// under the stream, as when a node shuts down while a call is in flight (INTERNAL "h2
+/// protocol error": tonic maps a stream reset or GOAWAY with NO_ERROR, PROTOCOL_ERROR or
+/// INTERNAL_ERROR to INTERNAL). tonic attaches the local error as the status' source;
+/// statuses decoded from a server's answer have none. Like UNAVAILABLE, another node
+/// (or the same one, restarted) may well answer, and a retry is safe: enqueues carry
+/// their request id, and a resent Ack or Nack answers as the first.
 fn failed_locally(s: &Status) -> bool {
-    matches!(s.code(), Code::Unknown | Code::Cancelled) && std::error::Error::source(s).is_some()
+    matches!(s.code(), Code::Unknown | Code::Cancelled | Code::Internal)
+        && std::error::Error::source(s).is_some()
 }
 
 #[cfg(test)]
@@ -624,6 +630,10 @@ mod tests {
         )));
         assert_eq!(broken.code(), Code::Unknown);
         assert!(failed_locally(&broken));
+        let mut reset = Status::internal("h2 protocol error: http2 error");
+        reset.set_source(std::sync::Arc::new(std::io::Error::other("stream reset")));
+        assert!(failed_locally(&reset));
+        assert!(!failed_locally(&Status::internal("a server-side bug")));
         assert!(!failed_locally(&Status::unknown("handler blew up")));
         assert!(!failed_locally(&Status::cancelled("the server cancelled")));
         assert!(!failed_locally(&Status::invalid_argument("queue")));
