@@ -3,7 +3,8 @@
 //! containers serve a job through the ports the compose file publishes.
 //!
 //! ```text
-//!   apt: podman, podman-compose, runc, debootstrap       (once per machine)
+//!   apt: podman, podman-compose, runc, debootstrap,
+//!        netavark, aardvark-dns                           (once per machine)
 //!   tests/container/bases.sh: the two base images        (once per machine)
 //!   podman build Dockerfile -> taskraft:latest           (cache mounts: a rebuild
 //!                                                          compiles the workspace only)
@@ -103,11 +104,26 @@ impl Drop for ComposeDown {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_built_from_the_dockerfile_runs_the_compose_cluster_and_serves_a_job() {
-    apt_install(&["podman", "podman-compose", "runc", "debootstrap"], || {
-        ["podman", "podman-compose", "runc", "debootstrap"]
-            .iter()
-            .all(|c| on_path(c))
-    });
+    // netavark and aardvark-dns by name: without recommended packages, podman may get
+    // only the CNI plugins, whose networks do not resolve the compose service names.
+    apt_install(
+        &[
+            "podman",
+            "podman-compose",
+            "runc",
+            "debootstrap",
+            "netavark",
+            "aardvark-dns",
+        ],
+        || {
+            ["podman", "podman-compose", "runc", "debootstrap"]
+                .iter()
+                .all(|c| on_path(c))
+                && ["/usr/lib/podman/netavark", "/usr/lib/podman/aardvark-dns"]
+                    .iter()
+                    .all(|p| Path::new(p).exists())
+        },
+    );
     let tmp = tempfile::tempdir().unwrap();
     let conf = containers_conf(tmp.path());
     // One container test per machine at a time: the compose file publishes fixed ports
