@@ -145,9 +145,7 @@ fn command(u: &mut Unstructured, depth: u32) -> arbitrary::Result<Command> {
                 .collect::<arbitrary::Result<_>>()?,
         ),
         1 => Command::Lease {
-            queues: (0..u.int_in_range(0..=80)?)
-                .map(|_| text(u))
-                .collect::<arbitrary::Result<_>>()?,
+            queues: queues(u)?,
             worker_id: text(u)?,
             max_jobs: u32::arbitrary(u)?,
             visibility_timeout_ms: number(u)?,
@@ -219,11 +217,14 @@ fn enqueue_request(u: &mut Unstructured) -> arbitrary::Result<pb::EnqueueRequest
     })
 }
 
+/// Up to 80 queue names (the API allows 64 per Lease).
+fn queues(u: &mut Unstructured) -> arbitrary::Result<Vec<String>> {
+    (0..u.int_in_range(0..=80)?).map(|_| text(u)).collect()
+}
+
 fn lease_request(u: &mut Unstructured) -> arbitrary::Result<pb::LeaseRequest> {
     Ok(pb::LeaseRequest {
-        queues: (0..u.int_in_range(0..=80)?)
-            .map(|_| text(u))
-            .collect::<arbitrary::Result<_>>()?,
+        queues: queues(u)?,
         worker_id: text(u)?,
         max_jobs: u32::arbitrary(u)?,
         visibility_timeout_ms: number(u)?,

@@ -24,12 +24,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 
 use anyhow::{bail, Context as _};
-use futures::future::{Either, Ready};
 use subtle::ConstantTimeEq;
 
+use super::gate::{Check, Gate};
 use crate::error::BrokerError;
 
 /// What a credential may do.
@@ -374,53 +373,26 @@ impl AuthLayer {
 }
 
 impl<S> tower::Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
+    type Service = Gate<S, AuthLayer>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
-            inner,
-            auth: self.auth.clone(),
-        }
+        Gate::new(inner, self.clone())
     }
 }
 
-/// See [`AuthLayer`].
-#[derive(Clone)]
-pub struct AuthService<S> {
-    inner: S,
-    auth: Auth,
-}
-
-impl<S, B, RB> tower::Service<http::Request<B>> for AuthService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    RB: Default,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+impl Check for AuthLayer {
+    /// Authorizes the call's credential for the method's role and hands it to the
+    /// handler in the request's extensions.
+    fn check<B>(&self, req: &mut http::Request<B>) -> Result<(), BrokerError> {
         if let Some(role) = required_role(req.uri().path()) {
             let header = req
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.as_bytes());
-            match self.auth.authorize(header, role) {
-                Ok(cred) => {
-                    req.extensions_mut().insert(cred);
-                }
-                Err(e) => {
-                    let status = tonic::Status::from(e);
-                    return Either::Left(futures::future::ready(Ok(status.into_http())));
-                }
-            }
+            let cred = self.auth.authorize(header, role)?;
+            req.extensions_mut().insert(cred);
         }
-        Either::Right(self.inner.call(req))
+        Ok(())
     }
 }
 

@@ -9,12 +9,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::future::{Either, Ready};
 use tonic::transport::server::TcpConnectInfo;
 
+use super::gate::{Check, Gate};
 use crate::error::BrokerError;
 
 /// Buckets idle this long are forgotten (their connection is most likely closed).
@@ -78,54 +77,31 @@ impl RateLimitLayer {
 }
 
 impl<S> tower::Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
+    type Service = Gate<S, RateLimitLayer>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit {
-            inner,
-            limit: self.clone(),
-        }
+        Gate::new(inner, self.clone())
     }
 }
 
-/// See [`RateLimitLayer`].
-#[derive(Clone)]
-pub struct RateLimit<S> {
-    inner: S,
-    limit: RateLimitLayer,
-}
-
-impl<S, B, RB> tower::Service<http::Request<B>> for RateLimit<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    RB: Default,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let peer = match self.limit.per_sec {
-            Some(_) => req
-                .extensions()
-                .get::<TcpConnectInfo>()
-                .and_then(|i| i.remote_addr()),
-            None => None,
+impl Check for RateLimitLayer {
+    /// Takes a token from the bucket of the call's connection.
+    fn check<B>(&self, req: &mut http::Request<B>) -> Result<(), BrokerError> {
+        let Some(per_sec) = self.per_sec else {
+            return Ok(());
         };
-        if let Some(peer) = peer {
-            if !self.limit.admit(peer, Instant::now()) {
-                let status = tonic::Status::from(BrokerError::ResourceExhausted(format!(
-                    "over {} calls per second on this connection (--rate-per-connection): back off and retry",
-                    self.limit.per_sec.unwrap_or_default()
-                )));
-                return Either::Left(futures::future::ready(Ok(status.into_http())));
+        let peer = req
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(|i| i.remote_addr());
+        match peer {
+            Some(peer) if !self.admit(peer, Instant::now()) => {
+                Err(BrokerError::ResourceExhausted(format!(
+                    "over {per_sec} calls per second on this connection (--rate-per-connection): back off and retry"
+                )))
             }
+            _ => Ok(()),
         }
-        Either::Right(self.inner.call(req))
     }
 }
 
