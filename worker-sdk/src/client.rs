@@ -281,8 +281,11 @@ impl Client {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             );
-            let pause = backoff.mul_f64(rand::random_range(0.8..1.2));
-            if Instant::now() + pause >= give_up {
+            // Keep trying for the whole window: the last pause is cut to what is left,
+            // so the error comes no sooner than `retry_for` after the first attempt.
+            let left = give_up.saturating_duration_since(Instant::now());
+            let pause = backoff.mul_f64(rand::random_range(0.8..1.2)).min(left);
+            if left.is_zero() {
                 return Err(Error::Unavailable {
                     addrs: inner.addrs.clone(),
                     message: status.message().to_string(),

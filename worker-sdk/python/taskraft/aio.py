@@ -330,9 +330,12 @@ class AsyncClient:
             self._leader_known = len(self._nodes) < 2
             if self._current == idx:
                 self._current = (idx + 1) % len(self._nodes)
-            pause = backoff * random.uniform(0.8, 1.2)
-            if time.monotonic() + pause >= give_up:
+            # Keep trying for the whole window: the last pause is cut to what is left,
+            # so the error comes no sooner than ``retry_for`` after the first attempt.
+            left = give_up - time.monotonic()
+            if left <= 0:
                 raise UnavailableError(why, self.addrs)
+            pause = min(backoff * random.uniform(0.8, 1.2), left)
             log.debug("retrying after UNAVAILABLE from %s: %s", self._nodes[idx].addr, why)
             await asyncio.sleep(pause)
             backoff = min(backoff * 2, 1.0)

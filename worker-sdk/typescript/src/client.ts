@@ -193,9 +193,12 @@ export class Client {
       // Try the next node (and ask it who leads); another call may have moved on already.
       this.leaderKnown = false;
       if (this.current % this.nodes.length === idx) this.current = (idx + 1) % this.nodes.length;
-      const pause = backoff * (0.8 + 0.4 * Math.random());
+      // Keep trying for the whole window: the last pause is cut to what is left, so
+      // the error comes no sooner than retryForMs after the first attempt.
+      const left = giveUp - Date.now();
+      const pause = Math.min(backoff * (0.8 + 0.4 * Math.random()), Math.max(left, 0));
       const detail = e.details || e.message;
-      if (Date.now() + pause >= giveUp) {
+      if (left <= 0) {
         throw code === grpc.status.DEADLINE_EXCEEDED
           ? new TimeoutError(`${name} at ${this.nodes[idx]?.addr}: no answer within ${timeoutMs} ms`)
           : new UnavailableError(this.addrs, detail);
