@@ -90,7 +90,7 @@ async fn config_file_is_overridden_by_flags_and_environment() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("200"), "{}", err.message());
     // Visibility timeout 0 means the configured default: 7 s from the file.
-    let before = taskraft_broker::raft::node::wall_clock_ms();
+    let before = taskraft_broker::clock::system_wall_ms();
     let leased = c
         .broker
         .lease(lease("cfg", 1, 0, 0))

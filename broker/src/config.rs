@@ -236,6 +236,8 @@ pub struct Config {
     /// How peer host names are resolved: the system's resolver, at every connection
     /// attempt (tests inject names that start resolving late).
     pub resolver: crate::raft::network::Resolver,
+    /// The machine's clocks (tests step the wall clock of a running node).
+    pub clock: crate::clock::ClockHandle,
     /// TLS files (None: plain TCP everywhere).
     pub tls: Option<crate::tls::TlsFiles>,
     /// Calls in flight per client connection.
@@ -383,6 +385,7 @@ impl ServeArgs {
             webhook_ca: self.webhook_ca,
             metrics: self.metrics,
             resolver: Default::default(),
+            clock: Default::default(),
             tls,
             max_concurrent_per_connection: self.max_concurrent_per_connection.max(1),
             rate_per_connection: (self.rate_per_connection > 0).then_some(self.rate_per_connection),
@@ -541,6 +544,7 @@ impl Config {
             webhook_ca: None,
             metrics: true,
             resolver: Default::default(),
+            clock: Default::default(),
             tls: None,
             max_concurrent_per_connection: 1024,
             rate_per_connection: None,

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod deadline;
 pub mod dev;

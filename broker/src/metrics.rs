@@ -260,7 +260,7 @@ impl Metrics {
     /// histogram uses the due time the core reports with each leased job.
     pub fn leased(&self, jobs: &[crate::queue::LeasedJob]) {
         let Some(inner) = &self.inner else { return };
-        let now_ms = crate::raft::node::wall_clock_ms();
+        let now_ms = inner.node.upgrade().map_or(0, |n| n.now_ms());
         let mut leases = lock(&inner.leases);
         for j in jobs {
             let Some(q) = self.queue(&j.queue) else {
@@ -412,7 +412,8 @@ impl Metrics {
         let mut interval = tokio::time::interval(SAMPLE_EVERY);
         loop {
             interval.tick().await;
-            self.sample(crate::raft::node::wall_clock_ms());
+            let now_ms = self.inner.as_ref().and_then(|i| i.node.upgrade());
+            self.sample(now_ms.map_or(0, |n| n.now_ms()));
         }
     }
 
@@ -598,6 +599,20 @@ fn register_raft_gauges(meter: &Meter, node: &Arc<RaftNode>) {
             })
             .build();
     }
+    let weak: Weak<RaftNode> = Arc::downgrade(node);
+    meter
+        .f64_observable_gauge("taskraft_clock_skew_seconds")
+        .with_description(
+            "This node's wall clock minus replicated time when it last stamped an entry as \
+             leader (positive: the wall clock is ahead); replicated time is slewed towards \
+             the wall clock at 0.05 %",
+        )
+        .with_callback(move |o| {
+            if let Some(n) = weak.upgrade() {
+                o.observe(n.clock_skew_ms() as f64 / 1000.0, &[]);
+            }
+        })
+        .build();
     let weak: Weak<RaftNode> = Arc::downgrade(node);
     meter
         .u64_observable_gauge("taskraft_raft_is_leader")

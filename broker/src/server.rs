@@ -99,6 +99,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         keep_logs: config.keep_logs,
         heartbeat: config.heartbeat,
         resolver: config.resolver.clone(),
+        clock: config.clock.clone(),
     })
     .await?;
 

@@ -26,7 +26,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 
 use crate::queue::{Command, WebhookEvent};
-use crate::raft::{wall_clock_ms, RaftNode};
+use crate::raft::RaftNode;
 use crate::webhook_client::{is_refused_target, WebhookClient};
 use crate::webhook_target::TargetPolicy;
 
@@ -80,7 +80,7 @@ pub async fn run(
         if !node.is_leader() {
             continue;
         }
-        let due = node.shared.read().state.due_webhooks(wall_clock_ms(), 256);
+        let due = node.shared.read().state.due_webhooks(node.now_ms(), 256);
         for ev in due {
             if !in_flight
                 .lock()

@@ -70,7 +70,7 @@ impl BrokerService {
             }
             (_, e) => e,
         };
-        v::enqueue_request(&r, &self.settings, crate::raft::wall_clock_ms()).map_err(at)?;
+        v::enqueue_request(&r, &self.settings, self.node.now_ms()).map_err(at)?;
         let mut headers: std::collections::BTreeMap<String, String> =
             r.headers.into_iter().collect();
         // Trace context rides along only while the headers stay within their limits.

@@ -11,6 +11,7 @@ pub mod proposer;
 pub mod service;
 pub mod snapshot;
 pub mod state_machine;
+pub mod time;
 pub mod types;
 
-pub use node::{wall_clock_ms, NodeOptions, RaftNode};
+pub use node::{NodeOptions, RaftNode};

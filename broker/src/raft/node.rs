@@ -2,13 +2,13 @@
 //! to the leader when this node is a follower), makes reads linearizable, reports
 //! cluster status, and changes membership.
 //!
-//! This is the only place that reads the wall clock for the queue: the leader stamps
-//! `now_ms` into each [`Envelope`] when it proposes it.
+//! The leader stamps `now_ms` into each entry it proposes from [`ReplicatedTime`] (see
+//! `time.rs`): the queue core never reads a clock.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
@@ -19,6 +19,7 @@ use super::addr::MemberAddr;
 use super::log_store::LogStore;
 use super::network::{Network, PeerPool};
 use super::state_machine::{Shared, StateMachineStore};
+use super::time::ReplicatedTime;
 use super::types::{NodeId, Raft};
 use crate::error::BrokerError;
 use crate::queue::{Command, Outcome, Reply};
@@ -49,6 +50,8 @@ pub struct NodeOptions {
     pub heartbeat: Duration,
     /// How peer host names are resolved (the system's resolver outside tests).
     pub resolver: super::network::Resolver,
+    /// The machine's clocks (tests step them).
+    pub clock: crate::clock::ClockHandle,
 }
 
 /// Errors a leader sends back to a forwarding follower.
@@ -75,6 +78,8 @@ pub struct RaftNode {
     proposer: super::proposer::Proposer,
     /// The proposer's task, until the server takes it to watch it.
     proposer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Replicated time as this node knows it.
+    time: Arc<ReplicatedTime>,
     request_timeout: Duration,
     heartbeat: Duration,
 }
@@ -93,13 +98,6 @@ pub const SNAPSHOT_HOLD_MAX: Duration = Duration::from_secs(600);
 /// Appended log bytes after which a snapshot is taken (and the log purged behind it).
 pub const SNAPSHOT_LOG_BYTES: u64 = 64 << 20;
 
-/// Leader wall-clock time in Unix ms.
-pub fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl RaftNode {
     /// Opens storage, starts Raft, and forms the initial cluster when this node is
     /// part of it and nothing was stored yet.
@@ -110,6 +108,22 @@ impl RaftNode {
         let log = LogStore::open(&opts.data_dir.join("raft-log.redb"))?;
         let sm = StateMachineStore::open(&opts.data_dir)?;
         let shared = sm.shared();
+        // Entries past the log's end now are appended while this process runs: applying
+        // one anchors replicated time (see time.rs).
+        let live_after = {
+            let mut log = log.clone();
+            openraft::storage::RaftLogStorage::get_log_state(&mut log)
+                .await?
+                .last_log_id
+                .map_or(0, |l| l.index)
+        };
+        let stored_ms = shared.read().state.now_ms();
+        let time = Arc::new(ReplicatedTime::new(
+            opts.clock.clone(),
+            stored_ms,
+            live_after,
+        ));
+        let sm = sm.with_time(time.clone());
         let pool = PeerPool::new(
             opts.cluster_secret.as_deref(),
             opts.tls.clone(),
@@ -146,7 +160,8 @@ impl RaftNode {
         .await
         .context("starting raft")?;
 
-        let (proposer, proposer_task) = super::proposer::Proposer::start(raft.clone());
+        let (proposer, proposer_task) =
+            super::proposer::Proposer::start(raft.clone(), time.clone());
         let node = Arc::new(Self {
             id: opts.id,
             proposer,
@@ -155,6 +170,7 @@ impl RaftNode {
             shared,
             log,
             pool,
+            time,
             request_timeout: opts.request_timeout,
             heartbeat: opts.heartbeat,
         });
@@ -706,6 +722,17 @@ impl RaftNode {
             .read()
             .state
             .next_wakeup_ms()
-            .is_some_and(|t| t <= wall_clock_ms())
+            .is_some_and(|t| t <= self.time.now_ms())
+    }
+
+    /// Replicated time as this node estimates it now (Unix ms): for decisions taken
+    /// outside the log (validation horizons, due webhooks, metrics).
+    pub fn now_ms(&self) -> u64 {
+        self.time.now_ms()
+    }
+
+    /// This node's wall clock minus replicated time when it last stamped an entry (ms).
+    pub fn clock_skew_ms(&self) -> i64 {
+        self.time.skew_ms()
     }
 }

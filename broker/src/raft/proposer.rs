@@ -29,7 +29,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
-use super::node::{wall_clock_ms, PeerError};
+use super::node::PeerError;
+use super::time::ReplicatedTime;
 use super::types::Raft;
 use crate::queue::{Command, Envelope, Outcome, Reply};
 
@@ -55,9 +56,9 @@ pub struct Proposer {
 impl Proposer {
     /// Starts the batching task for `raft`; the handle lets the server watch it (every
     /// write goes through it, so a node whose proposer died must not stay up).
-    pub fn start(raft: Raft) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(raft: Raft, time: Arc<ReplicatedTime>) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(MAX_QUEUED);
-        let task = tokio::spawn(run(raft, rx));
+        let task = tokio::spawn(run(raft, time, rx));
         (Self { tx }, task)
     }
 
@@ -88,7 +89,7 @@ fn waited_for(p: &Pending) -> bool {
     !p.1.is_closed()
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
+async fn run(raft: Raft, time: Arc<ReplicatedTime>, mut rx: mpsc::Receiver<Pending>) {
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -113,14 +114,15 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>) {
             continue;
         }
         let raft = raft.clone();
+        let time = time.clone();
         tokio::spawn(async move {
-            write(&raft, batch).await;
+            write(&raft, &time, batch).await;
             drop(permit);
         });
     }
 }
 
-async fn write(raft: &Raft, batch: Vec<Pending>) {
+async fn write(raft: &Raft, time: &Arc<ReplicatedTime>, batch: Vec<Pending>) {
     let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
     let single = cmds.len() == 1;
     let cmd = if single {
@@ -129,14 +131,14 @@ async fn write(raft: &Raft, batch: Vec<Pending>) {
         Command::Batch(cmds)
     };
     let env = Envelope {
-        now_ms: wall_clock_ms(),
+        now_ms: time.stamp(),
         cmd,
     };
     match raft.client_write(env).await {
         Ok(resp) => match (single, resp.data) {
             (true, reply) => {
                 let tx = replies.into_iter().next().expect("one");
-                give_back(raft, answer(tx, reply));
+                give_back(raft, time, answer(tx, reply));
             }
             (false, Ok(Outcome::Batch(each))) => {
                 let orphans = replies
@@ -144,7 +146,7 @@ async fn write(raft: &Raft, batch: Vec<Pending>) {
                     .zip(each)
                     .flat_map(|(tx, reply)| answer(tx, reply))
                     .collect();
-                give_back(raft, orphans);
+                give_back(raft, time, orphans);
             }
             (false, other) => {
                 let msg = format!("batch applied with an unexpected reply: {other:?}");
@@ -183,15 +185,16 @@ fn answer(tx: oneshot::Sender<Result<Reply, PeerError>>, reply: Reply) -> Vec<(S
 /// rare, and must not hold the in-flight slot of the entry that leased them). If it
 /// fails, the jobs come back when their visibility timeout runs out, as after a worker
 /// crash.
-fn give_back(raft: &Raft, leases: Vec<(String, u64)>) {
+fn give_back(raft: &Raft, time: &Arc<ReplicatedTime>, leases: Vec<(String, u64)>) {
     if leases.is_empty() {
         return;
     }
     let raft = raft.clone();
+    let time = time.clone();
     tokio::spawn(async move {
         let n = leases.len();
         let env = Envelope {
-            now_ms: wall_clock_ms(),
+            now_ms: time.stamp(),
             cmd: Command::Release { leases },
         };
         match raft.client_write(env).await {

@@ -78,7 +78,7 @@ impl RaftPeer for PeerService {
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let deadline = deadline_of(&req);
         let cmd: Command = parse(req)?;
-        crate::api::validate::forwarded(&cmd, &self.settings, super::wall_clock_ms())
+        crate::api::validate::forwarded(&cmd, &self.settings, self.node.now_ms())
             .map_err(|e| Status::invalid_argument(format!("forwarded command refused: {e}")))?;
         let res = if self.node.is_leader() {
             self.node.propose_local(cmd, deadline).await

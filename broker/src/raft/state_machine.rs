@@ -215,6 +215,8 @@ pub struct StateMachineStore {
     current: Arc<Mutex<Option<Current>>>,
     writer: Arc<Mutex<Writer>>,
     snapshot_seq: Arc<AtomicU64>,
+    /// Told the time of every applied entry (it anchors replicated time on it).
+    time: Option<Arc<super::time::ReplicatedTime>>,
 }
 
 /// The write transaction that applied entries go into.
@@ -386,7 +388,14 @@ impl StateMachineStore {
             current: Arc::new(Mutex::new(None)),
             writer: Arc::new(Mutex::new(Writer::new())),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
+            time: None,
         })
+    }
+
+    /// Reports each applied entry's time to `time`.
+    pub fn with_time(mut self, time: Arc<super::time::ReplicatedTime>) -> Self {
+        self.time = Some(time);
+        self
     }
 
     /// The handle API handlers read through.
@@ -515,23 +524,28 @@ fn applied_of(txn: &ReadTransaction) -> anyhow::Result<(Option<LogId>, Membershi
     }
 }
 
-/// Applies `entries` in one write transaction; returns the replies and the last
-/// applied index.
+/// What [`apply_batch`] applied: a reply per entry, the last index, and the latest
+/// leader time among the entries.
+type Applied = (Vec<Reply>, Option<u64>, Option<u64>);
+
+/// Applies `entries` in one write transaction.
 fn apply_batch(
     txn: &WriteTransaction,
     entries: Vec<Entry>,
     readied: &mut HashMap<String, u32>,
-) -> Result<(Vec<Reply>, Option<u64>), String> {
+) -> Result<Applied, String> {
     let h = Handles::open(|def| txn.open_table(def)).map_err(|e| e.to_string())?;
     let mut tables = DiskTables::new(h);
     let mut membership: Option<Membership> = None;
     let mut last: Option<LogId> = None;
+    let mut latest_ms: Option<u64> = None;
     let mut replies = Vec::with_capacity(entries.len());
     for entry in entries {
         last = Some(entry.log_id);
         let reply = match entry.payload {
             EntryPayload::Blank => Ok(Outcome::Ticked),
             EntryPayload::Normal(env) => {
+                latest_ms = latest_ms.max(Some(env.now_ms));
                 let mut state = State::over(tables);
                 let reply = state.apply(&env);
                 tables = state.into_tables();
@@ -558,7 +572,7 @@ fn apply_batch(
     }
     match tables.error() {
         Some(e) => Err(e),
-        None => Ok((replies, last.map(|l| l.index))),
+        None => Ok((replies, last.map(|l| l.index), latest_ms)),
     }
 }
 
@@ -627,7 +641,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             let w = &mut *w;
             let txn = w.txn.as_ref().expect("opened above");
-            let (replies, last_index) = match apply_batch(txn, entries, &mut w.readied) {
+            let (replies, last_index, latest_ms) = match apply_batch(txn, entries, &mut w.readied) {
                 Ok(out) => out,
                 Err(e) => {
                     // Entries applied into this transaction before are lost with it; the
@@ -651,12 +665,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 w.timer_armed = true;
                 Some(w.opened + COMMIT_EVERY)
             };
-            Ok((replies, arm))
+            Ok((replies, arm, last_index.zip(latest_ms)))
         })
         .await
         .map_err(write_err)?
         .map_err(write_err)?;
-        let (replies, arm) = left_open;
+        let (replies, arm, applied_time) = left_open;
+        if let (Some(time), Some((index, now_ms))) = (&self.time, applied_time) {
+            time.observe(index, now_ms);
+        }
         if let Some(due) = arm {
             // No later apply may come to commit the open transaction: a timer does (one
             // at a time). It holds the store weakly, so that a store dropped (a node

@@ -1,0 +1,278 @@
+//! Replicated time: the `now_ms` the leader stamps into each entry, which decides when
+//! leases run out, delayed jobs become due and results expire.
+//!
+//! Wall clocks step (NTP corrections, a VM resumed after hours, an operator's typo) and
+//! disagree between machines. Replicated time must do neither, or a leader whose clock
+//! runs two hours ahead expires every live lease the moment it is elected (a double
+//! delivery) and runs delayed jobs early, and one two hours behind freezes time. So:
+//!
+//! - **Time advances by the monotonic clock.** The leader continues from an *anchor*
+//!   (a replicated time and the monotonic instant it was seen at) by the monotonic
+//!   time elapsed since. A wall-clock step moves nothing.
+//! - **A new leader continues from the last replicated time.** Every node anchors on the
+//!   entries it applies, so the one elected next already knows where time stood and
+//!   continues from there (from slightly behind: an entry is applied after it was
+//!   stamped, so leases end a few milliseconds late rather than early).
+//! - **The wall clock is slewed in slowly.** The difference between the leader's wall
+//!   clock and replicated time (the *skew*) is corrected at most [`SLEW_PPM`] (500
+//!   ppm, NTP's own limit: 0.5 ms per second) in either direction. Time never runs
+//!   backwards and never stands still: behind the wall clock it runs 0.05 % fast, ahead
+//!   of it 0.05 % slow. A node whose clock is two hours off thus moves a 10-minute lease
+//!   by 0.3 s, not by two hours. The skew is reported (`taskraft_clock_skew_seconds`,
+//!   and a warning in the log while it exceeds [`WARN_SKEW_MS`]).
+//! - **After the whole cluster restarted**, no node knows how long it was down: the
+//!   entries in its log were written before it started, and there is no live one to
+//!   anchor on. A node that has applied no entry written since it started takes
+//!   `max(last replicated time, its wall clock)`: downtime counts as its wall clock
+//!   says, time never goes back, and from its first applied entry on the rules above
+//!   hold. A node that was restarted alone anchors on the first entry the leader sends
+//!   it, usually long before it could be elected.
+//!
+//! What a user's `run_at_ms` means follows: it is compared with replicated time, which
+//! is the leader's wall clock as long as clocks agree, and otherwise drifts towards it
+//! at 0.05 %. With clocks that disagree by more than the slew has absorbed, a job runs
+//! at `run_at_ms` by the cluster's time, which `taskraft_clock_skew_seconds` shows.
+
+use std::sync::Mutex;
+
+use tokio::time::Instant;
+
+use crate::clock::ClockHandle;
+
+/// Largest correction of replicated time towards the wall clock, in parts per
+/// million of elapsed time.
+pub const SLEW_PPM: u64 = 500;
+
+/// Skew beyond which a leader warns in its log (at most every [`WARN_EVERY`]).
+pub const WARN_SKEW_MS: u64 = 1_000;
+
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+const NS_PER_MS: u64 = 1_000_000;
+
+/// The node's view of replicated time (see the module docs).
+pub struct ReplicatedTime {
+    clock: ClockHandle,
+    /// Entries above this index were appended while this process ran: applying one
+    /// proves the cluster's time was live then.
+    live_after: u64,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// Highest replicated time applied (ns).
+    floor_ns: u64,
+    /// Replicated time (ns) at a monotonic instant, once a live entry was applied.
+    anchor: Option<(u64, Instant)>,
+    /// Wall clock minus replicated time at the last stamp or estimate (ms).
+    skew_ms: i64,
+    warned: Option<Instant>,
+}
+
+impl ReplicatedTime {
+    /// Time for a node whose stored state is at `stored_ms` and whose log ended at
+    /// `live_after` when it started.
+    pub fn new(clock: ClockHandle, stored_ms: u64, live_after: u64) -> Self {
+        Self {
+            clock,
+            live_after,
+            inner: Mutex::new(Inner {
+                floor_ns: stored_ms.saturating_mul(NS_PER_MS),
+                anchor: None,
+                skew_ms: 0,
+                warned: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that the entries up to `index` applied, the latest stamped `now_ms`.
+    pub fn observe(&self, index: u64, now_ms: u64) {
+        let m = self.clock.mono();
+        let t = now_ms.saturating_mul(NS_PER_MS);
+        let mut i = self.lock();
+        i.floor_ns = i.floor_ns.max(t);
+        if index > self.live_after {
+            let carried = i.anchor.map_or(0, |(t0, m0)| t0 + elapsed_ns(m0, m));
+            i.anchor = Some((carried.max(t), m));
+        }
+    }
+
+    /// The time for the entry this leader is about to propose (ms). Successive calls
+    /// never decrease.
+    pub fn stamp(&self) -> u64 {
+        let (m, wall) = (self.clock.mono(), self.clock.wall_ms());
+        let mut i = self.lock();
+        let t = match i.anchor {
+            Some((t0, m0)) => {
+                let dt = elapsed_ns(m0, m);
+                let base = t0 + dt;
+                let limit = dt / (1_000_000 / SLEW_PPM);
+                let wall_ns = wall.saturating_mul(NS_PER_MS);
+                let corrected = if wall_ns > base {
+                    base + (wall_ns - base).min(limit)
+                } else {
+                    base - (base - wall_ns).min(limit)
+                };
+                let t = corrected.max(i.floor_ns);
+                // The slewed time becomes the anchor, so corrections accumulate.
+                i.anchor = Some((t, m));
+                t
+            }
+            // No live entry applied since this process started: the cluster restarted
+            // (or this node leads before the leader sent it anything). Not anchored
+            // here: the anchor comes from this entry once it applies.
+            None => i.floor_ns.max(wall.saturating_mul(NS_PER_MS)),
+        };
+        self.note_skew(&mut i, wall, t, m);
+        t / NS_PER_MS
+    }
+
+    /// This node's best estimate of replicated time now (ms), for decisions outside
+    /// the log: whether a tick is due, which webhooks to send, validation horizons.
+    /// Does not move the anchor.
+    pub fn now_ms(&self) -> u64 {
+        let m = self.clock.mono();
+        let i = self.lock();
+        let t = match i.anchor {
+            Some((t0, m0)) => (t0 + elapsed_ns(m0, m)).max(i.floor_ns),
+            None => i
+                .floor_ns
+                .max(self.clock.wall_ms().saturating_mul(NS_PER_MS)),
+        };
+        t / NS_PER_MS
+    }
+
+    /// The wall clock minus replicated time at the last stamp (ms; positive: the wall
+    /// clock is ahead).
+    pub fn skew_ms(&self) -> i64 {
+        self.lock().skew_ms
+    }
+
+    fn note_skew(&self, i: &mut Inner, wall_ms: u64, t_ns: u64, m: Instant) {
+        let skew = wall_ms as i64 - (t_ns / NS_PER_MS) as i64;
+        i.skew_ms = skew;
+        if skew.unsigned_abs() < WARN_SKEW_MS {
+            i.warned = None;
+            return;
+        }
+        if i.warned
+            .is_some_and(|w| m.saturating_duration_since(w) < WARN_EVERY)
+        {
+            return;
+        }
+        i.warned = Some(m);
+        tracing::warn!(
+            skew_ms = skew,
+            wall_ms,
+            replicated_ms = t_ns / NS_PER_MS,
+            "this leader's wall clock differs from replicated time; replicated time keeps \
+             its monotonic pace and is slewed towards the wall clock at 0.05 % (check NTP)"
+        );
+    }
+}
+
+fn elapsed_ns(from: Instant, to: Instant) -> u64 {
+    to.saturating_duration_since(from).as_nanos() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SteppableClock;
+    use std::time::Duration;
+
+    const H2: i64 = 2 * 3600 * 1000;
+
+    fn warm(clock: &SteppableClock) -> ReplicatedTime {
+        let t = ReplicatedTime::new(clock.handle(), 0, 10);
+        let now = t.stamp();
+        t.observe(11, now);
+        t
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wall_clock_step_moves_nothing_but_the_slew() {
+        for step in [H2, -H2] {
+            let clock = SteppableClock::new();
+            let t = warm(&clock);
+            let start = t.stamp();
+            clock.step(step);
+            tokio::time::advance(Duration::from_secs(10)).await;
+            let after = t.stamp();
+            // 10 s of monotonic time, corrected by at most 500 ppm (5 ms).
+            let moved = after as i64 - start as i64;
+            assert!(
+                (9_995..=10_005).contains(&moved),
+                "step {step}: moved {moved}"
+            );
+            assert_eq!(t.skew_ms().signum(), step.signum());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_never_stands_still_nor_runs_back() {
+        let clock = SteppableClock::new();
+        let t = warm(&clock);
+        clock.step(-H2);
+        let mut last = t.stamp();
+        for _ in 0..100 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            let now = t.stamp();
+            assert!(now >= last + 99, "{now} after {last}");
+            last = now;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_leader_continues_from_the_last_replicated_time() {
+        // A follower whose wall clock is 2 h ahead applies the old leader's entries.
+        let clock = SteppableClock::new();
+        clock.step(H2);
+        let t = ReplicatedTime::new(clock.handle(), 0, 5);
+        let leader_time = crate::clock::system_wall_ms();
+        t.observe(6, leader_time);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        // Elected: it continues from there, not from its own clock.
+        let first = t.stamp();
+        assert!(
+            (leader_time + 2_999..=leader_time + 3_010).contains(&first),
+            "{first} vs {leader_time}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replayed_entries_are_no_anchor_and_a_cold_cluster_takes_the_wall_clock() {
+        let clock = SteppableClock::new();
+        let t = ReplicatedTime::new(clock.handle(), 1_000, 50);
+        // Replayed from the log written before this start: it only raises the floor.
+        t.observe(40, 2_000);
+        let wall = clock.handle().wall_ms();
+        assert!(t.stamp() >= wall);
+        // A node whose clock is behind the stored time resumes from the stored time.
+        let behind = SteppableClock::new();
+        let stored = crate::clock::system_wall_ms() + H2 as u64;
+        let t = ReplicatedTime::new(behind.handle(), stored, 0);
+        assert_eq!(t.stamp(), stored);
+        t.observe(1, stored);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(t.stamp() >= stored + 2_998, "time froze");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slew_closes_the_gap_at_500_ppm() {
+        let clock = SteppableClock::new();
+        let t = warm(&clock);
+        clock.step(1_000);
+        for _ in 0..1_000 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            t.stamp();
+        }
+        // 1,000 s at 0.5 ms/s closed half the 1 s gap.
+        let skew = t.skew_ms();
+        assert!((495..=505).contains(&skew), "skew {skew}");
+    }
+}
