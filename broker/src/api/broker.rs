@@ -258,13 +258,14 @@ impl Broker for BrokerService {
             );
         }
         let deadline = Instant::now() + wait;
+        let worker_id = if r.worker_id.is_empty() {
+            "anonymous".to_string()
+        } else {
+            r.worker_id
+        };
         let cmd = Command::Lease {
             queues: r.queues.clone(),
-            worker_id: if r.worker_id.is_empty() {
-                "anonymous".into()
-            } else {
-                r.worker_id
-            },
+            worker_id: worker_id.clone(),
             max_jobs: r.max_jobs.max(1),
             visibility_timeout_ms: visibility,
         };
@@ -283,6 +284,13 @@ impl Broker for BrokerService {
             shared.caught_up().await;
         }
         let watches = shared.watch_queues(&r.queues);
+        // A worker polling empty queues is registered (or refreshed) by one Lease entry
+        // that leases whatever is there by then (queue/worker.rs).
+        let mut register =
+            shared
+                .read()
+                .state
+                .worker_needs_refresh(&worker_id, &r.queues, self.node.now_ms());
         loop {
             // Registered before the check, so that jobs filed between the check and the
             // wait still wake this call.
@@ -291,7 +299,7 @@ impl Broker for BrokerService {
                 n.as_mut().enable();
             }
             self.metrics.lease_poll();
-            if shared.read().state.has_leasable(&r.queues) {
+            if std::mem::take(&mut register) || shared.read().state.has_leasable(&r.queues) {
                 match self.node.propose(cmd.clone()).await? {
                     Outcome::Leased(jobs) if !jobs.is_empty() || Instant::now() >= deadline => {
                         let span = tracing::Span::current();

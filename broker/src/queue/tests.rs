@@ -411,6 +411,31 @@ fn a_tick_always_clears_what_next_wakeup_reports_due() {
     );
 }
 
+/// A worker polling an empty queue is registered by one Lease entry, refreshed at most
+/// once per WORKER_REFRESH_MS, and forgotten once idle past WORKER_FORGET_AFTER_MS.
+#[test]
+fn polling_workers_are_registered_refreshed_and_forgotten() {
+    let mut s = State::new();
+    let q = vec!["empty".to_string()];
+    assert!(s.worker_needs_refresh("w1", &q, 0), "unknown worker");
+    assert!(leased(s.apply(&at(10, lease_cmd(&["empty"], 1, 1_000)))).is_empty());
+    let w = s.workers();
+    assert_eq!(w.len(), 1);
+    assert_eq!(
+        (w[0].0.as_str(), w[0].1.jobs_in_hand, w[0].1.last_seen_ms),
+        ("w1", 0, 10)
+    );
+    assert!(!s.worker_needs_refresh("w1", &q, 10 + worker::WORKER_REFRESH_MS - 1));
+    assert!(s.worker_needs_refresh("w1", &q, 10 + worker::WORKER_REFRESH_MS));
+    assert!(
+        s.worker_needs_refresh("w1", &["other".to_string()], 11),
+        "new queues"
+    );
+    let later = 10 + worker::WORKER_FORGET_AFTER_MS + 1;
+    s.apply(&at(later, Command::Tick)).unwrap();
+    assert!(s.workers().is_empty(), "an idle worker is forgotten");
+}
+
 /// A state filter other than Dead reads the queue's jobs in order, at most
 /// `LIST_SCAN_MAX` per page: a long run of other jobs yields short (even empty) pages
 /// that still say where to continue, and following them finds every match once.
