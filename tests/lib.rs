@@ -291,6 +291,11 @@ impl ProcessNode {
         self.child = Some(child);
     }
 
+    /// The node's whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The node's log so far (for assertion messages).
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -329,6 +334,13 @@ impl ProcessNode {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The exit status if the process has ended (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGTERM and wait for the exit status.

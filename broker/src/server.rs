@@ -100,6 +100,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         heartbeat: config.heartbeat,
         resolver: config.resolver.clone(),
         clock: config.clock.clone(),
+        min_free_disk: config.min_free_disk,
+        verify_on_start: config.verify_on_start,
     })
     .await?;
 
@@ -238,6 +240,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             tokio::spawn(report_health(node.clone(), health)),
         ),
         ("metrics sampler", tokio::spawn(metrics.run_sampler())),
+        ("disk guard", tokio::spawn(node.disk().clone().run())),
         (
             "webhook delivery",
             tokio::spawn(crate::webhook::run(

@@ -123,6 +123,8 @@ impl BrokerService {
         &self,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<pb::EnqueueResponse>, BrokerError> {
+        // This node's disk; the leader checks its own before it proposes (service.rs).
+        self.node.disk().check_enqueue()?;
         let counters: Vec<_> = if self.metrics.enabled() {
             jobs.iter().map(|j| self.metrics.queue(&j.queue)).collect()
         } else {

@@ -87,7 +87,12 @@ impl LogStore {
     /// Opens the log store on an open database, creating its tables, and starts the
     /// writer thread (it stops when the last handle is dropped).
     pub fn open(path: &std::path::Path) -> anyhow::Result<Self> {
-        let db = crate::storage::open_db(path)?;
+        Self::open_with(path, true)
+    }
+
+    /// [`LogStore::open`], checking every page's checksum first when `verify` is set.
+    pub fn open_with(path: &std::path::Path, verify: bool) -> anyhow::Result<Self> {
+        let db = crate::storage::open_db(path, verify)?;
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
         txn.open_table(META)?;

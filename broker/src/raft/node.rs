@@ -52,6 +52,10 @@ pub struct NodeOptions {
     pub resolver: super::network::Resolver,
     /// The machine's clocks (tests step them).
     pub clock: crate::clock::ClockHandle,
+    /// Free bytes below which enqueues are refused (0: never).
+    pub min_free_disk: u64,
+    /// Check every page's checksum of both stores at start.
+    pub verify_on_start: bool,
 }
 
 /// Errors a leader sends back to a forwarding follower.
@@ -80,6 +84,8 @@ pub struct RaftNode {
     proposer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Replicated time as this node knows it.
     time: Arc<ReplicatedTime>,
+    /// Free space of the data dir.
+    disk: Arc<crate::storage::disk::DiskGuard>,
     request_timeout: Duration,
     heartbeat: Duration,
 }
@@ -105,8 +111,8 @@ impl RaftNode {
         use anyhow::Context;
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
-        let log = LogStore::open(&opts.data_dir.join("raft-log.redb"))?;
-        let sm = StateMachineStore::open(&opts.data_dir)?;
+        let log = LogStore::open_with(&opts.data_dir.join("raft-log.redb"), opts.verify_on_start)?;
+        let sm = StateMachineStore::open_with(&opts.data_dir, opts.verify_on_start)?;
         let shared = sm.shared();
         // Entries past the log's end now are appended while this process runs: applying
         // one anchors replicated time (see time.rs).
@@ -171,6 +177,10 @@ impl RaftNode {
             log,
             pool,
             time,
+            disk: Arc::new(crate::storage::disk::DiskGuard::new(
+                &opts.data_dir,
+                opts.min_free_disk,
+            )),
             request_timeout: opts.request_timeout,
             heartbeat: opts.heartbeat,
         });
@@ -729,6 +739,12 @@ impl RaftNode {
     /// outside the log (validation horizons, due webhooks, metrics).
     pub fn now_ms(&self) -> u64 {
         self.time.now_ms()
+    }
+
+    /// The data dir's free-space guard (enqueues are refused while the disk is nearly
+    /// full).
+    pub fn disk(&self) -> &Arc<crate::storage::disk::DiskGuard> {
+        &self.disk
     }
 
     /// This node's wall clock minus replicated time when it last stamped an entry (ms).

@@ -80,7 +80,13 @@ impl RaftPeer for PeerService {
         let cmd: Command = parse(req)?;
         crate::api::validate::forwarded(&cmd, &self.settings, self.node.now_ms())
             .map_err(|e| Status::invalid_argument(format!("forwarded command refused: {e}")))?;
-        let res = if self.node.is_leader() {
+        let disk = match &cmd {
+            Command::Enqueue(_) => self.node.disk().check_enqueue(),
+            _ => Ok(()),
+        };
+        let res = if let Err(e) = disk {
+            Err(PeerError::Unavailable(e.to_string()))
+        } else if self.node.is_leader() {
             self.node.propose_local(cmd, deadline).await
         } else {
             Err(PeerError::NotLeader)

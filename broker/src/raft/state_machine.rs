@@ -290,12 +290,13 @@ impl Writer {
     }
 }
 
-fn open_store(path: &Path) -> anyhow::Result<Database> {
+fn open_store(path: &Path, verify: bool) -> anyhow::Result<Database> {
     use anyhow::Context;
     let db = redb::Builder::new()
         .set_cache_size(CACHE_BYTES)
+        .set_check_integrity_on_open(verify)
         .create(path)
-        .with_context(|| format!("opening the state store {}", path.display()))?;
+        .map_err(|e| crate::storage::open_error(e, "the state store", path))?;
     create_all(&db).with_context(|| format!("creating tables in {}", path.display()))?;
     check_format(&db, path)?;
     Ok(db)
@@ -349,6 +350,12 @@ impl StateMachineStore {
     /// Opens (or creates) the state store in `dir`, cleaning up what an install that
     /// died half way left behind.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        Self::open_with(dir, true)
+    }
+
+    /// [`StateMachineStore::open`], checking every page's checksum of the store first
+    /// when `verify` is set (about a second per GiB).
+    pub fn open_with(dir: &Path, verify: bool) -> anyhow::Result<Self> {
         use anyhow::Context;
         let old_format = dir.join("snapshot.redb");
         let path = dir.join("state.redb");
@@ -369,7 +376,7 @@ impl StateMachineStore {
             std::fs::remove_file(&installing)
                 .with_context(|| format!("removing {}", installing.display()))?;
         }
-        let db = open_store(&path)?;
+        let db = open_store(&path, verify)?;
         let applied = {
             let txn = db.begin_read()?;
             view_of(&txn)
@@ -718,7 +725,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 std::fs::remove_file(&installing)?;
             }
             let records = {
-                let db = open_store(&installing)?;
+                let db = open_store(&installing, false)?;
                 let records = snapshot::load(file, &db)?;
                 // The stream carries the leader's applied id and membership; record the
                 // meta openraft installs, which is the same point.
@@ -740,7 +747,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let path = dir.join("state.redb");
             std::fs::rename(&installing, &path)?;
             std::fs::File::open(&dir)?.sync_all()?;
-            Ok((open_store(&path)?, records))
+            Ok((open_store(&path, false)?, records))
         })
         .await
         .map_err(write_err)?

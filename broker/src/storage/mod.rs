@@ -11,6 +11,7 @@
 //! `sync_file_range`, not fsync), it has had no release since 2021, and openraft dropped
 //! its sled store.
 
+pub mod disk;
 pub mod format;
 pub mod tables;
 
@@ -33,12 +34,35 @@ pub const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapsho
 const LOG_CACHE_BYTES: usize = 64 << 20;
 
 /// Opens (or creates) the Raft log's redb database file.
-pub fn open_db(path: &Path) -> anyhow::Result<Database> {
-    use anyhow::Context;
+pub fn open_db(path: &Path, verify: bool) -> anyhow::Result<Database> {
     redb::Builder::new()
         .set_cache_size(LOG_CACHE_BYTES)
+        .set_check_integrity_on_open(verify)
         .create(path)
-        .with_context(|| format!("opening redb database {}", path.display()))
+        .map_err(|e| open_error(e, "the Raft log", path))
+}
+
+/// Opening a store failed: says which file, and for a damaged one what to do. With
+/// `--verify-on-start` (the default) redb checks every page's checksum at open
+/// (`set_check_integrity_on_open`), so a file torn, truncated or altered since it was
+/// written is refused here, never served; without it, redb checks only after a crash.
+pub fn open_error(e: redb::DatabaseError, what: &str, path: &Path) -> anyhow::Error {
+    let damaged = matches!(
+        &e,
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_))
+    );
+    let e = anyhow::Error::new(e).context(format!("opening {what} {}", path.display()));
+    if damaged {
+        e.context(format!(
+            "{} is damaged (torn, truncated or altered since it was written); this node \
+             will not serve from it. In a cluster, move this node's data dir aside and start \
+             it with an empty one: it rejoins and receives the state from the leader. A \
+             single node is restored from a backup (`taskraft restore`)",
+            path.display()
+        ))
+    } else {
+        e
+    }
 }
 
 /// Encodes a value for disk or the peer wire.
