@@ -130,6 +130,13 @@ async fn metrics_follow_jobs_through_enqueue_lease_ack_and_nack() {
         sample(&m, "taskraft_storage_fsync_seconds_count", &[]).unwrap_or(0.0) >= 1.0,
         "{m}"
     );
+    assert!(
+        sample(&m, "taskraft_disk_free_bytes", &[]).unwrap_or(0.0) > 0.0,
+        "{m}"
+    );
+    // A leader whose clock agrees with replicated time.
+    let skew = sample(&m, "taskraft_clock_skew_seconds", &[]).expect("clock skew gauge");
+    assert!(skew.abs() < 1.0, "skew {skew}: {m}");
 
     // A nack that dead-letters, and a call the handler rejects, move their series too.
     let last = &leased[3];

@@ -615,6 +615,21 @@ fn register_raft_gauges(meter: &Meter, node: &Arc<RaftNode>) {
         .build();
     let weak: Weak<RaftNode> = Arc::downgrade(node);
     meter
+        .u64_observable_gauge("taskraft_disk_free_bytes")
+        .with_description(
+            "Bytes free on the data dir's file system (enqueues are refused below --min-free-disk-mb)",
+        )
+        .with_callback(move |o| {
+            if let Some(n) = weak.upgrade() {
+                let free = n.disk().free_bytes();
+                if free != u64::MAX {
+                    o.observe(free, &[]);
+                }
+            }
+        })
+        .build();
+    let weak: Weak<RaftNode> = Arc::downgrade(node);
+    meter
         .u64_observable_gauge("taskraft_raft_is_leader")
         .with_description("1 on the leader")
         .with_callback(move |o| {

@@ -47,9 +47,6 @@ impl DiskGuard {
 
     /// Reads the free space now and updates the alarm (logging when it changes).
     pub fn sample(&self) {
-        if self.min_free == 0 {
-            return;
-        }
         let free = match rustix::fs::statvfs(&self.dir) {
             Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
             Err(e) => {
@@ -58,7 +55,7 @@ impl DiskGuard {
             }
         };
         self.free.store(free, Ordering::Relaxed);
-        let low = free < self.min_free;
+        let low = self.min_free > 0 && free < self.min_free;
         if self.low.swap(low, Ordering::Relaxed) != low {
             if low {
                 tracing::error!(
@@ -93,9 +90,6 @@ impl DiskGuard {
 
     /// Samples every [`SAMPLE_EVERY`] until the task is aborted.
     pub async fn run(self: std::sync::Arc<Self>) {
-        if self.min_free == 0 {
-            return std::future::pending().await;
-        }
         let mut interval = tokio::time::interval(SAMPLE_EVERY);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
