@@ -213,16 +213,7 @@ async fn new_node_joins_by_snapshot_and_any_node_can_be_removed() {
     let deadline = tokio::time::Instant::now() + SOON;
     loop {
         let purged: Vec<u64> = (1..=3)
-            .map(|id| {
-                cluster
-                    .node(id)
-                    .node
-                    .raft
-                    .metrics()
-                    .borrow()
-                    .purged
-                    .map_or(0, |l| l.index)
-            })
+            .map(|id| cluster.node(id).node.cluster_view().purged_index)
             .collect();
         if purged.iter().all(|p| *p > 100) {
             break;
@@ -264,8 +255,8 @@ async fn new_node_joins_by_snapshot_and_any_node_can_be_removed() {
     assert_eq!(four.role, "follower");
     // Its metrics may trail the leader's view of its progress by a moment.
     let deadline = tokio::time::Instant::now() + SOON;
-    while n4.node.raft.metrics().borrow().snapshot.is_none() {
-        let m4 = n4.node.raft.metrics().borrow().clone();
+    while n4.node.cluster_view().snapshot_index.is_none() {
+        let m4 = n4.node.cluster_view();
         assert!(
             tokio::time::Instant::now() < deadline,
             "node 4 did not catch up through a snapshot: {m4:?}"

@@ -633,9 +633,9 @@ impl InProcCluster {
         let addr = self.configs[id as usize - 1].peer_listen.to_string();
         for other in self.running_ids() {
             if other == id {
-                self.node(other).node.pool.isolate();
+                self.node(other).node.peers().isolate();
             } else {
-                self.node(other).node.pool.cut_link(&addr);
+                self.node(other).node.peers().cut_link(&addr);
             }
         }
     }
@@ -643,13 +643,13 @@ impl InProcCluster {
     /// Restores every link.
     pub fn heal(&self) {
         for id in self.running_ids() {
-            self.node(id).node.pool.heal();
+            self.node(id).node.peers().heal();
         }
     }
 
     /// Applied index of node `id`.
     pub fn applied(&self, id: u64) -> u64 {
-        *self.node(id).node.shared.applied_index.borrow()
+        self.node(id).node.applied_index()
     }
 }
 

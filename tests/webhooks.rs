@@ -349,7 +349,7 @@ async fn a_name_resolving_to_loopback_is_refused_when_delivering_with_a_short_co
     let ev = eventually("a refused delivery attempt", SOON, || {
         let running = running.clone();
         async move {
-            let state = &running.shared.read().state;
+            let state = &running.view().state;
             state
                 .due_webhooks(u64::MAX, 10)
                 .into_iter()
@@ -383,7 +383,7 @@ async fn a_failing_receiver_is_recorded_as_a_short_code_only() {
     let ev = eventually("a failed delivery attempt", SOON, || {
         let running = running.clone();
         async move {
-            let state = &running.shared.read().state;
+            let state = &running.view().state;
             state
                 .due_webhooks(u64::MAX, 10)
                 .into_iter()
@@ -409,7 +409,7 @@ async fn https_receivers_are_verified_with_the_system_roots_and_webhook_ca() {
     let ev = eventually("a failed https attempt", SOON, || {
         let running = running.clone();
         async move {
-            let state = &running.shared.read().state;
+            let state = &running.view().state;
             state
                 .due_webhooks(u64::MAX, 10)
                 .into_iter()

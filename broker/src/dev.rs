@@ -63,7 +63,7 @@ pub async fn run(args: DevArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         let r = server::start(config).await?;
         println!(
             "node {}: grpc {}  http http://{}/  data {}",
-            r.node.id,
+            r.node.id(),
             r.grpc_addr,
             r.http_addr,
             dir.display()

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!  API handlers ──► QueueCounters (atomics, per queue) ──┐ observable counters
-//!  applied state (node.shared) ─────────────────────────┤ observable gauges
-//!  raft metrics (node.raft.metrics()) ──────────────────┤ observable gauges
+//!  applied state (node.view()) ─────────────────────────┤ observable gauges
+//!  cluster view (node.cluster_view()) ──────────────────┤ observable gauges
 //!  handlers, tower layer, log store ──► histograms ─────┘
 //!                                  SdkMeterProvider ──► prometheus::Registry ──► /metrics
 //!  sampler task (every few seconds) ──► ring buffer of per-queue totals ──► /api/queues
@@ -367,7 +367,7 @@ impl Metrics {
     pub fn sample(&self, now_ms: u64) {
         let Some(inner) = &self.inner else { return };
         if let Some(node) = inner.node.upgrade() {
-            let data = node.shared.read();
+            let data = node.view();
             lock(&inner.leases).retain(|lease_id, s| {
                 let Some(job) = data.state.job_record(&s.job_id) else {
                     return false;
@@ -498,7 +498,7 @@ fn register_state_gauges(meter: &Meter, node: &Arc<RaftNode>) {
         .with_description("Jobs per queue and state in this node's applied state")
         .with_callback(move |o| {
             let Some(node) = weak.upgrade() else { return };
-            let stats = node.shared.read().state.all_queue_stats();
+            let stats = node.view().state.all_queue_stats();
             for s in stats {
                 let q = KeyValue::new("queue", s.queue.clone());
                 for (state, n) in [
@@ -520,7 +520,7 @@ fn register_state_gauges(meter: &Meter, node: &Arc<RaftNode>) {
         .with_description("1 while a queue is paused")
         .with_callback(move |o| {
             let Some(node) = weak.upgrade() else { return };
-            for s in node.shared.read().state.all_queue_stats() {
+            for s in node.view().state.all_queue_stats() {
                 o.observe(u64::from(s.paused), &[KeyValue::new("queue", s.queue)]);
             }
         })
@@ -531,7 +531,7 @@ fn register_state_gauges(meter: &Meter, node: &Arc<RaftNode>) {
         .with_description("Workers in the registry")
         .with_callback(move |o| {
             let Some(node) = weak.upgrade() else { return };
-            o.observe(node.shared.read().state.workers().len() as u64, &[]);
+            o.observe(node.view().state.workers().len() as u64, &[]);
         })
         .build();
 }
@@ -540,7 +540,7 @@ fn register_raft_gauges(meter: &Meter, node: &Arc<RaftNode>) {
     type Read = fn(&RaftNode) -> u64;
     let gauges: [(&'static str, &'static str, Read); 7] = [
         ("taskraft_raft_term", "Current Raft term", |n| {
-            n.raft.metrics().borrow().current_term
+            n.cluster_view().term
         }),
         (
             "taskraft_raft_leader_id",
@@ -550,41 +550,30 @@ fn register_raft_gauges(meter: &Meter, node: &Arc<RaftNode>) {
         (
             "taskraft_raft_commit_index",
             "Commit index (the leader's view; a follower reports its applied index)",
-            |n| crate::api::admin::cluster_status(n).commit_index,
+            |n| n.cluster_view().commit_index,
         ),
         (
             "taskraft_raft_applied_index",
             "Last applied log index",
-            |n| {
-                n.raft
-                    .metrics()
-                    .borrow()
-                    .last_applied
-                    .map_or(0, |l| l.index)
-            },
+            |n| n.cluster_view().applied_index,
         ),
         (
             "taskraft_raft_apply_lag",
             "Committed entries not yet applied on this node",
             |n| {
-                let s = crate::api::admin::cluster_status(n);
+                let s = n.cluster_view();
                 s.commit_index.saturating_sub(s.applied_index)
             },
         ),
         (
             "taskraft_raft_snapshot_index",
             "Log index of the last snapshot (0: none)",
-            |n| n.raft.metrics().borrow().snapshot.map_or(0, |l| l.index),
+            |n| n.cluster_view().snapshot_index.unwrap_or(0),
         ),
         (
             "taskraft_raft_log_entries",
             "Entries in the Raft log (after the last purge)",
-            |n| {
-                let m = n.raft.metrics().borrow().clone();
-                let last = m.last_log_index.unwrap_or(0);
-                let purged = m.purged.map_or(0, |l| l.index);
-                last.saturating_sub(purged)
-            },
+            |n| n.cluster_view().log_entries(),
         ),
     ];
     for (name, help, f) in gauges {

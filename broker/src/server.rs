@@ -145,7 +145,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         crate::metrics::Metrics::disabled()
     };
     if let Some(observer) = metrics.fsync_observer() {
-        node.log.observe_fsync(observer);
+        node.observe_fsync(observer);
     }
     let max_msg = (64 * 1024 * 1024).max(config.api.max_payload * 2);
     let broker = BrokerServer::new(
@@ -261,7 +261,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 hangup,
                 config.tokens_file.is_some().then(|| auth.clone()),
                 tls.clone(),
-                node.pool.clone(),
+                node.peers().clone(),
             )),
         ));
     }
@@ -345,10 +345,10 @@ async fn reload_on_sighup(
 /// Health is SERVING while the node knows a leader (it can then serve every call,
 /// forwarding writes when it is a follower).
 async fn report_health(node: Arc<RaftNode>, health: tonic_health::server::HealthReporter) {
-    let mut rx = node.raft.metrics();
+    let mut changes = node.cluster_changes();
     let mut last = None;
     loop {
-        let ready = rx.borrow_and_update().current_leader.is_some();
+        let ready = changes.leader().is_some();
         if last != Some(ready) {
             let status = if ready {
                 ServingStatus::Serving
@@ -362,7 +362,7 @@ async fn report_health(node: Arc<RaftNode>, health: tonic_health::server::Health
             health.set_service_status("taskraft.v1.Admin", status).await;
             last = Some(ready);
         }
-        if rx.changed().await.is_err() {
+        if !changes.changed().await {
             return;
         }
     }
@@ -399,16 +399,16 @@ impl Running {
             }
         };
         let successor = self.node.successor(Duration::from_secs(1)).await;
-        let _ = self.node.raft.shutdown().await;
+        self.node.shutdown_raft().await;
         if let Some((to, addr)) = successor {
             match self.node.hand_off(to, &addr).await {
                 Ok(()) => tracing::info!(
-                    node_id = self.node.id,
+                    node_id = self.node.id(),
                     successor = to,
                     "handed leadership off"
                 ),
                 Err(e) => {
-                    tracing::warn!(node_id = self.node.id, error = %e, "leadership hand-off failed")
+                    tracing::warn!(node_id = self.node.id(), error = %e, "leadership hand-off failed")
                 }
             }
         }
@@ -416,7 +416,7 @@ impl Running {
         grpc.context("gRPC server task")?.context("gRPC server")?;
         peer.context("peer server task")?.context("peer server")?;
         http.context("HTTP server task")?.context("HTTP server")?;
-        tracing::info!(node_id = self.node.id, "node stopped");
+        tracing::info!(node_id = self.node.id(), "node stopped");
         Ok(())
     }
 

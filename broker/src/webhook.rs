@@ -80,7 +80,7 @@ pub async fn run(
         if !node.is_leader() {
             continue;
         }
-        let due = node.shared.read().state.due_webhooks(node.now_ms(), 256);
+        let due = node.view().state.due_webhooks(node.now_ms(), 256);
         for ev in due {
             if !in_flight
                 .lock()

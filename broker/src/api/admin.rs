@@ -47,7 +47,7 @@ impl AdminService {
         })?;
         let channel = self
             .node
-            .pool
+            .peers()
             .endpoint(&addr)
             .map_err(BrokerError::Internal)?
             .connect()
@@ -80,63 +80,25 @@ impl AdminService {
 
 /// Cluster status as this node sees it.
 pub fn cluster_status(node: &RaftNode) -> pb::ClusterStatus {
-    let m = node.raft.metrics().borrow().clone();
-    let membership = m.membership_config.membership();
-    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-    let matched = |id: u64| -> u64 {
-        m.replication
-            .as_ref()
-            .and_then(|r| r.get(&id).cloned().flatten())
-            .map_or(0, |l| l.index)
-    };
-    let nodes = membership
-        .nodes()
-        .map(|(id, n)| pb::ClusterNode {
-            id: *id,
-            addr: MemberAddr::client_of(&n.addr),
-            peer_addr: MemberAddr::peer_of(&n.addr),
-            role: if Some(*id) == m.current_leader {
-                "leader"
-            } else if voters.contains(id) {
-                "follower"
-            } else {
-                "learner"
-            }
-            .into(),
-            matched_index: matched(*id),
-        })
-        .collect();
-    let applied = m.last_applied.map_or(0, |l| l.index);
-    // The leader knows the commit index as the highest index a majority of voters
-    // hold; a follower reports what it has applied (a lower bound of the commit index).
-    let commit_index = match &m.replication {
-        Some(rep) if m.current_leader == Some(m.id) => {
-            let mut idx: Vec<u64> = voters
-                .iter()
-                .map(|id| {
-                    if *id == m.id {
-                        m.last_log_index.unwrap_or(0)
-                    } else {
-                        rep.get(id).cloned().flatten().map_or(0, |l| l.index)
-                    }
-                })
-                .collect();
-            idx.sort_unstable_by(|a, b| b.cmp(a));
-            idx.get(voters.len() / 2)
-                .copied()
-                .unwrap_or(applied)
-                .max(applied)
-        }
-        _ => applied,
-    };
+    let v = node.cluster_view();
     pb::ClusterStatus {
-        leader_id: m.current_leader.unwrap_or(0),
-        term: m.current_term,
-        nodes,
-        last_log_index: m.last_log_index.unwrap_or(0),
-        commit_index,
-        applied_index: applied,
-        node_id: m.id,
+        leader_id: v.leader_id.unwrap_or(0),
+        term: v.term,
+        nodes: v
+            .members
+            .into_iter()
+            .map(|m| pb::ClusterNode {
+                id: m.id,
+                addr: m.addr,
+                peer_addr: m.peer_addr,
+                role: m.role.as_str().into(),
+                matched_index: m.matched_index,
+            })
+            .collect(),
+        last_log_index: v.last_log_index,
+        commit_index: v.commit_index,
+        applied_index: v.applied_index,
+        node_id: v.node_id,
     }
 }
 
@@ -162,8 +124,7 @@ impl Admin for AdminService {
         // A queue with no jobs and no settings has all-zero counts.
         let stats = self
             .node
-            .shared
-            .read()
+            .view()
             .state
             .queue_stats(&q)
             .unwrap_or(QueueStats {
@@ -182,8 +143,7 @@ impl Admin for AdminService {
         // A token limited to some queues sees only those.
         let queues = self
             .node
-            .shared
-            .read()
+            .view()
             .state
             .all_queue_stats()
             .into_iter()
@@ -247,7 +207,7 @@ impl Admin for AdminService {
             })?)
         };
         self.node.read_barrier().await?;
-        let data = self.node.shared.read();
+        let data = self.node.view();
         let (jobs, next) = data
             .state
             .list_jobs(&r.queue, state_from_pb(r.state), after, limit);
@@ -316,13 +276,10 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let members: Vec<u64> = self
             .node
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
+            .cluster_view()
+            .members
+            .iter()
+            .map(|m| m.id)
             .collect();
         if !members.contains(&r.node_id) {
             return Err(BrokerError::NotFound(format!(
@@ -358,7 +315,7 @@ impl Admin for AdminService {
         _req: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         self.node.read_barrier().await?;
-        let data = self.node.shared.read();
+        let data = self.node.view();
         let workers = data
             .state
             .workers()

@@ -350,7 +350,7 @@ pub fn check_job_queue(
     if !cred.is_scoped() {
         return Ok(());
     }
-    let queue = node.shared.read().state.job_record(job_id).map(|j| j.queue);
+    let queue = node.view().state.job_record(job_id).map(|j| j.queue);
     match queue {
         Some(q) if !cred.may_use(&q) => Err(BrokerError::PermissionDenied(format!(
             "this token may not use queue {q:?} (of job {job_id})"

@@ -32,11 +32,9 @@ pub type BackupStream = ReceiverStream<Result<pb::BackupChunk, Status>>;
 /// the call.
 pub async fn start(node: &Arc<RaftNode>) -> Result<BackupStream, Status> {
     node.read_barrier().await?;
-    let (view, applied) = node
-        .shared
+    let (view, applied_index) = node
         .backup_view()
         .map_err(|e| BrokerError::Internal(format!("opening a read view for the backup: {e}")))?;
-    let applied_index = applied.map_or(0, |l| l.index);
     let (tx, rx) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
         let started = std::time::Instant::now();

@@ -48,7 +48,7 @@ impl BrokerService {
 
     /// The queue of a job, for metrics when this node did not hand out its lease.
     fn queue_of(&self, job_id: Option<String>) -> Option<String> {
-        let data = self.node.shared.read();
+        let data = self.node.view();
         data.state.job_record(&job_id?).map(|j| j.queue)
     }
 
@@ -276,21 +276,20 @@ impl Broker for BrokerService {
         // before is seen. (When it does see jobs, the Lease goes to the leader anyway,
         // which leases from its own, current state.) Later wake-ups come from this
         // node's own applies.
-        if !self.node.is_leader() && !self.node.shared.read().state.has_leasable(&r.queues) {
+        if !self.node.is_leader() && !self.node.view().state.has_leasable(&r.queues) {
             self.node.read_barrier().await?;
         }
-        let shared = &self.node.shared;
-        if !shared.read().state.has_leasable(&r.queues) {
+        let node = &self.node;
+        if !node.view().state.has_leasable(&r.queues) {
             // Read views trail apply by a few milliseconds: a job enqueued (and
             // answered) just before must not be missed by a Lease that does not wait.
-            shared.caught_up().await;
+            node.caught_up().await;
         }
-        let watches = shared.watch_queues(&r.queues);
+        let watches = node.watch_queues(&r.queues);
         // A worker polling empty queues is registered (or refreshed) by one Lease entry
         // that leases whatever is there by then (queue/worker.rs).
         let mut register =
-            shared
-                .read()
+            node.view()
                 .state
                 .worker_needs_refresh(&worker_id, &r.queues, self.node.now_ms());
         loop {
@@ -301,7 +300,7 @@ impl Broker for BrokerService {
                 n.as_mut().enable();
             }
             self.metrics.lease_poll();
-            if std::mem::take(&mut register) || shared.read().state.has_leasable(&r.queues) {
+            if std::mem::take(&mut register) || node.view().state.has_leasable(&r.queues) {
                 match self.node.propose(cmd.clone()).await? {
                     Outcome::Leased(jobs) if !jobs.is_empty() || Instant::now() >= deadline => {
                         let span = tracing::Span::current();
@@ -449,7 +448,7 @@ impl Broker for BrokerService {
         v::job_id(&r.job_id)?;
         check_job_queue(&self.node, &cred, &r.job_id)?;
         self.node.read_barrier().await?;
-        let data = self.node.shared.read();
+        let data = self.node.view();
         let job = data.state.job(&r.job_id).ok_or_else(|| {
             BrokerError::Core(crate::queue::CoreError::JobNotFound(r.job_id.clone()))
         })?;

@@ -155,7 +155,7 @@ async fn cluster(State(s): State<HttpState>) -> ApiResult {
 
 async fn queues(State(s): State<HttpState>) -> ApiResult {
     s.node.read_barrier().await?;
-    let stats = s.node.shared.read().state.all_queue_stats();
+    let stats = s.node.view().state.all_queue_stats();
     let queues: Vec<Value> = stats
         .iter()
         .map(|q| {
@@ -169,7 +169,7 @@ async fn queues(State(s): State<HttpState>) -> ApiResult {
 
 async fn workers(State(s): State<HttpState>) -> ApiResult {
     s.node.read_barrier().await?;
-    let data = s.node.shared.read();
+    let data = s.node.view();
     let workers: Vec<Value> = data
         .state
         .workers()
@@ -192,7 +192,7 @@ async fn workers(State(s): State<HttpState>) -> ApiResult {
 async fn job(State(s): State<HttpState>, Path(id): Path<String>) -> ApiResult {
     v::job_id(&id)?;
     s.node.read_barrier().await?;
-    let data = s.node.shared.read();
+    let data = s.node.view();
     let job = data
         .state
         .job(&id)
@@ -233,7 +233,7 @@ async fn list_jobs(
         return Err(BrokerError::invalid("limit", format!("{limit} is not in 1..=1000")).into());
     }
     s.node.read_barrier().await?;
-    let data = s.node.shared.read();
+    let data = s.node.view();
     let (jobs, next) = data.state.list_jobs(&queue, state, None, limit);
     let jobs: Vec<Value> = jobs.iter().map(job_json).collect();
     Ok(Json(json!({ "jobs": jobs, "more": next.is_some() })))

@@ -100,7 +100,7 @@ async fn readyz(State(s): State<HttpState>) -> (StatusCode, String) {
 
 async fn metrics_text(State(s): State<HttpState>) -> Response {
     // The queue gauges read the store: include every entry this node has applied.
-    s.node.shared.caught_up().await;
+    s.node.caught_up().await;
     let body = s.metrics.render();
     (
         [(

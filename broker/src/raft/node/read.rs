@@ -1,0 +1,84 @@
+//! Linearizable reads: a read barrier (the leader's read index, asked over the peer
+//! service on a follower), then waiting until this node applied that far.
+
+use super::*;
+
+impl RaftNode {
+    /// Returns once this node's applied state includes every write committed before the
+    /// call (a linearizable read barrier). Followers ask the leader for its read index.
+    pub async fn read_barrier(&self) -> Result<(), BrokerError> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let leader = self.wait_for_leader(deadline).await?;
+            let index = if leader == self.id {
+                self.leader_read_index(deadline).await
+            } else {
+                self.remote_read_index(leader, deadline).await
+            };
+            match index {
+                Ok(index) => return self.wait_applied(index, deadline).await,
+                Err(PeerError::NotLeader) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(PeerError::NotLeader) => {
+                    return Err(BrokerError::Unavailable(
+                        "leadership kept changing; retry".into(),
+                    ))
+                }
+                Err(PeerError::Unavailable(m)) => return Err(BrokerError::Unavailable(m)),
+            }
+        }
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the index a read
+    /// must observe.
+    pub async fn leader_read_index(&self, deadline: Instant) -> Result<u64, PeerError> {
+        match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
+            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                Err(PeerError::NotLeader)
+            }
+            Ok(Err(e)) => Err(PeerError::Unavailable(format!("read barrier failed: {e}"))),
+            Err(_) => Err(PeerError::Unavailable(
+                "leader could not confirm a quorum in time".into(),
+            )),
+        }
+    }
+
+    async fn remote_read_index(&self, leader: NodeId, deadline: Instant) -> Result<u64, PeerError> {
+        let addr = self.node_addr(leader).ok_or(PeerError::NotLeader)?;
+        let mut client = self.pool.client(&addr).map_err(|_| PeerError::NotLeader)?;
+        let mut req = tonic::Request::new(RaftMessage::default());
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let reply = client.read_index(req).await.map_err(|s| {
+            if never_sent(&s) {
+                PeerError::NotLeader
+            } else {
+                PeerError::Unavailable(format!(
+                    "read index from leader {leader} failed: {}",
+                    s.message()
+                ))
+            }
+        })?;
+        decode::<Result<u64, PeerError>>(&reply.into_inner().data)
+            .map_err(|e| PeerError::Unavailable(e.to_string()))?
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), BrokerError> {
+        let mut rx = self.shared.applied_index.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= index {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(BrokerError::Unavailable(format!(
+                        "node {} did not catch up to index {index} in time",
+                        self.id
+                    )))
+                }
+            }
+        }
+    }
+}
