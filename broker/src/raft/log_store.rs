@@ -14,7 +14,7 @@
 //!
 //! The file is never compacted (that needs exclusive access and would stall appends):
 //! redb reuses the pages a purge frees, and snapshots are taken often enough (by entry
-//! count, age and appended bytes, see `node.rs`) that the live log stays small.
+//! count, age and appended bytes, see `node/tasks.rs`) that the live log stays small.
 
 // openraft's traits fix the (large) error type; boxing it here would only add a copy.
 #![allow(clippy::result_large_err)]
