@@ -1,0 +1,130 @@
+use openraft::{CommittedLeaderId, Entry as RaftEntry};
+
+use super::*;
+use crate::queue::{Command, Due, Envelope, NewJob, Retention};
+
+fn enqueue(index: u64) -> Entry {
+    let job = NewJob {
+        id: format!("job-{index}"),
+        queue: "q".into(),
+        job_type: "t".into(),
+        payload: bytes::Bytes::from(vec![7u8; 100]),
+        headers: Default::default(),
+        priority: 0,
+        due: Due::After(0),
+        max_attempts: 3,
+        idempotency_key: String::new(),
+        dedup_window_ms: 1000,
+        retention: Retention {
+            result_ttl_ms: 60_000,
+            failure_ttl_ms: 60_000,
+        },
+        webhook_url: String::new(),
+    };
+    RaftEntry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Envelope {
+            now_ms: index,
+            cmd: Command::Enqueue(vec![job]),
+        }),
+    }
+}
+
+async fn store_with(dir: &Path, entries: u64) -> StateMachineStore {
+    let mut sm = StateMachineStore::open(dir).unwrap();
+    sm.apply((1..=entries).map(enqueue)).await.unwrap();
+    sm.commit_applied().unwrap();
+    sm
+}
+
+fn jobs(sm: &StateMachineStore) -> u64 {
+    sm.commit_applied().unwrap();
+    sm.shared().read().state.job_count()
+}
+
+#[tokio::test]
+async fn an_older_snapshot_never_replaces_a_newer_one() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut old = store_with(dirs[0].path(), 10).await;
+    let mut new = store_with(dirs[1].path(), 20).await;
+    let old_snap = old.build_snapshot().await.unwrap();
+    let new_snap = new.build_snapshot().await.unwrap();
+
+    let mut c = StateMachineStore::open(dirs[2].path()).unwrap();
+    c.install_snapshot(&new_snap.meta, new_snap.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(jobs(&c), 20);
+    // The older one arrives late (a build or an install that raced): ignored.
+    c.install_snapshot(&old_snap.meta, old_snap.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(jobs(&c), 20);
+    assert_eq!(c.applied_state().await.unwrap().0.unwrap().index, 20);
+    // A build that began before the install and finishes after it does not replace it.
+    let stale = old.snapshot_now(&old.shared.db()).unwrap();
+    c.set_current(&stale);
+    let current = c.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.last_log_id.unwrap().index, 20);
+
+    // Restart: the installed state is what the store holds.
+    drop(c);
+    let mut c = StateMachineStore::open(dirs[2].path()).unwrap();
+    assert_eq!(jobs(&c), 20);
+    let current = c.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta.last_log_id.unwrap().index, 20);
+}
+
+/// A store of format 1 (a state index entry per job, no stamp) is converted at
+/// open: its jobs are listed again and the stamp says 2.
+#[tokio::test]
+async fn a_format_1_store_is_converted_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = store_with(dir.path(), 5).await;
+    drop(sm);
+    {
+        let db = open_store_unchecked(&dir.path().join("state.redb"));
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(crate::storage::tables::SM_META).unwrap();
+            meta.remove(FORMAT_KEY).unwrap();
+            let mut by_state = txn.open_table(crate::storage::tables::BY_STATE).unwrap();
+            by_state.retain(|_, _| false).unwrap();
+            // Format 1: queue key, state index (0 = Ready), seq.
+            for seq in 0..5u64 {
+                let mut k = vec![1, b'q', 0];
+                k.extend_from_slice(&seq.to_be_bytes());
+                by_state.insert(k.as_slice(), b"".as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let sm = StateMachineStore::open(dir.path()).unwrap();
+    let view = sm.shared().read();
+    let (jobs, next) = view.state.list_jobs("q", None, None, 10);
+    assert_eq!(jobs.len(), 5);
+    assert_eq!(next, None);
+    drop(view);
+    drop(sm);
+    let db = open_store_unchecked(&dir.path().join("state.redb"));
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(crate::storage::tables::SM_META).unwrap();
+    let stamp = meta.get(FORMAT_KEY).unwrap().unwrap().value().to_vec();
+    assert_eq!(stamp, FORMAT.to_le_bytes());
+}
+
+fn open_store_unchecked(path: &Path) -> Database {
+    redb::Database::create(path).unwrap()
+}
+
+#[tokio::test]
+async fn an_install_that_died_half_way_leaves_the_old_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let sm = store_with(dir.path(), 5).await;
+    drop(sm);
+    // What a crash during install leaves: a partial new store beside the old one.
+    std::fs::write(installing_path(dir.path()), b"partial").unwrap();
+    let sm = StateMachineStore::open(dir.path()).unwrap();
+    assert_eq!(jobs(&sm), 5);
+    assert!(!installing_path(dir.path()).exists());
+}
