@@ -1,0 +1,188 @@
+//! Writing the tables, inside the write transaction that applies entries.
+
+use super::*;
+
+impl<'txn> DiskTables<W<'txn>> {
+    fn put_raw(
+        &mut self,
+        which: for<'a> fn(&'a mut Handles<W<'txn>>) -> &'a mut W<'txn>,
+        key: &[u8],
+        value: &[u8],
+        what: &str,
+    ) {
+        let res = which(&mut self.h).insert(key, value).map(drop);
+        if let Err(e) = res {
+            self.fail(what, e);
+        }
+    }
+
+    fn del_raw(
+        &mut self,
+        which: for<'a> fn(&'a mut Handles<W<'txn>>) -> &'a mut W<'txn>,
+        key: &[u8],
+        what: &str,
+    ) {
+        let res = which(&mut self.h).remove(key).map(drop);
+        if let Err(e) = res {
+            self.fail(what, e);
+        }
+    }
+
+    fn put<V: serde::Serialize>(
+        &mut self,
+        which: for<'a> fn(&'a mut Handles<W<'txn>>) -> &'a mut W<'txn>,
+        key: &[u8],
+        value: &V,
+        what: &str,
+    ) {
+        match encode(value) {
+            Ok(bytes) => self.put_raw(which, key, &bytes, what),
+            Err(e) => self.fail(what, e),
+        }
+    }
+
+    /// Writes back what is cached for this transaction; call before committing.
+    pub fn flush(&mut self) {
+        let queues = std::mem::take(&mut self.queues);
+        self.write_back(queues, |h| &mut h.queues, "queues");
+        let workers = std::mem::take(&mut self.workers);
+        self.write_back(workers, |h| &mut h.workers, "workers");
+    }
+
+    fn write_back<V: serde::Serialize>(
+        &mut self,
+        cache: WriteBack<V>,
+        which: for<'a> fn(&'a mut Handles<W<'txn>>) -> &'a mut W<'txn>,
+        what: &str,
+    ) {
+        for (key, cached) in cache {
+            match cached {
+                Some(v) => self.put(which, key.as_bytes(), &v, what),
+                None => self.del_raw(which, key.as_bytes(), what),
+            }
+        }
+    }
+
+    /// Stores a record of the state machine's own metadata.
+    pub fn meta_put<V: serde::Serialize>(&mut self, key: &[u8], value: &V) {
+        self.put(|h| &mut h.meta, key, value, "sm_meta");
+    }
+}
+
+impl<'txn> Tables for DiskTables<W<'txn>> {
+    fn set_counters(&mut self, c: Counters) {
+        self.put(|h| &mut h.meta, COUNTERS_KEY, &c, "counters");
+    }
+    fn put_job(&mut self, job: &Job) {
+        self.put(|h| &mut h.jobs, &job.seq.to_be_bytes(), job, "jobs");
+    }
+    fn delete_job(&mut self, seq: u64) {
+        let k = seq.to_be_bytes();
+        self.del_raw(|h| &mut h.jobs, &k, "jobs");
+        self.del_raw(|h| &mut h.payloads, &k, "payloads");
+        self.del_raw(|h| &mut h.results, &k, "results");
+    }
+    fn put_payload(&mut self, seq: u64, payload: &Bytes) {
+        self.put_raw(|h| &mut h.payloads, &seq.to_be_bytes(), payload, "payloads");
+    }
+    fn put_result(&mut self, seq: u64, result: &Bytes) {
+        self.put_raw(|h| &mut h.results, &seq.to_be_bytes(), result, "results");
+    }
+    fn put_id(&mut self, job_id: &str, seq: u64) {
+        self.put_raw(|h| &mut h.ids, job_id.as_bytes(), &seq.to_be_bytes(), "ids");
+    }
+    fn delete_id(&mut self, job_id: &str) {
+        self.del_raw(|h| &mut h.ids, job_id.as_bytes(), "ids");
+    }
+    fn put_queue(&mut self, name: &str, info: &QueueInfo) {
+        self.queues.insert(name.to_string(), Some(info.clone()));
+    }
+    fn delete_queue(&mut self, name: &str) {
+        self.queues.insert(name.to_string(), None);
+    }
+    fn ready_insert(&mut self, queue: &str, priority: i32, seq: u64) {
+        match self.readied.get_mut(queue) {
+            Some(n) => *n = n.saturating_add(1),
+            None => {
+                self.readied.insert(queue.to_string(), 1);
+            }
+        }
+        self.put_raw(
+            |h| &mut h.ready,
+            &ready_key(queue, priority, seq),
+            b"",
+            "ready",
+        );
+    }
+    fn ready_remove(&mut self, queue: &str, priority: i32, seq: u64) {
+        self.del_raw(|h| &mut h.ready, &ready_key(queue, priority, seq), "ready");
+    }
+    fn listed_insert(&mut self, queue: &str, seq: u64) {
+        let k = state_key(queue, LISTED, seq);
+        self.put_raw(|h| &mut h.by_state, &k, b"", "by_state");
+    }
+    fn listed_remove(&mut self, queue: &str, seq: u64) {
+        let k = state_key(queue, LISTED, seq);
+        self.del_raw(|h| &mut h.by_state, &k, "by_state");
+    }
+    fn dead_insert(&mut self, queue: &str, seq: u64) {
+        let k = state_key(queue, DEAD, seq);
+        self.put_raw(|h| &mut h.by_state, &k, b"", "by_state");
+    }
+    fn dead_remove(&mut self, queue: &str, seq: u64) {
+        let k = state_key(queue, DEAD, seq);
+        self.del_raw(|h| &mut h.by_state, &k, "by_state");
+    }
+    fn timer_insert(&mut self, timer: Timer, at: u64, seq: u64) {
+        self.put_raw(|h| &mut h.timers, &timer_key(timer, at, seq), b"", "timers");
+    }
+    fn timer_remove(&mut self, timer: Timer, at: u64, seq: u64) {
+        self.del_raw(|h| &mut h.timers, &timer_key(timer, at, seq), "timers");
+    }
+    fn put_dedup(&mut self, queue: &str, key: &str, entry: &DedupEntry) {
+        let k = dedup_key(queue, key);
+        self.put_raw(
+            |h| &mut h.dedup_expiry,
+            &at_key(entry.expires_at_ms, &k),
+            b"",
+            "dedup_expiry",
+        );
+        self.put(|h| &mut h.dedup, &k, entry, "dedup");
+    }
+    fn delete_dedup(&mut self, queue: &str, key: &str, expires_at_ms: u64) {
+        let k = dedup_key(queue, key);
+        self.del_raw(
+            |h| &mut h.dedup_expiry,
+            &at_key(expires_at_ms, &k),
+            "dedup_expiry",
+        );
+        self.del_raw(|h| &mut h.dedup, &k, "dedup");
+    }
+    fn put_worker(&mut self, id: &str, info: &WorkerInfo) {
+        self.workers.insert(id.to_string(), Some(info.clone()));
+    }
+    fn delete_worker(&mut self, id: &str) {
+        self.workers.insert(id.to_string(), None);
+    }
+    fn idle_worker_insert(&mut self, forget_at_ms: u64, id: &str) {
+        self.put_raw(
+            |h| &mut h.idle_workers,
+            &at_key(forget_at_ms, id.as_bytes()),
+            b"",
+            "idle_workers",
+        );
+    }
+    fn idle_worker_remove(&mut self, forget_at_ms: u64, id: &str) {
+        self.del_raw(
+            |h| &mut h.idle_workers,
+            &at_key(forget_at_ms, id.as_bytes()),
+            "idle_workers",
+        );
+    }
+    fn put_webhook(&mut self, event: &WebhookEvent) {
+        self.put(|h| &mut h.outbox, &event.id.to_be_bytes(), event, "outbox");
+    }
+    fn delete_webhook(&mut self, id: u64) {
+        self.del_raw(|h| &mut h.outbox, &id.to_be_bytes(), "outbox");
+    }
+}
