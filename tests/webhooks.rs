@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
 use hmac::{KeyInit, Mac};
-use taskraft_broker::webhook_target::TargetPolicy;
+use taskraft_broker::webhook::target::TargetPolicy;
 use taskraft_proto::v1 as pb;
 use taskraft_tests::*;
 

@@ -36,9 +36,6 @@ pub enum BrokerError {
     /// The caller is over a rate or concurrency limit: back off and retry.
     #[error("{0}")]
     ResourceExhausted(String),
-    /// Not built yet.
-    #[error("{0}")]
-    Unimplemented(String),
     /// A fault of the broker itself (storage failure, encoding bug).
     #[error("{0}")]
     Internal(String),

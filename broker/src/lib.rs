@@ -31,5 +31,3 @@ pub mod storage;
 pub mod telemetry;
 pub mod tls;
 pub mod webhook;
-pub mod webhook_client;
-pub mod webhook_target;

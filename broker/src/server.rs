@@ -133,7 +133,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         None => None,
     };
     let webhook_client =
-        crate::webhook_client::client(config.api.webhook_targets.clone(), webhook_ca.as_deref())?;
+        crate::webhook::client::client(config.api.webhook_targets.clone(), webhook_ca.as_deref())?;
     let hangup = if config.tokens_file.is_some() || tls.is_some() {
         listen_hangup()
     } else {

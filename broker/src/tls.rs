@@ -194,7 +194,7 @@ impl Tls {
 }
 
 /// A connection, plain or TLS: what the listeners accept (server side) and what the
-/// webhook client dials (client side, `webhook_client.rs`).
+/// webhook client dials (client side, `webhook/client.rs`).
 pub enum Conn {
     /// Plain TCP.
     Plain(TcpStream),

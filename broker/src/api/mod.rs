@@ -15,7 +15,7 @@ pub mod validate;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::webhook_target::TargetPolicy;
+use crate::webhook::target::TargetPolicy;
 
 use crate::queue::{Backoff, Retention};
 

@@ -33,7 +33,6 @@ impl From<BrokerError> for Status {
             BrokerError::ResourceExhausted(_) => (Code::ResourceExhausted, None),
             BrokerError::Unauthenticated(_) => (Code::Unauthenticated, None),
             BrokerError::PermissionDenied(_) => (Code::PermissionDenied, None),
-            BrokerError::Unimplemented(_) => (Code::Unimplemented, None),
             BrokerError::Internal(_) => (Code::Internal, None),
         };
         let mut status = Status::new(code, msg);

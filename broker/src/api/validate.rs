@@ -6,7 +6,7 @@
 
 use crate::error::BrokerError;
 use crate::queue::{Command, Due, NewJob};
-use crate::webhook_target::TargetPolicy;
+use crate::webhook::target::TargetPolicy;
 use taskraft_proto::v1 as pb;
 
 use super::ApiSettings;
@@ -134,7 +134,7 @@ pub fn text(field: &'static str, value: &str, max: usize) -> R {
 
 /// Webhook targets are http:// or https:// URLs. A host given as an IP address must be
 /// one `targets` allows (names are checked when delivering, after resolution: see
-/// `webhook_target.rs`).
+/// `webhook/target.rs`).
 pub fn webhook_url(url: &str, targets: &TargetPolicy) -> R {
     if url.is_empty() {
         return Ok(());

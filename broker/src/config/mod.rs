@@ -24,7 +24,7 @@ use clap::ArgAction;
 use crate::api::ApiSettings;
 use crate::queue::{Backoff, Retention};
 use crate::raft::addr::{MemberAddr, DEFAULT_PEER_PORT_OFFSET};
-use crate::webhook_target::{Cidr, TargetPolicy};
+use crate::webhook::target::{Cidr, TargetPolicy};
 
 mod file;
 mod flags;

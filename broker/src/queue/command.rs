@@ -257,8 +257,9 @@ pub enum Outcome {
     Queue(QueueStats),
     /// Jobs moved by a redrive.
     Redriven(u64),
-    /// A tick (or membership/blank entry) applied.
-    Ticked,
+    /// The entry applied and answers nothing more: a tick (which may have moved due
+    /// jobs and expired leases), a webhook delivery report, a membership or blank entry.
+    Done,
     /// One reply per command of a [`Command::Batch`], in order.
     Batch(Vec<Reply>),
     /// Jobs given back by a [`Command::Release`] (those still under their lease).

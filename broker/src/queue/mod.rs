@@ -15,7 +15,7 @@
 //! - `schedule.rs`: what time passing does
 //! - `retention.rs`: removal of finished jobs and old dedup keys
 //! - `admin.rs`: cancel, retry, redrive, pause, resume
-//! - `webhook.rs`: the webhook outbox (events raised on success and death)
+//! - `outbox.rs`: the webhook outbox (events raised on success and death)
 //! - `worker.rs`: the worker registry
 //! - `stats.rs`: per-queue counts
 
@@ -23,13 +23,13 @@ pub mod admin;
 pub mod command;
 pub mod job;
 pub mod lease;
+pub mod outbox;
 pub mod retention;
 pub mod retry;
 pub mod schedule;
 pub mod state;
 pub mod stats;
 pub mod tables;
-pub mod webhook;
 pub mod worker;
 
 #[cfg(test)]
@@ -43,8 +43,8 @@ pub use command::{
 };
 pub use job::{Job, JobDetail, JobState, Lease, Retention};
 pub use lease::parse_lease_id;
+pub use outbox::{WebhookEvent, WebhookKind};
 pub use state::State;
 pub use stats::QueueStats;
 pub use tables::{Counters, DedupEntry, MemTables, QueueInfo, Tables, TablesRead, Timer};
-pub use webhook::{WebhookEvent, WebhookKind};
 pub use worker::WorkerInfo;

@@ -293,15 +293,15 @@ impl<T: Tables> State<T> {
             Command::Redrive { queue } => Ok(Outcome::Redriven(self.redrive(queue))),
             Command::Pause { queue } => Ok(Outcome::Queue(self.set_paused(queue, true))),
             Command::Resume { queue } => Ok(Outcome::Queue(self.set_paused(queue, false))),
-            Command::Tick => Ok(Outcome::Ticked),
+            Command::Tick => Ok(Outcome::Done),
             Command::Release { leases } => self.release(leases),
             Command::WebhookDelivered { id } => {
                 self.webhook_delivered(*id);
-                Ok(Outcome::Ticked)
+                Ok(Outcome::Done)
             }
             Command::WebhookFailed { id, error } => {
                 self.webhook_failed(*id, error);
-                Ok(Outcome::Ticked)
+                Ok(Outcome::Done)
             }
         }
     }

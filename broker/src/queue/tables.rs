@@ -27,7 +27,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::job::Job;
-use super::webhook::WebhookEvent;
+use super::outbox::WebhookEvent;
 use super::worker::WorkerInfo;
 
 /// Scalar state: clocks and id counters.

@@ -132,7 +132,7 @@ pub(super) fn apply_batch(
     for entry in entries {
         last = Some(entry.log_id);
         let reply = match entry.payload {
-            EntryPayload::Blank => Ok(Outcome::Ticked),
+            EntryPayload::Blank => Ok(Outcome::Done),
             EntryPayload::Normal(env) => {
                 latest_ms = latest_ms.max(Some(env.now_ms));
                 let mut state = State::over(tables);
@@ -145,7 +145,7 @@ pub(super) fn apply_batch(
             }
             EntryPayload::Membership(m) => {
                 membership = Some(StoredMembership::new(Some(entry.log_id), m));
-                Ok(Outcome::Ticked)
+                Ok(Outcome::Done)
             }
         };
         replies.push(reply);

@@ -1,6 +1,6 @@
 //! The HTTP client webhooks are delivered with: `http://` and `https://` (rustls, the
 //! system's roots plus `--webhook-ca`), connecting only to addresses the target policy
-//! allows (`webhook_target.rs`), checked on the resolved addresses themselves.
+//! allows (`webhook/target.rs`), checked on the resolved addresses themselves.
 
 use std::future::Future;
 use std::io;
@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::tls::Conn;
-use crate::webhook_target::TargetPolicy;
+use crate::webhook::target::TargetPolicy;
 
 /// The webhook HTTP client.
 pub type WebhookClient = Client<Connector, Full<Bytes>>;

@@ -1,5 +1,5 @@
 //! Webhook delivery. The outbox lives in the replicated queue state
-//! (`queue/webhook.rs`); this task runs on every node but only the leader delivers.
+//! (`queue/outbox.rs`); this task runs on every node but only the leader delivers.
 //! Each attempt's outcome goes back through the log, so a new leader resumes exactly
 //! where the old one stopped: delivery is at least once, and receivers deduplicate on
 //! `event_id`.
@@ -9,8 +9,8 @@
 //! Header `X-Taskraft-Signature: sha256=<hex HMAC-SHA256 of the body>` with the
 //! `--webhook-secret` key (absent when no secret is configured).
 //!
-//! Targets are `http://` or `https://` (see `webhook_client.rs`), checked after DNS
-//! resolution against `webhook_target.rs` (no loopback, link-local, private... unless
+//! Targets are `http://` or `https://` (see `webhook/client.rs`), checked after DNS
+//! resolution against `webhook/target.rs` (no loopback, link-local, private... unless
 //! `--webhook-allow`); redirects are not followed. A
 //! failed attempt is recorded as a short code (`http-503`, `timeout`,
 //! `target-not-allowed`, ...): nothing of the receiver's answer reaches the log.
@@ -27,8 +27,8 @@ use tokio::time::Instant;
 
 use crate::queue::{Command, WebhookEvent};
 use crate::raft::RaftNode;
-use crate::webhook_client::{is_refused_target, WebhookClient};
-use crate::webhook_target::TargetPolicy;
+use crate::webhook::client::{is_refused_target, WebhookClient};
+use crate::webhook::target::TargetPolicy;
 
 /// Header carrying the body's HMAC.
 pub const SIGNATURE_HEADER: &str = "x-taskraft-signature";
