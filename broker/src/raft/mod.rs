@@ -13,5 +13,6 @@ pub mod snapshot;
 pub mod state_machine;
 pub mod time;
 pub mod types;
+pub mod wire;
 
 pub use node::{NodeOptions, RaftNode};

@@ -34,7 +34,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::addr::MemberAddr;
 use super::peer_auth::SecretInjector;
 use super::types::{NodeId, TypeConfig};
-use crate::storage::{decode, encode};
+use super::wire::{decode, encode};
 
 /// Largest peer message, sent or accepted. An append carries at least one entry, and an
 /// entry is at most a 4 MiB proposer batch or one command the API admitted (payloads

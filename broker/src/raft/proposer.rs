@@ -29,7 +29,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
-use super::node::PeerError;
+use super::node::ProposeError;
 use super::time::ReplicatedTime;
 use super::types::Raft;
 use crate::queue::{Command, Envelope, Outcome, Reply};
@@ -45,7 +45,7 @@ const MAX_IN_FLIGHT: usize = 2;
 /// a new call is answered UNAVAILABLE at once instead of queueing without bound.
 const MAX_QUEUED: usize = 16_384;
 
-type Pending = (Command, oneshot::Sender<Result<Reply, PeerError>>);
+type Pending = (Command, oneshot::Sender<Result<Reply, ProposeError>>);
 
 /// Hands commands to Raft in batches.
 #[derive(Clone)]
@@ -64,20 +64,20 @@ impl Proposer {
 
     /// Proposes `cmd` (this node believes it leads) and waits for its reply until
     /// `deadline`.
-    pub async fn propose(&self, cmd: Command, deadline: Instant) -> Result<Reply, PeerError> {
+    pub async fn propose(&self, cmd: Command, deadline: Instant) -> Result<Reply, ProposeError> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.tx.try_send((cmd, reply_tx)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => PeerError::Unavailable(format!(
+            mpsc::error::TrySendError::Full(_) => ProposeError::Unavailable(format!(
                 "overloaded: {MAX_QUEUED} writes already wait for the log; retry later"
             )),
             mpsc::error::TrySendError::Closed(_) => {
-                PeerError::Unavailable("node is shutting down".into())
+                ProposeError::Unavailable("node is shutting down".into())
             }
         })?;
         match tokio::time::timeout_at(deadline, reply_rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(PeerError::Unavailable("node is shutting down".into())),
-            Err(_) => Err(PeerError::Unavailable(
+            Ok(Err(_)) => Err(ProposeError::Unavailable("node is shutting down".into())),
+            Err(_) => Err(ProposeError::Unavailable(
                 "write not confirmed in time (no quorum?); if it was proposed it may still apply, so retry with the same request id or idempotency key".into(),
             )),
         }
@@ -151,20 +151,20 @@ async fn write(raft: &Raft, time: &Arc<ReplicatedTime>, batch: Vec<Pending>) {
             (false, other) => {
                 let msg = format!("batch applied with an unexpected reply: {other:?}");
                 for tx in replies {
-                    let _ = tx.send(Err(PeerError::Unavailable(msg.clone())));
+                    let _ = tx.send(Err(ProposeError::Unavailable(msg.clone())));
                 }
             }
         },
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
             // Not proposed: every caller may retry on the new leader.
             for tx in replies {
-                let _ = tx.send(Err(PeerError::NotLeader));
+                let _ = tx.send(Err(ProposeError::NotLeader));
             }
         }
         Err(e) => {
             let msg = format!("write failed: {e}");
             for tx in replies {
-                let _ = tx.send(Err(PeerError::Unavailable(msg.clone())));
+                let _ = tx.send(Err(ProposeError::Unavailable(msg.clone())));
             }
         }
     }
@@ -172,7 +172,7 @@ async fn write(raft: &Raft, time: &Arc<ReplicatedTime>, batch: Vec<Pending>) {
 
 /// Hands a caller its reply. When the caller has gone and the reply handed it jobs (a
 /// Lease), returns those jobs' (id, lease id): nobody will work on them.
-fn answer(tx: oneshot::Sender<Result<Reply, PeerError>>, reply: Reply) -> Vec<(String, u64)> {
+fn answer(tx: oneshot::Sender<Result<Reply, ProposeError>>, reply: Reply) -> Vec<(String, u64)> {
     match tx.send(Ok(reply)) {
         Err(Ok(Ok(Outcome::Leased(jobs)))) => {
             jobs.into_iter().map(|j| (j.job_id, j.lease_id)).collect()

@@ -13,10 +13,10 @@ use taskraft_proto::raft::RaftMessage;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use super::node::{PeerError, RaftNode};
+use super::node::{ProposeError, RaftNode};
+use super::wire::{decode, encode};
 use crate::api::ApiSettings;
 use crate::queue::Command;
-use crate::storage::{decode, encode};
 
 /// The peer service of one node.
 pub struct PeerService {
@@ -85,11 +85,11 @@ impl RaftPeer for PeerService {
             _ => Ok(()),
         };
         let res = if let Err(e) = disk {
-            Err(PeerError::Unavailable(e.to_string()))
+            Err(ProposeError::Unavailable(e.to_string()))
         } else if self.node.is_leader() {
             self.node.propose_local(cmd, deadline).await
         } else {
-            Err(PeerError::NotLeader)
+            Err(ProposeError::NotLeader)
         };
         reply(&res)
     }
@@ -105,7 +105,7 @@ impl RaftPeer for PeerService {
         let res = if self.node.is_leader() {
             self.node.leader_read_index(deadline).await
         } else {
-            Err(PeerError::NotLeader)
+            Err(ProposeError::NotLeader)
         };
         reply(&res)
     }

@@ -31,9 +31,9 @@ use super::network::{Network, PeerPool};
 use super::state_machine::{Shared, StateMachineStore};
 use super::time::ReplicatedTime;
 use super::types::{NodeId, Raft};
+use super::wire::{decode, encode};
 use crate::error::BrokerError;
 use crate::queue::{Command, Outcome, Reply};
-use crate::storage::{decode, encode};
 use taskraft_proto::raft::RaftMessage;
 
 mod handoff;
@@ -77,9 +77,10 @@ pub struct NodeOptions {
     pub verify_on_start: bool,
 }
 
-/// Errors a leader sends back to a forwarding follower.
+/// Why a proposal (or a read index) was not served: from this node's proposer, or
+/// sent back over the peer wire by the leader to a forwarding follower.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum PeerError {
+pub enum ProposeError {
     /// The receiver is not the leader (any more).
     NotLeader,
     /// The write did not complete in time or the cluster cannot serve.

@@ -17,51 +17,60 @@ impl RaftNode {
             };
             match index {
                 Ok(index) => return self.wait_applied(index, deadline).await,
-                Err(PeerError::NotLeader) if Instant::now() < deadline => {
+                Err(ProposeError::NotLeader) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err(PeerError::NotLeader) => {
+                Err(ProposeError::NotLeader) => {
                     return Err(BrokerError::Unavailable(
                         "leadership kept changing; retry".into(),
                     ))
                 }
-                Err(PeerError::Unavailable(m)) => return Err(BrokerError::Unavailable(m)),
+                Err(ProposeError::Unavailable(m)) => return Err(BrokerError::Unavailable(m)),
             }
         }
     }
 
     /// On the leader: confirms leadership with a quorum and returns the index a read
     /// must observe.
-    pub async fn leader_read_index(&self, deadline: Instant) -> Result<u64, PeerError> {
+    pub async fn leader_read_index(&self, deadline: Instant) -> Result<u64, ProposeError> {
         match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
             Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
-                Err(PeerError::NotLeader)
+                Err(ProposeError::NotLeader)
             }
-            Ok(Err(e)) => Err(PeerError::Unavailable(format!("read barrier failed: {e}"))),
-            Err(_) => Err(PeerError::Unavailable(
+            Ok(Err(e)) => Err(ProposeError::Unavailable(format!(
+                "read barrier failed: {e}"
+            ))),
+            Err(_) => Err(ProposeError::Unavailable(
                 "leader could not confirm a quorum in time".into(),
             )),
         }
     }
 
-    async fn remote_read_index(&self, leader: NodeId, deadline: Instant) -> Result<u64, PeerError> {
-        let addr = self.node_addr(leader).ok_or(PeerError::NotLeader)?;
-        let mut client = self.pool.client(&addr).map_err(|_| PeerError::NotLeader)?;
+    async fn remote_read_index(
+        &self,
+        leader: NodeId,
+        deadline: Instant,
+    ) -> Result<u64, ProposeError> {
+        let addr = self.node_addr(leader).ok_or(ProposeError::NotLeader)?;
+        let mut client = self
+            .pool
+            .client(&addr)
+            .map_err(|_| ProposeError::NotLeader)?;
         let mut req = tonic::Request::new(RaftMessage::default());
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let reply = client.read_index(req).await.map_err(|s| {
             if never_sent(&s) {
-                PeerError::NotLeader
+                ProposeError::NotLeader
             } else {
-                PeerError::Unavailable(format!(
+                ProposeError::Unavailable(format!(
                     "read index from leader {leader} failed: {}",
                     s.message()
                 ))
             }
         })?;
-        decode::<Result<u64, PeerError>>(&reply.into_inner().data)
-            .map_err(|e| PeerError::Unavailable(e.to_string()))?
+        decode::<Result<u64, ProposeError>>(&reply.into_inner().data)
+            .map_err(|e| ProposeError::Unavailable(e.to_string()))?
     }
 
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), BrokerError> {

@@ -50,7 +50,7 @@ impl RaftNode {
             };
             match attempt {
                 Ok(reply) => return reply.map_err(BrokerError::Core),
-                Err(PeerError::NotLeader) => {
+                Err(ProposeError::NotLeader) => {
                     // Not proposed anywhere: safe to retry once leadership settles.
                     if Instant::now() >= deadline {
                         return Err(BrokerError::Unavailable(
@@ -59,14 +59,18 @@ impl RaftNode {
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err(PeerError::Unavailable(msg)) => return Err(BrokerError::Unavailable(msg)),
+                Err(ProposeError::Unavailable(msg)) => return Err(BrokerError::Unavailable(msg)),
             }
         }
     }
 
     /// Proposes on this node, which believes it leads (batched with concurrent
     /// proposals, see `proposer.rs`).
-    pub async fn propose_local(&self, cmd: Command, deadline: Instant) -> Result<Reply, PeerError> {
+    pub async fn propose_local(
+        &self,
+        cmd: Command,
+        deadline: Instant,
+    ) -> Result<Reply, ProposeError> {
         self.proposer.propose(cmd, deadline).await
     }
 
@@ -75,24 +79,27 @@ impl RaftNode {
         leader: NodeId,
         cmd: &Command,
         deadline: Instant,
-    ) -> Result<Reply, PeerError> {
-        let addr = self.node_addr(leader).ok_or(PeerError::NotLeader)?;
-        let mut client = self.pool.client(&addr).map_err(|_| PeerError::NotLeader)?;
-        let data = encode(cmd).map_err(|e| PeerError::Unavailable(e.to_string()))?;
+    ) -> Result<Reply, ProposeError> {
+        let addr = self.node_addr(leader).ok_or(ProposeError::NotLeader)?;
+        let mut client = self
+            .pool
+            .client(&addr)
+            .map_err(|_| ProposeError::NotLeader)?;
+        let data = encode(cmd).map_err(|e| ProposeError::Unavailable(e.to_string()))?;
         let mut req = tonic::Request::new(RaftMessage { data: data.into() });
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let reply = client.propose(req).await.map_err(|s| {
             if never_sent(&s) {
                 // The leader is gone and nothing was sent: wait for the next one.
-                PeerError::NotLeader
+                ProposeError::NotLeader
             } else {
-                PeerError::Unavailable(format!(
+                ProposeError::Unavailable(format!(
                     "forwarding to leader {leader} at {addr} failed: {}; the write may or may not have applied",
                     s.message()
                 ))
             }
         })?;
-        decode::<Result<Reply, PeerError>>(&reply.into_inner().data)
-            .map_err(|e| PeerError::Unavailable(e.to_string()))?
+        decode::<Result<Reply, ProposeError>>(&reply.into_inner().data)
+            .map_err(|e| ProposeError::Unavailable(e.to_string()))?
     }
 }
