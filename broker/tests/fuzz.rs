@@ -17,7 +17,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use taskraft_broker::api::validate;
 use taskraft_broker::api::ApiSettings;
 use taskraft_broker::queue::{Backoff, Command, Due, Envelope, NewJob, Reply, Retention};
-use taskraft_broker::raft::node::PeerError;
+use taskraft_broker::raft::node::ProposeError;
 use taskraft_broker::raft::types::TypeConfig;
 use taskraft_broker::storage::{decode, encode};
 use taskraft_proto::v1 as pb;
@@ -345,8 +345,8 @@ fn peer_messages_never_panic_the_decoder() {
         let _ = decode::<VoteRequest<u64>>(&bytes);
         let _ = decode::<InstallSnapshotRequest<TypeConfig>>(&bytes);
         let _ = decode::<Command>(&bytes);
-        let _ = decode::<Result<Reply, PeerError>>(&bytes);
-        let _ = decode::<Result<u64, PeerError>>(&bytes);
+        let _ = decode::<Result<Reply, ProposeError>>(&bytes);
+        let _ = decode::<Result<u64, ProposeError>>(&bytes);
     }
 }
 
