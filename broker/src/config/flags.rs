@@ -107,7 +107,7 @@ pub struct ServeArgs {
     pub min_free_disk_mb: u64,
     /// Check the checksum of every page of the Raft log and the state store at start,
     /// so that a file torn, truncated or altered while the node was down is refused
-    /// with an error naming it instead of being served. Costs about a second per GiB of
+    /// with an error naming it instead of being served. Costs 1-2 s per GiB of
     /// data dir (8-10 s for 10M jobs of 256 B); off, redb checks only after a crash.
     #[arg(long, env = "TASKRAFT_VERIFY_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
     pub verify_on_start: bool,

@@ -103,7 +103,7 @@ impl StateMachineStore {
     }
 
     /// [`StateMachineStore::open`], checking every page's checksum of the store first
-    /// when `verify` is set (about a second per GiB).
+    /// when `verify` is set (1-2 s per GiB).
     pub fn open_with(dir: &Path, verify: bool) -> anyhow::Result<Self> {
         use anyhow::Context;
         let old_format = dir.join("snapshot.redb");
