@@ -63,17 +63,7 @@ async fn long_poll_with_nothing_returns_empty_after_wait() {
     assert!(got.is_empty());
     assert!(started.elapsed() >= Duration::from_millis(300));
     // The worker that polled in vain is listed, holding nothing.
-    let workers = c
-        .admin
-        .list_workers(pb::ListWorkersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .workers;
-    let w = workers
-        .iter()
-        .find(|w| w.worker_id == "test-worker")
-        .expect("a polling worker is in ListWorkers");
+    let w = listed_worker(&mut c, "test-worker").await;
     assert_eq!(
         (w.queues.as_slice(), w.jobs_in_hand),
         (&["empty".to_string()][..], 0),

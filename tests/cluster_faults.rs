@@ -364,17 +364,7 @@ async fn a_job_leased_for_a_caller_that_gave_up_comes_back_at_once() {
         "the orphaned delivery counted as an attempt"
     );
     // The lease did apply (the worker was seen leasing one job), and holds nothing now.
-    let workers = c
-        .admin
-        .list_workers(pb::ListWorkersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .workers;
-    let w = workers
-        .iter()
-        .find(|w| w.worker_id == "test-worker")
-        .expect("the Lease applied");
+    let w = listed_worker(&mut c, "test-worker").await;
     assert_eq!((w.leased_total, w.jobs_in_hand), (1, 0), "{w:?}");
     let again = c
         .broker

@@ -484,6 +484,21 @@ pub async fn stats(c: &mut Clients, queue: &str) -> pb::QueueStats {
         .into_inner()
 }
 
+/// The worker `worker_id` as `ListWorkers` reports it (panics if it is not listed).
+pub async fn listed_worker(c: &mut Clients, worker_id: &str) -> pb::Worker {
+    let workers = c
+        .admin
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .expect("list workers")
+        .into_inner()
+        .workers;
+    workers
+        .into_iter()
+        .find(|w| w.worker_id == worker_id)
+        .unwrap_or_else(|| panic!("worker {worker_id} is not in ListWorkers"))
+}
+
 /// One job through GetJob.
 pub async fn get_job(c: &mut Clients, id: &str) -> pb::Job {
     c.broker

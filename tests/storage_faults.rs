@@ -93,18 +93,7 @@ async fn restart_and_judge(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut c = node.clients().await;
-    for (id, payload) in jobs {
-        let j = c
-            .broker
-            .get_job(pb::GetJobRequest { job_id: id.clone() })
-            .await
-            .unwrap_or_else(|e| panic!("{what}: acknowledged job {id} not served: {e}"))
-            .into_inner();
-        assert!(
-            j.payload.as_ref() == payload.as_slice(),
-            "{what}: job {id} served with a different payload"
-        );
-    }
+    assert_all_served(&mut c, jobs, what).await;
     node.kill9();
     Verdict::Served
 }
