@@ -19,7 +19,7 @@ use crate::queue::{Command, Due, NewJob, Outcome};
 use crate::raft::RaftNode;
 
 /// How often a waiting Lease looks again without being woken. Every path that makes a
-/// job leasable wakes the waiters of its queue (`Shared::watch_queues`), so this is a
+/// job leasable wakes the waiters of its queue (`ReadSide::watch_queues`), so this is a
 /// safety net, not the mechanism; each look costs a read transaction, and with 10,000
 /// idle workers a look per second each took about a tenth of the node's enqueue rate.
 const RECHECK_EVERY: Duration = Duration::from_secs(5);

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::addr::MemberAddr;
 use super::log_store::LogStore;
 use super::network::{Network, PeerPool};
-use super::state_machine::{Shared, StateMachineStore};
+use super::state_machine::{ReadSide, StateMachineStore};
 use super::time::ReplicatedTime;
 use super::types::{NodeId, Raft};
 use super::wire::{decode, encode};
@@ -87,14 +87,14 @@ pub enum ProposeError {
     Unavailable(String),
 }
 
-/// A running Raft node and the shared queue state it applies into.
+/// A running Raft node and the queue state it applies into.
 pub struct RaftNode {
     /// This node's id.
     id: NodeId,
     /// The openraft handle (the peer service hands it the peers' messages).
     pub(in crate::raft) raft: Raft,
     /// The applied queue state (read side).
-    shared: Arc<Shared>,
+    read_side: Arc<ReadSide>,
     /// The log store.
     log: LogStore,
     /// Peer connections (also the test router that can cut links).
@@ -133,7 +133,7 @@ impl RaftNode {
             .with_context(|| format!("creating data dir {}", opts.data_dir.display()))?;
         let log = LogStore::open_with(&opts.data_dir.join("raft-log.redb"), opts.verify_on_start)?;
         let sm = StateMachineStore::open_with(&opts.data_dir, opts.verify_on_start)?;
-        let shared = sm.shared();
+        let read_side = sm.read_side();
         // Entries past the log's end now are appended while this process runs: applying
         // one anchors replicated time (see time.rs).
         let live_after = {
@@ -143,7 +143,7 @@ impl RaftNode {
                 .last_log_id
                 .map_or(0, |l| l.index)
         };
-        let stored_ms = shared.read().state.now_ms();
+        let stored_ms = read_side.read().state.now_ms();
         let time = Arc::new(ReplicatedTime::new(
             opts.clock.clone(),
             stored_ms,
@@ -193,7 +193,7 @@ impl RaftNode {
             proposer,
             proposer_task: std::sync::Mutex::new(Some(proposer_task)),
             raft,
-            shared,
+            read_side,
             log,
             pool,
             time,
@@ -324,29 +324,29 @@ impl RaftNode {
     /// A consistent read view of the applied state, as of the last applied batch (not
     /// linearizable by itself: see [`RaftNode::read_barrier`]).
     pub fn view(&self) -> super::state_machine::ReadView {
-        self.shared.read()
+        self.read_side.read()
     }
 
     /// Returns once read views include every entry applied before the call.
     pub async fn caught_up(&self) {
-        self.shared.caught_up().await
+        self.read_side.caught_up().await
     }
 
     /// Handles a long-polling Lease waits on, one per queue (see
-    /// [`Shared::watch_queues`]).
+    /// [`ReadSide::watch_queues`]).
     pub fn watch_queues(&self, queues: &[String]) -> Vec<Arc<tokio::sync::Notify>> {
-        self.shared.watch_queues(queues)
+        self.read_side.watch_queues(queues)
     }
 
     /// A read transaction of the store and the index it is at: what a backup streams.
     pub fn backup_view(&self) -> Result<(redb::ReadTransaction, u64), String> {
-        let (txn, applied) = self.shared.backup_view()?;
+        let (txn, applied) = self.read_side.backup_view()?;
         Ok((txn, applied.map_or(0, |l| l.index)))
     }
 
     /// Index of the last applied entry that read views include.
     pub fn applied_index(&self) -> u64 {
-        *self.shared.applied_index.borrow()
+        *self.read_side.applied_index.borrow()
     }
 
     /// Peer connections: TLS reloads go through them, and tests cut links with them.

@@ -74,7 +74,7 @@ impl RaftNode {
     }
 
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), BrokerError> {
-        let mut rx = self.shared.applied_index.subscribe();
+        let mut rx = self.read_side.applied_index.subscribe();
         loop {
             if *rx.borrow_and_update() >= index {
                 return Ok(());

@@ -83,7 +83,7 @@ impl RaftNode {
     }
 
     fn tick_due(&self) -> bool {
-        self.shared
+        self.read_side
             .read()
             .state
             .next_wakeup_ms()

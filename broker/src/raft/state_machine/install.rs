@@ -59,9 +59,9 @@ impl StateMachineStore {
         .await
         .map_err(write_err)?
         .map_err(write_err)?;
-        *self.shared.db.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(db);
+        *self.read_side.db.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(db);
         let current = {
-            let db = self.shared.db();
+            let db = self.read_side.db();
             let txn = db.begin_read().map_err(read_err)?;
             Current {
                 meta: meta.clone(),
@@ -70,9 +70,11 @@ impl StateMachineStore {
         };
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(current);
         let index = meta.last_log_id.map_or(0, |l| l.index);
-        self.shared.applied_latest.store(index, Ordering::Release);
-        self.shared.applied_index.send_replace(index);
-        self.shared.wake_all();
+        self.read_side
+            .applied_latest
+            .store(index, Ordering::Release);
+        self.read_side.applied_index.send_replace(index);
+        self.read_side.wake_all();
         tracing::info!(
             snapshot_id = %meta.snapshot_id,
             records,

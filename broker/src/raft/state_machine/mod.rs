@@ -49,7 +49,7 @@ mod writer;
 use install::installing_path;
 use open::{applied_of, open_store};
 use read::view_of;
-pub use read::{ReadView, Shared};
+pub use read::{ReadSide, ReadView};
 use writer::Writer;
 
 /// redb page cache of the state store: what memory the job tables may take.
@@ -86,7 +86,7 @@ struct Current {
 /// The openraft state machine.
 #[derive(Clone)]
 pub struct StateMachineStore {
-    shared: Arc<Shared>,
+    read_side: Arc<ReadSide>,
     dir: PathBuf,
     current: Arc<Mutex<Option<Current>>>,
     writer: Arc<Mutex<Writer>>,
@@ -134,7 +134,7 @@ impl StateMachineStore {
                 .map_or(0, |l| l.index)
         };
         Ok(Self {
-            shared: Arc::new(Shared {
+            read_side: Arc::new(ReadSide {
                 db: RwLock::new(Arc::new(db)),
                 waiters: Mutex::new(HashMap::new()),
                 applied_index: watch::channel(applied).0,
@@ -155,8 +155,8 @@ impl StateMachineStore {
     }
 
     /// The handle API handlers read through.
-    pub fn shared(&self) -> Arc<Shared> {
-        self.shared.clone()
+    pub fn read_side(&self) -> Arc<ReadSide> {
+        self.read_side.clone()
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -170,12 +170,12 @@ impl StateMachineStore {
         if w.txn.is_none() {
             w.txn = Some(db.begin_write()?);
         }
-        w.commit(&self.shared, true)
+        w.commit(&self.read_side, true)
     }
 
     /// Commits what is applied, so that read transactions see all of it.
     fn commit_applied(&self) -> anyhow::Result<()> {
-        self.lock_writer().commit(&self.shared, false)
+        self.lock_writer().commit(&self.read_side, false)
     }
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
@@ -204,7 +204,7 @@ impl StateMachineStore {
     /// The log id of the membership the store has applied.
     fn applied_membership(&self) -> anyhow::Result<Option<LogId>> {
         self.commit_applied()?;
-        let db = self.shared.db();
+        let db = self.read_side.db();
         let txn = db.begin_read()?;
         Ok(*applied_of(&txn)?.1.log_id())
     }
@@ -228,7 +228,7 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let db = self.shared.db();
+        let db = self.read_side.db();
         let this = self.clone();
         let current = tokio::task::spawn_blocking(move || {
             this.make_durable(&db)?;
@@ -251,7 +251,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), StorageError> {
         self.commit_applied().map_err(write_err)?;
-        let db = self.shared.db();
+        let db = self.read_side.db();
         let txn = db.begin_read().map_err(read_err)?;
         applied_of(&txn).map_err(read_err)
     }
@@ -300,7 +300,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 if *c.meta.last_membership.log_id()
                     < self.applied_membership().map_err(read_err)? =>
             {
-                let c = self.snapshot_now(&self.shared.db()).map_err(read_err)?;
+                let c = self.snapshot_now(&self.read_side.db()).map_err(read_err)?;
                 self.set_current(&c);
                 c
             }
@@ -308,7 +308,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             None => {
                 // After a restart: the store as it is now, which is durable (it is what
                 // was read back from disk) and no older than anything purged.
-                let c = self.snapshot_now(&self.shared.db()).map_err(read_err)?;
+                let c = self.snapshot_now(&self.read_side.db()).map_err(read_err)?;
                 if c.meta.last_log_id.is_none() {
                     return Ok(None);
                 }

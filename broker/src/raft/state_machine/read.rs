@@ -12,9 +12,9 @@ pub struct ReadView {
 }
 
 /// The store as API handlers see it: consistent read views and apply notifications.
-pub struct Shared {
+pub struct ReadSide {
     pub(super) db: RwLock<Arc<Database>>,
-    /// Long-polling leases by the queues they wait for ([`Shared::watch_queues`]).
+    /// Long-polling leases by the queues they wait for ([`ReadSide::watch_queues`]).
     pub(super) waiters: Mutex<HashMap<String, Weak<Notify>>>,
     /// Index of the last applied entry that readers can see (committed to the store).
     pub applied_index: watch::Sender<u64>,
@@ -22,7 +22,7 @@ pub struct Shared {
     pub(super) applied_latest: AtomicU64,
 }
 
-impl Shared {
+impl ReadSide {
     pub(super) fn db(&self) -> Arc<Database> {
         self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

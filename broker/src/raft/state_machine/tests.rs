@@ -39,7 +39,7 @@ async fn store_with(dir: &Path, entries: u64) -> StateMachineStore {
 
 fn jobs(sm: &StateMachineStore) -> u64 {
     sm.commit_applied().unwrap();
-    sm.shared().read().state.job_count()
+    sm.read_side().read().state.job_count()
 }
 
 #[tokio::test]
@@ -62,7 +62,7 @@ async fn an_older_snapshot_never_replaces_a_newer_one() {
     assert_eq!(jobs(&c), 20);
     assert_eq!(c.applied_state().await.unwrap().0.unwrap().index, 20);
     // A build that began before the install and finishes after it does not replace it.
-    let stale = old.snapshot_now(&old.shared.db()).unwrap();
+    let stale = old.snapshot_now(&old.read_side.db()).unwrap();
     c.set_current(&stale);
     let current = c.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta.last_log_id.unwrap().index, 20);
@@ -100,7 +100,7 @@ async fn a_format_1_store_is_converted_at_open() {
         txn.commit().unwrap();
     }
     let sm = StateMachineStore::open(dir.path()).unwrap();
-    let view = sm.shared().read();
+    let view = sm.read_side().read();
     let (jobs, next) = view.state.list_jobs("q", None, None, 10);
     assert_eq!(jobs.len(), 5);
     assert_eq!(next, None);

@@ -11,7 +11,7 @@ use super::*;
 /// is committed at most [`COMMIT_EVERY`] after it was opened: by the next `apply` that
 /// finds it old enough, or by a timer when no more entries come. Callers lose nothing
 /// by the wait: a write's reply comes from `apply` itself, and readers go through
-/// [`Shared::applied_index`], which moves only when a commit makes the entries visible
+/// [`ReadSide::applied_index`], which moves only when a commit makes the entries visible
 /// to read transactions (the read barrier waits for it). Every other writer of the
 /// store (a durable commit for a snapshot, an install) commits the open transaction
 /// first: redb allows one write transaction at a time.
@@ -46,7 +46,7 @@ impl Writer {
 
     /// Commits the open transaction, if any (durably when `durable`, or when the last
     /// durable commit is [`DURABLE_EVERY`] old), and publishes its entries to readers.
-    pub(super) fn commit(&mut self, shared: &Shared, durable: bool) -> anyhow::Result<()> {
+    pub(super) fn commit(&mut self, read_side: &ReadSide, durable: bool) -> anyhow::Result<()> {
         if let Some(e) = &self.failed {
             anyhow::bail!("an earlier commit of applied entries failed: {e}");
         }
@@ -67,9 +67,9 @@ impl Writer {
             self.last_durable = Instant::now();
         }
         if let Some(i) = self.index.take() {
-            shared.applied_index.send_replace(i);
+            read_side.applied_index.send_replace(i);
         }
-        shared.wake(std::mem::take(&mut self.readied));
+        read_side.wake(std::mem::take(&mut self.readied));
         Ok(())
     }
 }
@@ -78,14 +78,14 @@ impl Writer {
 /// do it; waits again if a newer transaction was opened meanwhile.
 pub(super) async fn commit_timer(
     writer: std::sync::Weak<Mutex<Writer>>,
-    shared: std::sync::Weak<Shared>,
+    read_side: std::sync::Weak<ReadSide>,
     mut due: Instant,
 ) {
     loop {
         tokio::time::sleep_until(due.into()).await;
-        let (writer, shared) = (writer.clone(), shared.clone());
+        let (writer, read_side) = (writer.clone(), read_side.clone());
         let again = tokio::task::spawn_blocking(move || {
-            let (Some(writer), Some(shared)) = (writer.upgrade(), shared.upgrade()) else {
+            let (Some(writer), Some(read_side)) = (writer.upgrade(), read_side.upgrade()) else {
                 return None;
             };
             let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -97,7 +97,7 @@ pub(super) async fn commit_timer(
                 return Some(w.opened + COMMIT_EVERY);
             }
             w.timer_armed = false;
-            if let Err(e) = w.commit(&shared, false) {
+            if let Err(e) = w.commit(&read_side, false) {
                 tracing::error!(error = %e, "committing applied entries failed");
                 w.failed = Some(e.to_string());
             }
@@ -188,7 +188,7 @@ impl StateMachineStore {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let db = self.shared.db();
+        let db = self.read_side.db();
         let this = self.clone();
         let left_open = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let mut w = this.lock_writer();
@@ -214,10 +214,10 @@ impl StateMachineStore {
             };
             if let Some(i) = last_index {
                 w.index = Some(i);
-                this.shared.applied_latest.store(i, Ordering::Release);
+                this.read_side.applied_latest.store(i, Ordering::Release);
             }
             let arm = if w.opened.elapsed() >= COMMIT_EVERY {
-                w.commit(&this.shared, false)?;
+                w.commit(&this.read_side, false)?;
                 None
             } else if w.timer_armed {
                 None
@@ -239,8 +239,8 @@ impl StateMachineStore {
             // at a time). It holds the store weakly, so that a store dropped (a node
             // stopping) closes its file at once.
             let writer = Arc::downgrade(&self.writer);
-            let shared = Arc::downgrade(&self.shared);
-            tokio::spawn(commit_timer(writer, shared, due));
+            let read_side = Arc::downgrade(&self.read_side);
+            tokio::spawn(commit_timer(writer, read_side, due));
         }
         Ok(replies)
     }
