@@ -100,6 +100,13 @@ impl RaftPeer for PeerService {
         reply(&())
     }
 
+    async fn cluster_time(
+        &self,
+        _req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        reply(&self.node.known_time_ms())
+    }
+
     async fn read_index(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let deadline = deadline_of(&req);
         let res = if self.node.is_leader() {

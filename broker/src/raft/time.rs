@@ -20,13 +20,16 @@
 //!   of it 0.05 % slow. A node whose clock is two hours off thus moves a 10-minute lease
 //!   by 0.3 s, not by two hours. The skew is reported (`taskraft_clock_skew_seconds`,
 //!   and a warning in the log while it exceeds [`WARN_SKEW_MS`]).
+//! - **A node restarted alone** anchors on the first entry the leader sends it. If it
+//!   is elected before that (a restarted leader with a complete log often is, within
+//!   a few hundred ms), it is *cold*: before it stamps anything it asks its peers where
+//!   replicated time stands (`ClusterTime` on the peer service) and continues from the
+//!   latest answer, whatever its own wall clock says.
 //! - **After the whole cluster restarted**, no node knows how long it was down: the
-//!   entries in its log were written before it started, and there is no live one to
-//!   anchor on. A node that has applied no entry written since it started takes
-//!   `max(last replicated time, its wall clock)`: downtime counts as its wall clock
-//!   says, time never goes back, and from its first applied entry on the rules above
-//!   hold. A node that was restarted alone anchors on the first entry the leader sends
-//!   it, usually long before it could be elected.
+//!   entries in its log were written before it started, and no peer has a live time
+//!   to give. Then the first leader takes `max(last replicated time, its wall clock)`:
+//!   downtime counts as its wall clock says, time never goes back, and from its first
+//!   entry on the rules above hold. (If that leader's clock is off, so is the jump.)
 //!
 //! What a user's `run_at_ms` means follows: it is compared with replicated time, which
 //! is the leader's wall clock as long as clocks agree, and otherwise drifts towards it
@@ -122,9 +125,9 @@ impl ReplicatedTime {
                 i.anchor = Some((t, m));
                 t
             }
-            // No live entry applied since this process started: the cluster restarted
-            // (or this node leads before the leader sent it anything). Not anchored
-            // here: the anchor comes from this entry once it applies.
+            // Not warmed up (see `warm_up`, which a leader runs before proposing): the
+            // cold rule. Not anchored here: the anchor comes from this entry once it
+            // applies.
             None => i.floor_ns.max(wall.saturating_mul(NS_PER_MS)),
         };
         self.note_skew(&mut i, wall, t, m);
@@ -144,6 +147,54 @@ impl ReplicatedTime {
                 .max(self.clock.wall_ms().saturating_mul(NS_PER_MS)),
         };
         t / NS_PER_MS
+    }
+
+    /// True until this node has seen the cluster's time live: it applied no entry
+    /// written since it started, and took no time from its peers.
+    pub fn is_cold(&self) -> bool {
+        self.lock().anchor.is_none()
+    }
+
+    /// Replicated time now (ms) if this node has seen it live; None while cold. What
+    /// a cold new leader asks its peers for.
+    pub fn known_ms(&self) -> Option<u64> {
+        let m = self.clock.mono();
+        let i = self.lock();
+        i.anchor
+            .map(|(t0, m0)| (t0 + elapsed_ns(m0, m)).max(i.floor_ns) / NS_PER_MS)
+    }
+
+    /// Anchors a cold node before it stamps its first entry as leader: on the latest
+    /// time its peers know (`peers_ms`, the most any of them answered), or, when none
+    /// knows one (the whole cluster restarted), on its own wall clock. Never below the
+    /// last replicated time. A no-op once anchored.
+    pub fn warm_up(&self, peers_ms: Option<u64>) {
+        let (m, wall) = (self.clock.mono(), self.clock.wall_ms());
+        let mut i = self.lock();
+        if i.anchor.is_some() {
+            return;
+        }
+        let floor_ms = i.floor_ns / NS_PER_MS;
+        let t = match peers_ms {
+            Some(p) => {
+                tracing::info!(
+                    replicated_ms = p.max(floor_ms),
+                    skew_ms = wall as i64 - p as i64,
+                    "elected before seeing the cluster's time: continuing from the time its peers know"
+                );
+                p.max(floor_ms)
+            }
+            None => {
+                tracing::info!(
+                    replicated_ms = floor_ms,
+                    wall_ms = wall,
+                    "no peer knows the cluster's time (the whole cluster restarted): resuming from \
+                     this node's wall clock, never below the last replicated time"
+                );
+                wall.max(floor_ms)
+            }
+        };
+        i.anchor = Some((t.saturating_mul(NS_PER_MS), m));
     }
 
     /// The wall clock minus replicated time at the last stamp (ms; positive: the wall
@@ -260,6 +311,36 @@ mod tests {
         t.observe(1, stored);
         tokio::time::advance(Duration::from_secs(3)).await;
         assert!(t.stamp() >= stored + 2_998, "time froze");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_leader_continues_from_its_peers_time_not_its_wall_clock() {
+        // Restarted 2 h ahead and elected before any live entry reached it.
+        let clock = SteppableClock::new();
+        clock.step(H2);
+        let cluster_now = crate::clock::system_wall_ms();
+        let t = ReplicatedTime::new(clock.handle(), cluster_now - 5_000, 50);
+        assert!(t.is_cold());
+        assert_eq!(t.known_ms(), None, "a cold node tells its peers nothing");
+        t.warm_up(Some(cluster_now));
+        assert!(!t.is_cold());
+        let first = t.stamp();
+        assert!(first.abs_diff(cluster_now) < 10, "{first} vs {cluster_now}");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(t.stamp().abs_diff(cluster_now + 2_000) < 10);
+        assert!(t.known_ms().is_some());
+        // Restarted 2 h behind: it does not freeze at the last replicated time either.
+        let behind = SteppableClock::new();
+        behind.step(-H2);
+        let t = ReplicatedTime::new(behind.handle(), cluster_now - 5_000, 50);
+        t.warm_up(Some(cluster_now));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(t.stamp().abs_diff(cluster_now + 3_000) < 10);
+        // No peer knows (the whole cluster restarted): the wall clock, never below the
+        // last replicated time.
+        let t = ReplicatedTime::new(SteppableClock::new().handle(), cluster_now + 60_000, 50);
+        t.warm_up(None);
+        assert_eq!(t.stamp(), cluster_now + 60_000);
     }
 
     #[tokio::test(start_paused = true)]

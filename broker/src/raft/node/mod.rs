@@ -11,6 +11,7 @@
 //! | `membership.rs` | `add_node`, `remove_node` |
 //! | `tasks.rs` | the ticker and the snapshot trigger |
 //! | `handoff.rs` | leadership hand-off on a graceful stop |
+//! | `warmup.rs` | a cold leader asks its peers for the cluster's time |
 //!
 //! The leader stamps `now_ms` into each entry it proposes from [`ReplicatedTime`] (see
 //! `time.rs`): the queue core never reads a clock.
@@ -41,6 +42,7 @@ mod membership;
 mod read;
 mod status;
 mod tasks;
+mod warmup;
 mod write;
 
 pub use status::{ClusterChanges, ClusterView, Member, Role};
@@ -104,6 +106,8 @@ pub struct RaftNode {
     proposer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Replicated time as this node knows it.
     time: Arc<ReplicatedTime>,
+    /// Held while a cold leader asks its peers for the cluster's time (`warmup.rs`).
+    warming: tokio::sync::Mutex<()>,
     /// Free space of the data dir.
     disk: Arc<crate::storage::disk::DiskGuard>,
     request_timeout: Duration,
@@ -197,6 +201,7 @@ impl RaftNode {
             log,
             pool,
             time,
+            warming: tokio::sync::Mutex::new(()),
             disk: Arc::new(crate::storage::disk::DiskGuard::new(
                 &opts.data_dir,
                 opts.min_free_disk,

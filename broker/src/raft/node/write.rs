@@ -71,6 +71,7 @@ impl RaftNode {
         cmd: Command,
         deadline: Instant,
     ) -> Result<Reply, ProposeError> {
+        self.warm_up_time().await;
         self.proposer.propose(cmd, deadline).await
     }
 
