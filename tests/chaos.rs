@@ -483,6 +483,7 @@ async fn worker(name: String, sleeper: bool, start_node: usize, load: Load, mut 
                     job_id: j.job_id.clone(),
                     lease_id: j.lease_id.clone(),
                     attempt: j.attempt,
+                    deadline_ms: j.lease_deadline_ms,
                 })
                 .collect(),
             Err(_) => Vec::new(),
@@ -590,8 +591,11 @@ async fn nemesis(
                 false => random,
             };
             let start_ms = history.now_ms();
-            let detail = inject(cluster, kind, target, rng).await;
+            let mut detail = inject(cluster, kind, target, rng).await;
             cluster.wait_healthy().await;
+            if let Some(l) = cluster.leader().await {
+                detail += &format!("; leader now {l}");
+            }
             let end_ms = history.now_ms();
             eprintln!(
                 "chaos: {start_ms:>6}..{end_ms:>6} ms  {} node {target}{} {detail}",

@@ -206,6 +206,52 @@ pub fn check(
         *a = (*a).max(l.attempt);
     }
 
+    // --- Replicated time, as the lease deadlines show it (deadline - visibility):
+    // between two Lease calls it advances about as much as real time did, never by
+    // hours, and never backwards.
+    let mut stamped: Vec<(&Event, u64)> = Vec::new();
+    for e in events {
+        if let Op::Lease {
+            visibility_ms,
+            out: Outcome::Ok(got),
+        } = &e.op
+        {
+            if let Some(l) = got.first() {
+                stamped.push((e, l.deadline_ms.saturating_sub(*visibility_ms)));
+            }
+        }
+    }
+    stamped.sort_by_key(|(e, _)| e.end_ms);
+    for pair in stamped.windows(2) {
+        let ((a, ta), (b, tb)) = (pair[0], pair[1]);
+        // b was applied after a was sent; both before they were answered.
+        let real_max = b.end_ms.saturating_sub(a.start_ms);
+        if tb > ta + real_max + 2_000 {
+            flag(
+                format!(
+                    "replicated time jumped ahead by {:.1} s between the Lease answered at                      {} ms (time {ta}) and the one answered at {} ms (time {tb}), while at                      most {real_max} ms passed",
+                    (tb - ta - real_max) as f64 / 1000.0,
+                    a.end_ms,
+                    b.end_ms
+                ),
+                b.job_ids().first().copied(),
+                b.end_ms,
+            );
+        }
+        if b.start_ms > a.end_ms && tb + 1_000 < ta {
+            flag(
+                format!(
+                    "replicated time ran back by {} ms between the Lease answered at {} ms                      and the one sent at {} ms",
+                    ta - tb,
+                    a.end_ms,
+                    b.start_ms
+                ),
+                b.job_ids().first().copied(),
+                b.end_ms,
+            );
+        }
+    }
+
     // --- Acks.
     let mut acked_leases: HashMap<&str, BTreeSet<&str>> = HashMap::new();
     let mut ack_tried: BTreeSet<(&str, u32)> = BTreeSet::new();

@@ -32,6 +32,9 @@ pub struct Leased {
     pub job_id: String,
     pub lease_id: String,
     pub attempt: u32,
+    /// The lease deadline the broker stamped: replicated time at the lease plus the
+    /// visibility timeout.
+    pub deadline_ms: u64,
 }
 
 /// What a client asked.
