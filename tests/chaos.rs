@@ -866,15 +866,7 @@ async fn chaos_history_holds_under_kills_pauses_partitions_and_clock_skew() {
     // The history against the final state.
     let events = history.events();
     let faults = history.faults();
-    let (found, stats) = check::check(
-        &events,
-        &faults,
-        &views[0],
-        &check::Timing {
-            work_vt_ms: WORK_VT_MS,
-            sleeper_vt_ms: SLEEPER_VT_MS,
-        },
-    );
+    let (found, stats) = check::check(&events, &faults, &views[0]);
     violations.extend(found);
 
     for v in violations.iter().take(20) {

@@ -9,8 +9,11 @@
 //!   answered OK, no lease of a later attempt exists, and the job ended SUCCEEDED at
 //!   attempt a; at most one lease is acked per job; one attempt is never delivered
 //!   twice;
-//! - no early expiry: an ack answered within the visibility timeout of the lease it
-//!   names (measured from when the Lease was sent) is not refused as stale;
+//! - no early expiry: an ack answered more than a second inside the visibility timeout
+//!   of the lease it names (measured from when the Lease was sent) is not refused as
+//!   stale;
+//! - replicated time (a lease's deadline minus its visibility timeout) moves with real
+//!   time: never hours ahead between two Lease calls, never backwards;
 //! - a stale ack (sent well after the lease ran out) is refused when no fault slowed
 //!   the cluster meanwhile, and its job is delivered again (or dies, if that was its
 //!   last attempt);
@@ -23,14 +26,6 @@ use taskraft_proto::v1 as pb;
 use tonic::Code;
 
 use super::history::{Event, Fault, Op, Outcome};
-
-/// Margins of the timing checks.
-pub struct Timing {
-    /// Visibility timeout of the normal workers.
-    pub work_vt_ms: u64,
-    /// Visibility timeout of the sleeper.
-    pub sleeper_vt_ms: u64,
-}
 
 /// A property that failed, with the job and time it is about.
 #[derive(Debug)]
@@ -54,6 +49,7 @@ pub struct Stats {
 }
 
 struct LeaseRec<'a> {
+    visibility_ms: u64,
     job_id: &'a str,
     lease_id: &'a str,
     attempt: u32,
@@ -65,7 +61,6 @@ pub fn check(
     events: &[Event],
     faults: &[Fault],
     jobs: &BTreeMap<String, pb::Job>,
-    timing: &Timing,
 ) -> (Vec<Violation>, Stats) {
     let mut v = Vec::new();
     let mut stats = Stats::default();
@@ -164,12 +159,13 @@ pub fn check(
     let mut leases: Vec<LeaseRec> = Vec::new();
     for e in events {
         if let Op::Lease {
+            visibility_ms,
             out: Outcome::Ok(got),
-            ..
         } = &e.op
         {
             for l in got {
                 leases.push(LeaseRec {
+                    visibility_ms: *visibility_ms,
                     job_id: &l.job_id,
                     lease_id: &l.lease_id,
                     attempt: l.attempt,
@@ -301,14 +297,14 @@ pub fn check(
                 let quiet = !faults
                     .iter()
                     .any(|f| f.start_ms <= e.end_ms && f.end_ms + 2_000 >= l.ev.start_ms);
-                let late = e.start_ms >= l.ev.end_ms + timing.sleeper_vt_ms + 1_500;
+                let late = e.start_ms >= l.ev.end_ms + l.visibility_ms + 1_500;
                 if quiet && late {
                     flag(
                         format!(
                             "ack of lease {lease_id} sent {} ms after the lease was granted \
                              (visibility {} ms), with no fault meanwhile, was accepted",
                             e.start_ms - l.ev.end_ms,
-                            timing.sleeper_vt_ms
+                            l.visibility_ms
                         ),
                         Some(job_id),
                         e.end_ms,
@@ -338,13 +334,13 @@ pub fn check(
                         );
                     }
                 }
-            } else if e.end_ms < l.ev.start_ms + timing.work_vt_ms - 1_000 {
+            } else if e.end_ms + 1_000 < l.ev.start_ms + l.visibility_ms {
                 flag(
                     format!(
                         "ack of lease {lease_id} was refused as stale {} ms after the Lease call \
                          was sent, inside its {} ms visibility timeout: the lease expired early",
                         e.end_ms - l.ev.start_ms,
-                        timing.work_vt_ms
+                        l.visibility_ms
                     ),
                     Some(job_id),
                     e.end_ms,
