@@ -225,7 +225,9 @@ pub fn check(
         if tb > ta + real_max + 2_000 {
             flag(
                 format!(
-                    "replicated time jumped ahead by {:.1} s between the Lease answered at                      {} ms (time {ta}) and the one answered at {} ms (time {tb}), while at                      most {real_max} ms passed",
+                    "replicated time jumped ahead by {:.1} s between the Lease answered at {} ms \
+                     (time {ta}) and the one answered at {} ms (time {tb}), while at most \
+                     {real_max} ms passed",
                     (tb - ta - real_max) as f64 / 1000.0,
                     a.end_ms,
                     b.end_ms
@@ -237,7 +239,8 @@ pub fn check(
         if b.start_ms > a.end_ms && tb + 1_000 < ta {
             flag(
                 format!(
-                    "replicated time ran back by {} ms between the Lease answered at {} ms                      and the one sent at {} ms",
+                    "replicated time ran back by {} ms between the Lease answered at {} ms \
+                     and the one sent at {} ms",
                     ta - tb,
                     a.end_ms,
                     b.start_ms
