@@ -758,10 +758,16 @@ async fn chaos_history_holds_under_kills_pauses_partitions_and_clock_skew() {
     // Short mode: nemesis and drain together within a minute where possible (the
     // drain usually takes 3-10 s), but never less than 20 s for the drain.
     let drain_for = match long {
-        Some(_) => Duration::from_secs(60),
+        // Faults slow the workers more than the producers, so a long run ends with a
+        // backlog of hundreds of jobs.
+        Some(_) => Duration::from_secs(180),
         None => Duration::from_millis(60_000u64.saturating_sub(producers_end).max(20_000)),
     };
     let drain_deadline = tokio::time::Instant::now() + drain_for;
+    let mut c = clients[0].clone();
+    let backlog = node_stats(&mut c)
+        .await
+        .map(|s| s.ready + s.scheduled + s.leased);
     let mut i = 0;
     let drained = loop {
         i += 1;
@@ -903,7 +909,7 @@ async fn chaos_history_holds_under_kills_pauses_partitions_and_clock_skew() {
     eprintln!(
         "chaos summary: seed {seed}; {} operations ({}); faults {} ({}); jobs {} \
          ({} succeeded, {} dead); stale acks refused {}, accepted during faults {}; \
-         nemesis {:.1} s, drain {:.1} s (producers stopped after {:.1} s, queue empty after {:.1} s); proxy: {refused} connections cut, {unknown} \
+         nemesis {:.1} s, drain {:.1} s (producers stopped after {:.1} s, {} jobs left then, queue empty after {:.1} s); proxy: {refused} connections cut, {unknown} \
          callers unidentified; violations {}",
         events.len(),
         ops.iter()
@@ -924,6 +930,7 @@ async fn chaos_history_holds_under_kills_pauses_partitions_and_clock_skew() {
         nemesis_end as f64 / 1000.0,
         (drain_end - nemesis_end) as f64 / 1000.0,
         (producers_end - nemesis_end) as f64 / 1000.0,
+        backlog.map_or("?".to_string(), |b| b.to_string()),
         (drained_at - nemesis_end) as f64 / 1000.0,
         violations.len(),
     );
