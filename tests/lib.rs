@@ -364,6 +364,39 @@ impl ProcessNode {
         assert!(ok.success(), "kill -HUP failed");
     }
 
+    /// OS process id, while the process runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGSTOP: the process freezes, its sockets stay open, until [`Self::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT: a process frozen by [`Self::pause`] runs again.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let c = self.child.as_ref().expect("running");
+        let ok = Command::new("kill")
+            .args([sig, &c.id().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("kill {sig}: {e}"));
+        assert!(ok.success(), "kill {sig} failed");
+    }
+
+    /// Replaces the extra environment variables; they take effect at the next
+    /// [`Self::restart`] (e.g. to run the node under libfaketime).
+    pub fn set_envs(&mut self, envs: &[(&str, &str)]) {
+        self.envs = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
     /// Starts the process again with the same flags and data dir.
     pub async fn restart(&mut self) {
         self.kill9();

@@ -158,6 +158,30 @@ pub fn chromium() -> PathBuf {
     found().expect("chromium is installed")
 }
 
+/// libfaketime's preload library (`LD_PRELOAD` it with `FAKETIME=+2h` to run a process
+/// with its wall clock off), installed from Debian's `faketime` package when missing.
+pub fn faketime() -> PathBuf {
+    let found = || -> Option<PathBuf> {
+        let usual = Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1");
+        if usual.exists() {
+            return Some(usual.to_path_buf());
+        }
+        // Other architectures: ask dpkg where the package put it.
+        let out = Command::new("dpkg")
+            .args(["-L", "libfaketime"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .find(|p| p.ends_with("libfaketime.so.1") && p.exists())
+    };
+    apt_install(&["faketime"], || found().is_some());
+    found().expect("libfaketime is installed")
+}
+
 /// A Python virtualenv at `venv` with the packages of `requirements` installed; rebuilt
 /// when it is missing, broken (`check_import` fails), or was built from other pins.
 /// Returns the venv's interpreter.
