@@ -20,11 +20,15 @@
 //!   of it 0.05 % slow. A node whose clock is two hours off thus moves a 10-minute lease
 //!   by 0.3 s, not by two hours. The skew is reported (`taskraft_clock_skew_seconds`,
 //!   and a warning in the log while it exceeds [`WARN_SKEW_MS`]).
-//! - **A node restarted alone** anchors on the first entry the leader sends it. If it
-//!   is elected before that (a restarted leader with a complete log often is, within
-//!   a few hundred ms), it is *cold*: before it stamps anything it asks its peers where
-//!   replicated time stands (`ClusterTime` on the peer service) and continues from the
-//!   latest answer, whatever its own wall clock says.
+//! - **A new leader asks its peers first.** Before it stamps the first entry of its
+//!   term it asks them where replicated time stands (`ClusterTime` on the peer service)
+//!   and moves up to the latest answer if that is ahead of its own estimate. A node
+//!   restarted alone and elected before the old leader's entries reached it (a
+//!   restarted leader with a complete log often is, within a few hundred ms) knows no
+//!   time at all, whatever its wall clock says; one that caught up on entries after a
+//!   restart anchored on times older than the moment they reached it, and lags by that
+//!   much. Leases it granted on that lagging time would otherwise end early once a
+//!   better-informed leader took over.
 //! - **After the whole cluster restarted**, no node knows how long it was down: the
 //!   entries in its log were written before it started, and no peer has a live time
 //!   to give. Then the first leader takes `max(last replicated time, its wall clock)`:
@@ -164,14 +168,26 @@ impl ReplicatedTime {
             .map(|(t0, m0)| (t0 + elapsed_ns(m0, m)).max(i.floor_ns) / NS_PER_MS)
     }
 
-    /// Anchors a cold node before it stamps its first entry as leader: on the latest
-    /// time its peers know (`peers_ms`, the most any of them answered), or, when none
-    /// knows one (the whole cluster restarted), on its own wall clock. Never below the
-    /// last replicated time. A no-op once anchored.
+    /// Settles replicated time before a new leader stamps its first entry, with
+    /// `peers_ms`, the latest time any peer knows. A node that has seen the cluster's
+    /// time moves up to it if its own estimate is behind (its anchor came from entries
+    /// it caught up on after a restart, written earlier than they reached it); a cold
+    /// one takes it, or, when no peer knows one (the whole cluster restarted), its own
+    /// wall clock. Never below the last replicated time, never backwards.
     pub fn warm_up(&self, peers_ms: Option<u64>) {
         let (m, wall) = (self.clock.mono(), self.clock.wall_ms());
         let mut i = self.lock();
-        if i.anchor.is_some() {
+        if let Some((t0, m0)) = i.anchor {
+            let own = t0 + elapsed_ns(m0, m);
+            if let Some(p) = peers_ms.map(|p| p.saturating_mul(NS_PER_MS)) {
+                if p > own {
+                    tracing::info!(
+                        behind_ms = (p - own) / NS_PER_MS,
+                        "taking over leadership: moved up to the time its peers know"
+                    );
+                    i.anchor = Some((p, m));
+                }
+            }
             return;
         }
         let floor_ms = i.floor_ns / NS_PER_MS;
@@ -336,6 +352,13 @@ mod tests {
         t.warm_up(Some(cluster_now));
         tokio::time::advance(Duration::from_secs(3)).await;
         assert!(t.stamp().abs_diff(cluster_now + 3_000) < 10);
+        // A node that knows a time moves up to its peers' if it lags, never down.
+        let t = warm(&SteppableClock::new());
+        let own = t.stamp();
+        t.warm_up(Some(own + 3_000));
+        assert!(t.stamp().abs_diff(own + 3_000) < 10, "moved up");
+        t.warm_up(Some(own - 60_000));
+        assert!(t.stamp() >= own + 3_000, "never down");
         // No peer knows (the whole cluster restarted): the wall clock, never below the
         // last replicated time.
         let t = ReplicatedTime::new(SteppableClock::new().handle(), cluster_now + 60_000, 50);

@@ -11,7 +11,7 @@
 //! | `membership.rs` | `add_node`, `remove_node` |
 //! | `tasks.rs` | the ticker and the snapshot trigger |
 //! | `handoff.rs` | leadership hand-off on a graceful stop |
-//! | `warmup.rs` | a cold leader asks its peers for the cluster's time |
+//! | `warmup.rs` | a new leader asks its peers for the cluster's time |
 //!
 //! The leader stamps `now_ms` into each entry it proposes from [`ReplicatedTime`] (see
 //! `time.rs`): the queue core never reads a clock.
@@ -106,8 +106,10 @@ pub struct RaftNode {
     proposer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Replicated time as this node knows it.
     time: Arc<ReplicatedTime>,
-    /// Held while a cold leader asks its peers for the cluster's time (`warmup.rs`).
+    /// Held while a new leader asks its peers for the cluster's time (`warmup.rs`).
     warming: tokio::sync::Mutex<()>,
+    /// The term whose time was settled that way.
+    warmed_term: std::sync::atomic::AtomicU64,
     /// Free space of the data dir.
     disk: Arc<crate::storage::disk::DiskGuard>,
     request_timeout: Duration,
@@ -202,6 +204,7 @@ impl RaftNode {
             pool,
             time,
             warming: tokio::sync::Mutex::new(()),
+            warmed_term: std::sync::atomic::AtomicU64::new(0),
             disk: Arc::new(crate::storage::disk::DiskGuard::new(
                 &opts.data_dir,
                 opts.min_free_disk,
