@@ -104,9 +104,9 @@ pub(super) fn register_raft_gauges(meter: &Meter, node: &Arc<RaftNode>) {
     meter
         .f64_observable_gauge("taskraft_clock_skew_seconds")
         .with_description(
-            "This node's wall clock minus replicated time when it last stamped an entry as \
-             leader (positive: the wall clock is ahead); replicated time is slewed towards \
-             the wall clock at 0.05 %",
+            "This node's wall clock minus its estimate of replicated time (positive: the wall \
+             clock is ahead); the leader slews replicated time towards its wall clock at \
+             0.05 %",
         )
         .with_callback(move |o| {
             if let Some(n) = weak.upgrade() {

@@ -71,8 +71,6 @@ struct Inner {
     floor_ns: u64,
     /// Replicated time (ns) at a monotonic instant, once a live entry was applied.
     anchor: Option<(u64, Instant)>,
-    /// Wall clock minus replicated time at the last stamp or estimate (ms).
-    skew_ms: i64,
     warned: Option<Instant>,
 }
 
@@ -86,7 +84,6 @@ impl ReplicatedTime {
             inner: Mutex::new(Inner {
                 floor_ns: stored_ms.saturating_mul(NS_PER_MS),
                 anchor: None,
-                skew_ms: 0,
                 warned: None,
             }),
         }
@@ -213,15 +210,14 @@ impl ReplicatedTime {
         i.anchor = Some((t.saturating_mul(NS_PER_MS), m));
     }
 
-    /// The wall clock minus replicated time at the last stamp (ms; positive: the wall
-    /// clock is ahead).
+    /// This node's wall clock minus its estimate of replicated time now (ms; positive:
+    /// the wall clock is ahead). Live on every node, leader or not.
     pub fn skew_ms(&self) -> i64 {
-        self.lock().skew_ms
+        self.clock.wall_ms() as i64 - self.now_ms() as i64
     }
 
     fn note_skew(&self, i: &mut Inner, wall_ms: u64, t_ns: u64, m: Instant) {
         let skew = wall_ms as i64 - (t_ns / NS_PER_MS) as i64;
-        i.skew_ms = skew;
         if skew.unsigned_abs() < WARN_SKEW_MS {
             i.warned = None;
             return;

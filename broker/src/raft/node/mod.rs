@@ -319,7 +319,7 @@ impl RaftNode {
         &self.disk
     }
 
-    /// This node's wall clock minus replicated time when it last stamped an entry (ms).
+    /// This node's wall clock minus its estimate of replicated time now (ms).
     pub fn clock_skew_ms(&self) -> i64 {
         self.time.skew_ms()
     }
