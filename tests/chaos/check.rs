@@ -104,21 +104,11 @@ pub fn check(
             by_key.entry(k).or_default().insert(id);
         }
     }
-    for (rid, ids) in &by_rid {
-        if ids.len() > 1 {
+    for (what, map) in [("request id", &by_rid), ("idempotency key", &by_key)] {
+        for (name, ids) in map.iter().filter(|(_, ids)| ids.len() > 1) {
             let first = ids.iter().next().copied();
             flag(
-                format!("request id {rid} was answered with several jobs: {ids:?}"),
-                first,
-                0,
-            );
-        }
-    }
-    for (key, ids) in &by_key {
-        if ids.len() > 1 {
-            let first = ids.iter().next().copied();
-            flag(
-                format!("idempotency key {key} was answered with several jobs: {ids:?}"),
+                format!("{what} {name} was answered with several jobs: {ids:?}"),
                 first,
                 0,
             );

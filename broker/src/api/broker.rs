@@ -286,18 +286,22 @@ impl Broker for BrokerService {
             self.node.read_barrier().await?;
         }
         let node = &self.node;
-        if !node.view().state.has_leasable(&r.queues) {
+        // One view for both: whether anything is leasable, and whether a worker polling
+        // empty queues needs one Lease entry to be registered or refreshed (it leases
+        // whatever is there by then, queue/worker.rs).
+        let (leasable, mut register) = {
+            let view = node.view();
+            let register = view
+                .state
+                .worker_needs_refresh(&worker_id, &r.queues, node.now_ms());
+            (view.state.has_leasable(&r.queues), register)
+        };
+        if !leasable {
             // Read views trail apply by a few milliseconds: a job enqueued (and
             // answered) just before must not be missed by a Lease that does not wait.
             node.caught_up().await;
         }
         let watches = node.watch_queues(&r.queues);
-        // A worker polling empty queues is registered (or refreshed) by one Lease entry
-        // that leases whatever is there by then (queue/worker.rs).
-        let mut register =
-            node.view()
-                .state
-                .worker_needs_refresh(&worker_id, &r.queues, self.node.now_ms());
         loop {
             // Registered before the check, so that jobs filed between the check and the
             // wait still wake this call.

@@ -137,17 +137,12 @@ impl ReplicatedTime {
 
     /// This node's best estimate of replicated time now (ms), for decisions outside
     /// the log: whether a tick is due, which webhooks to send, validation horizons.
-    /// Does not move the anchor.
+    /// Does not move the anchor; a cold node estimates by the cold rule.
     pub fn now_ms(&self) -> u64 {
-        let m = self.clock.mono();
-        let i = self.lock();
-        let t = match i.anchor {
-            Some((t0, m0)) => (t0 + elapsed_ns(m0, m)).max(i.floor_ns),
-            None => i
-                .floor_ns
-                .max(self.clock.wall_ms().saturating_mul(NS_PER_MS)),
-        };
-        t / NS_PER_MS
+        self.known_ms().unwrap_or_else(|| {
+            let floor_ms = self.lock().floor_ns / NS_PER_MS;
+            floor_ms.max(self.clock.wall_ms())
+        })
     }
 
     /// True until this node has seen the cluster's time live: it applied no entry
