@@ -124,16 +124,45 @@ async fn client_finds_the_leader_and_sends_calls_there() {
             .await
             .unwrap();
     }
-    // The leader's own API served all twenty (a forwarded call is counted by the node
-    // that received it).
-    let body = http_get(cluster.node(leader).http_addr, "/metrics")
-        .await
-        .unwrap()
-        .1;
-    let served: f64 = body
-        .lines()
-        .filter(|l| l.starts_with("taskraft_jobs_enqueued_total") && l.contains("leader-pick"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert_eq!(served, 20.0, "the leader served every enqueue:\n{body}");
+    // The leader's own API served all twenty: the RPC histogram counts the calls each
+    // node's API answered (a forwarded call is counted by the node that received it).
+    let enqueue_calls = |body: &str| -> f64 {
+        body.lines()
+            .filter(|l| {
+                l.starts_with("taskraft_rpc_duration_seconds_count") && l.contains("/Enqueue\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    for id in 1..=3 {
+        let body = http_get(cluster.node(id).http_addr, "/metrics")
+            .await
+            .unwrap()
+            .1;
+        let want = if id == leader { 20.0 } else { 0.0 };
+        assert_eq!(
+            enqueue_calls(&body),
+            want,
+            "Enqueue calls on node {id}:\n{body}"
+        );
+    }
+    // Job counters come from the applied log, so every node counts the cluster's jobs.
+    for id in 1..=3 {
+        eventually(
+            &format!("node {id} to count 20 enqueued jobs"),
+            SOON,
+            || async {
+                let body = http_get(cluster.node(id).http_addr, "/metrics").await?.1;
+                let counted: f64 = body
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("taskraft_jobs_enqueued_total") && l.contains("leader-pick")
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum();
+                (counted == 20.0).then_some(())
+            },
+        )
+        .await;
+    }
 }

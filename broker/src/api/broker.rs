@@ -46,16 +46,10 @@ impl BrokerService {
         }
     }
 
-    /// Counts jobs into `metrics`.
+    /// Counts Lease looks into `metrics` (jobs are counted from the core's transitions).
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = metrics;
         self
-    }
-
-    /// The queue of a job, for metrics when this node did not hand out its lease.
-    fn queue_of(&self, job_id: Option<String>) -> Option<String> {
-        let data = self.node.view();
-        data.state.job_record(&job_id?).map(|j| j.queue)
     }
 
     /// Validates one job. W3C trace context in the call's `metadata` is copied into the
@@ -131,27 +125,9 @@ impl BrokerService {
     ) -> Result<Vec<pb::EnqueueResponse>, BrokerError> {
         // This node's disk; the leader checks its own before it proposes (service.rs).
         self.node.disk().check_enqueue()?;
-        let counters: Vec<_> = if self.metrics.enabled() {
-            jobs.iter().map(|j| self.metrics.queue(&j.queue)).collect()
-        } else {
-            Vec::new()
-        };
         match self.node.propose(Command::Enqueue(jobs)).await? {
             Outcome::Enqueued(res) => Ok(res
                 .into_iter()
-                .zip(
-                    counters
-                        .into_iter()
-                        .map(Some)
-                        .chain(std::iter::repeat(None)),
-                )
-                .map(|(e, q)| {
-                    if let (false, Some(Some(q))) = (e.duplicate, q) {
-                        q.enqueued
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    e
-                })
                 .map(|e| pb::EnqueueResponse {
                     job_id: e.job_id,
                     duplicate: e.duplicate,
@@ -320,7 +296,6 @@ impl Broker for BrokerService {
                             span.record("job_id", one.job_id.as_str());
                             span.record("attempt", one.attempt);
                         }
-                        self.metrics.leased(&jobs);
                         return Ok(Response::new(pb::LeaseResponse {
                             jobs: jobs.into_iter().map(leased_to_pb).collect(),
                         }));
@@ -341,7 +316,7 @@ impl Broker for BrokerService {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id, queue))]
+    #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id))]
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         crate::telemetry::set_remote_parent(req.metadata());
         let cred = auth::credential(&req);
@@ -350,7 +325,6 @@ impl Broker for BrokerService {
         check_job_queue(&self.node, &cred, &r.job_id)?;
         let lease_id = v::lease_id(&r.lease_id)?;
         v::blob("result", r.result.len(), self.settings.max_payload)?;
-        let lookup = self.metrics.enabled().then(|| r.job_id.clone());
         self.node
             .propose(Command::Ack {
                 job_id: r.job_id,
@@ -358,13 +332,10 @@ impl Broker for BrokerService {
                 result: r.result,
             })
             .await?;
-        if let Some(q) = self.metrics.acked(lease_id, || self.queue_of(lookup)) {
-            tracing::Span::current().record("queue", q.queue());
-        }
         Ok(Response::new(pb::AckResponse {}))
     }
 
-    #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id, queue))]
+    #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id, to))]
     async fn nack(
         &self,
         req: Request<pb::NackRequest>,
@@ -386,7 +357,6 @@ impl Broker for BrokerService {
             )
             .into());
         }
-        let lookup = self.metrics.enabled().then(|| r.job_id.clone());
         let out = self
             .node
             .propose(Command::Nack {
@@ -400,12 +370,7 @@ impl Broker for BrokerService {
             .await?;
         match out {
             Outcome::Nacked { state, run_at_ms } => {
-                if let Some(q) = self
-                    .metrics
-                    .nacked(lease_id, state, || self.queue_of(lookup))
-                {
-                    tracing::Span::current().record("queue", q.queue());
-                }
+                tracing::Span::current().record("to", state.name());
                 Ok(Response::new(pb::NackResponse {
                     state: state_to_pb(state) as i32,
                     run_at_ms,

@@ -1,9 +1,10 @@
-//! Per-queue job counters: atomics the API handlers add to, read out as observable
-//! counters when Prometheus scrapes.
+//! Per-queue job counters: atomics counted from the core's transitions (every node
+//! counts the whole cluster's jobs), read out as observable counters when Prometheus
+//! scrapes.
 
 use super::*;
 
-/// Per-queue job counters, counted by the API handlers of this node.
+/// Per-queue job counters of the whole cluster, as this node applied them.
 #[derive(Debug)]
 pub struct QueueCounters {
     pub(super) attr: [KeyValue; 1],
@@ -71,18 +72,28 @@ impl Metrics {
 pub(super) fn register_counters(meter: &Meter, queues: &Arc<Queues>) {
     type Pick = fn(&QueueCounters) -> &AtomicU64;
     let per_queue: [(&'static str, &'static str, Pick); 6] = [
-        ("taskraft_jobs_enqueued", "Jobs enqueued through this node", |q| &q.enqueued),
-        ("taskraft_jobs_leased", "Jobs leased through this node", |q| &q.leased),
-        ("taskraft_jobs_acked", "Jobs acked through this node", |q| &q.acked),
-        ("taskraft_jobs_nacked", "Jobs nacked through this node", |q| &q.nacked),
+        (
+            "taskraft_jobs_enqueued",
+            "Jobs enqueued in the cluster (duplicates not counted)",
+            |q| &q.enqueued,
+        ),
+        ("taskraft_jobs_leased", "Jobs leased in the cluster", |q| {
+            &q.leased
+        }),
+        ("taskraft_jobs_acked", "Jobs acked in the cluster", |q| {
+            &q.acked
+        }),
+        ("taskraft_jobs_nacked", "Jobs nacked in the cluster", |q| {
+            &q.nacked
+        }),
         (
             "taskraft_jobs_dead_lettered",
-            "Jobs that went dead after a nack through this node or the expiry of a lease it handed out",
+            "Jobs that went dead in the cluster, after a nack or an expired lease",
             |q| &q.dead_lettered,
         ),
         (
             "taskraft_jobs_expired",
-            "Leases handed out by this node that ran out (seen within a few seconds)",
+            "Leases that ran out in the cluster",
             |q| &q.expired,
         ),
     ];

@@ -1,5 +1,6 @@
-//! The dashboard's short rate history: per-queue totals sampled every few seconds
-//! into a ring buffer, turned into rates on request.
+//! The dashboard's short rate history: per-queue totals (counted from the core's
+//! transitions, so the whole cluster's) sampled every few seconds into a ring buffer,
+//! turned into rates on request.
 
 use super::*;
 
@@ -24,17 +25,17 @@ pub struct QueueRates {
     pub enqueue_per_s: Vec<f64>,
     /// Completed (acked) jobs per second between consecutive samples.
     pub complete_per_s: Vec<f64>,
-    /// Total enqueued through this node since it started.
+    /// Total enqueued in the cluster since this node started.
     pub enqueued_total: u64,
-    /// Total acked through this node since it started.
+    /// Total acked in the cluster since this node started.
     pub completed_total: u64,
 }
 
 impl Metrics {
-    /// Takes one dashboard sample (and counts the leases that ran out since the last).
+    /// Takes one dashboard sample (and forgets lease starts too old to be timed).
     pub fn sample(&self, now_ms: u64) {
         let Some(inner) = &self.inner else { return };
-        self.count_ended_leases();
+        self.forget_old_leases();
         let totals = read(&inner.queues)
             .values()
             .map(|q| {

@@ -2,7 +2,7 @@
 //! `GET /metrics`, plus the short rate history the dashboard draws.
 //!
 //! ```text
-//!  API handlers ──► QueueCounters (atomics, per queue) ──┐ observable counters
+//!  core transitions ──► QueueCounters (atomics, per queue) ┐ observable counters
 //!  applied state (node.view()) ─────────────────────────┤ observable gauges
 //!  cluster view (node.cluster_view()) ──────────────────┤ observable gauges
 //!  handlers, tower layer, log store ──► histograms ─────┘
@@ -15,8 +15,9 @@
 //! time. Everything that walks the state (queue gauges, Raft gauges) runs when
 //! Prometheus scrapes. With `--metrics false` [`Metrics::disabled`] does nothing at all.
 //!
-//! One concept per file: `counters.rs` (per-queue atomics), `leases.rs` (lease start
-//! times for the job histograms and expiry counts), `history.rs` (the dashboard's rate
+//! One concept per file: `counters.rs` (per-queue atomics), `transitions.rs` (the
+//! core's job transitions counted, with lease start times for the processing
+//! histogram), `history.rs` (the dashboard's rate
 //! history), `gauges.rs` (state and cluster gauges), `rpc.rs` (the tower layer timing
 //! each call); this file holds the registry and the histograms.
 //!
@@ -35,22 +36,21 @@ use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
-use crate::queue::JobState;
 use crate::raft::RaftNode;
 
 mod counters;
 mod gauges;
 mod history;
-mod leases;
 mod rpc;
+mod transitions;
 
 pub use counters::QueueCounters;
 use counters::{register_counters, Queues};
 use gauges::{register_raft_gauges, register_state_gauges};
 use history::Sample;
 pub use history::{QueueRates, HISTORY_LEN, SAMPLE_EVERY};
-use leases::LeaseStart;
 pub use rpc::{RpcFuture, RpcMetricsLayer, RpcMetricsService};
+use transitions::LeaseStart;
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -67,6 +67,8 @@ struct Inner {
     _provider: SdkMeterProvider,
     queues: Arc<Queues>,
     leases: Mutex<HashMap<u64, LeaseStart>>,
+    /// Latest replicated time seen in a transition.
+    latest_ms: AtomicU64,
     wait: Histogram<f64>,
     processing: Histogram<f64>,
     rpc: Histogram<f64>,
@@ -138,6 +140,7 @@ impl Metrics {
             registry,
             queues,
             leases: Mutex::default(),
+            latest_ms: AtomicU64::new(0),
             wait: histogram(
                 "taskraft_job_wait_seconds",
                 "Time from a job being due (enqueued, or its retry time) to its lease",
@@ -145,7 +148,7 @@ impl Metrics {
             ),
             processing: histogram(
                 "taskraft_job_processing_seconds",
-                "Time from lease to ack or nack, for leases handed out by this node",
+                "Time from lease to ack or nack (replicated time)",
                 JOB_BUCKETS,
             ),
             rpc: histogram(
@@ -162,7 +165,14 @@ impl Metrics {
             history: Mutex::new(VecDeque::with_capacity(HISTORY_LEN)),
             _provider: provider,
         };
-        Ok(Arc::new(Self { inner: Some(inner) }))
+        let metrics = Arc::new(Self { inner: Some(inner) });
+        let weak = Arc::downgrade(&metrics);
+        node.observe_transitions(Arc::new(move |t| {
+            if let Some(m) = weak.upgrade() {
+                m.observe(t)
+            }
+        }));
+        Ok(metrics)
     }
 
     /// A callback for the log store: records each append's commit duration.

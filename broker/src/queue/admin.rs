@@ -5,6 +5,7 @@ use super::job::JobState;
 use super::state::State;
 use super::stats::QueueStats;
 use super::tables::Tables;
+use super::transition::TransitionKind;
 
 impl<T: Tables> State<T> {
     pub(crate) fn cancel(&mut self, job_id: &str) -> Reply {
@@ -16,7 +17,11 @@ impl<T: Tables> State<T> {
                 expected: "only scheduled, ready or leased jobs can be cancelled".into(),
             });
         }
+        let lease_id = (job.state == JobState::Leased)
+            .then(|| job.lease.as_ref().map(|l| l.id))
+            .flatten();
         self.set_state(&mut job, JobState::Cancelled);
+        self.report(&job, TransitionKind::Cancelled { lease_id });
         Ok(Outcome::Job(Box::new(self.detail(job))))
     }
 
@@ -44,6 +49,7 @@ impl<T: Tables> State<T> {
         job.progress_message.clear();
         job.lease = None;
         self.set_state(&mut job, JobState::Ready);
+        self.report(&job, TransitionKind::Revived);
     }
 
     pub(crate) fn redrive(&mut self, queue: &str) -> u64 {

@@ -11,6 +11,7 @@ use super::job::{Job, JobState, Lease};
 use super::retry::backoff_delay_ms;
 use super::state::{check_lease, State};
 use super::tables::{Tables, Timer};
+use super::transition::TransitionKind;
 
 impl<T: Tables> State<T> {
     pub(crate) fn lease(
@@ -51,6 +52,14 @@ impl<T: Tables> State<T> {
                     worker_id: worker_id.to_string(),
                 });
                 self.set_state(&mut job, JobState::Leased);
+                let due_ms = job.created_at_ms.max(job.run_at_ms);
+                self.report(
+                    &job,
+                    TransitionKind::Leased {
+                        lease_id,
+                        waited_ms: now.saturating_sub(due_ms),
+                    },
+                );
                 out.push(LeasedJob {
                     payload: self.t.payload(seq),
                     job_id: job.id,
@@ -62,7 +71,7 @@ impl<T: Tables> State<T> {
                     deadline_ms,
                     headers: job.headers,
                     priority: job.priority,
-                    due_ms: job.created_at_ms.max(job.run_at_ms),
+                    due_ms,
                     expirations: job.expirations,
                 });
             }
@@ -97,6 +106,7 @@ impl<T: Tables> State<T> {
         }
         job.progress = 100;
         self.end_lease(&mut job, JobState::Succeeded);
+        self.report(&job, TransitionKind::Acked { lease_id });
         Ok(Outcome::Acked)
     }
 
@@ -131,6 +141,8 @@ impl<T: Tables> State<T> {
         job.last_error = error.to_string();
         if dead_letter || job.attempt >= job.max_attempts {
             self.end_lease(&mut job, JobState::Dead);
+            let to = JobState::Dead;
+            self.report_ending(&job, TransitionKind::Nacked { lease_id, to }, to);
             return Ok(Outcome::Nacked {
                 state: JobState::Dead,
                 run_at_ms: 0,
@@ -146,6 +158,7 @@ impl<T: Tables> State<T> {
             JobState::Scheduled
         };
         self.end_lease(&mut job, to);
+        self.report(&job, TransitionKind::Nacked { lease_id, to });
         Ok(Outcome::Nacked {
             state: to,
             run_at_ms,
@@ -189,6 +202,12 @@ impl<T: Tables> State<T> {
             };
             job.attempt = job.attempt.saturating_sub(1);
             self.set_state(&mut job, JobState::Ready);
+            self.report(
+                &job,
+                TransitionKind::Released {
+                    lease_id: *lease_id,
+                },
+            );
             released += 1;
         }
         Ok(Outcome::Released(released))
@@ -197,6 +216,7 @@ impl<T: Tables> State<T> {
     /// A lease ran out: the delivery counts as an attempt that ended by timeout.
     pub(crate) fn expire_lease(&mut self, seq: u64) {
         let mut job = self.record(seq);
+        let lease_id = job.lease.as_ref().map_or(0, |l| l.id);
         job.expirations += 1;
         job.last_error = format!(
             "lease expired on attempt {} (worker {} did not ack, nack or extend in time)",
@@ -212,6 +232,7 @@ impl<T: Tables> State<T> {
             job.run_at_ms = self.c.now_ms;
         }
         self.set_state(&mut job, to);
+        self.report_ending(&job, TransitionKind::Expired { lease_id, to }, to);
     }
 }
 

@@ -1,9 +1,10 @@
 //! The queue core: a pure, deterministic state machine.
 //!
 //! No tokio, no tonic, no redb, no clock. Commands come in (with the leader's time
-//! inside), outcomes come out. The rules run over a [`Tables`] trait: the node's redb
-//! store implements it (`storage/tables.rs`), and so does [`MemTables`] for tests. The Raft state machine in `raft/state_machine.rs` calls
-//! [`State::apply`] for each committed entry; tests call it directly.
+//! inside), outcomes and the job transitions they caused come out. The rules run over a
+//! [`Tables`] trait: the node's redb store implements it (`storage/tables/`), and so
+//! does [`MemTables`] for tests. The Raft state machine (`raft/state_machine/`) calls
+//! [`State::apply_reporting`] for each committed entry; tests call it directly.
 //!
 //! Where to find a rule:
 //! - `command.rs`: what is in the log and what applying it returns
@@ -15,6 +16,8 @@
 //! - `schedule.rs`: what time passing does
 //! - `retention.rs`: removal of finished jobs and old dedup keys
 //! - `admin.rs`: cancel, retry, redrive, pause, resume
+//! - `transition.rs`: what an applied entry did to jobs, reported to observers; the
+//!   webhook outbox is filled from it
 //! - `outbox.rs`: the webhook outbox (events raised on success and death)
 //! - `worker.rs`: the worker registry
 //! - `stats.rs`: per-queue counts
@@ -30,6 +33,7 @@ pub mod schedule;
 pub mod state;
 pub mod stats;
 pub mod tables;
+pub mod transition;
 pub mod worker;
 
 #[cfg(test)]
@@ -47,4 +51,5 @@ pub use outbox::{WebhookEvent, WebhookKind};
 pub use state::State;
 pub use stats::QueueStats;
 pub use tables::{Counters, DedupEntry, MemTables, QueueInfo, Tables, TablesRead, Timer};
+pub use transition::{Transition, TransitionKind};
 pub use worker::WorkerInfo;

@@ -17,6 +17,7 @@ use super::command::{Command, CoreError, Enqueued, Envelope, NewJob, Outcome, Re
 use super::job::{Job, JobDetail, JobState};
 use super::stats::QueueStats;
 use super::tables::{Counters, DedupEntry, MemTables, QueueInfo, Tables, TablesRead, Timer};
+use super::transition::{Transition, TransitionKind};
 use super::worker::WorkerInfo;
 
 /// Upper bound on jobs moved by time (due, expired, removed) in one entry, so that a
@@ -32,6 +33,9 @@ pub struct State<T> {
     pub(crate) t: T,
     /// Counters as of the command being applied; written back after each entry.
     pub(crate) c: Counters,
+    /// Where [`Self::report`] puts transitions while [`Self::apply_reporting`] runs
+    /// (`None` otherwise: plain [`Self::apply`] reports nothing).
+    pub(crate) transitions: Option<Vec<Transition>>,
 }
 
 impl State<MemTables> {
@@ -51,7 +55,11 @@ impl<T: TablesRead> State<T> {
     /// The state held by `tables`.
     pub fn over(tables: T) -> Self {
         let c = tables.counters();
-        Self { t: tables, c }
+        Self {
+            t: tables,
+            c,
+            transitions: None,
+        }
     }
 
     /// The tables underneath.
@@ -236,6 +244,15 @@ impl<T: Tables> State<T> {
         reply
     }
 
+    /// [`Self::apply`], also appending to `out` every job transition the entry caused
+    /// (time passing included), in the order they happened.
+    pub fn apply_reporting(&mut self, env: &Envelope, out: &mut Vec<Transition>) -> Reply {
+        self.transitions = Some(std::mem::take(out));
+        let reply = self.apply(env);
+        *out = self.transitions.take().unwrap_or_default();
+        reply
+    }
+
     fn execute(&mut self, cmd: &Command) -> Reply {
         match cmd {
             Command::Batch(cmds) => Ok(Outcome::Batch(
@@ -365,6 +382,7 @@ impl<T: Tables> State<T> {
         self.file(&job);
         self.count(&job.queue, None, Some(target));
         self.t.put_job(&job);
+        self.report(&job, TransitionKind::Enqueued);
         Enqueued {
             job_id: new.id.clone(),
             duplicate: false,
@@ -466,9 +484,6 @@ impl<T: Tables> State<T> {
         self.file(job);
         self.count(&job.queue, Some(from), Some(to));
         self.t.put_job(job);
-        if to.is_terminal() {
-            self.raise_webhook(job, to);
-        }
     }
 
     /// Removes a finished job entirely (retention).
@@ -483,6 +498,7 @@ impl<T: Tables> State<T> {
         self.t.listed_remove(&job.queue, seq);
         self.t.delete_job(seq);
         self.c.jobs = self.c.jobs.saturating_sub(1);
+        self.report(&job, TransitionKind::Removed);
     }
 
     /// Changes a worker's count of jobs in hand.

@@ -597,11 +597,33 @@ proptest! {
         let mut s = State::new();
         let mut replica = State::new();
         let mut driver = Driver::default();
+        // What the reported transitions say is there: jobs, and leases held.
+        let mut live_jobs = 0u64;
+        let mut held: BTreeSet<u64> = BTreeSet::new();
         for op in ops {
             let env = driver.envelope(op);
             let now = env.now_ms;
             let before = s.clone();
-            let reply = s.apply(&env);
+            let mut moves = Vec::new();
+            let reply = s.apply_reporting(&env, &mut moves);
+            for t in &moves {
+                match t.kind {
+                    TransitionKind::Enqueued => live_jobs += 1,
+                    TransitionKind::Removed => live_jobs -= 1,
+                    TransitionKind::Leased { lease_id, .. } => {
+                        prop_assert!(held.insert(lease_id), "lease {lease_id} reported twice");
+                    }
+                    kind => {
+                        if let Some(id) = kind.ended_lease() {
+                            prop_assert!(held.remove(&id), "{kind:?} ends a lease never reported");
+                        }
+                    }
+                }
+                prop_assert_eq!(t.at_ms, s.now_ms());
+            }
+            prop_assert_eq!(live_jobs, s.job_count());
+            let leased: u64 = s.all_queue_stats().iter().map(|q| q.leased).sum();
+            prop_assert_eq!(held.len() as u64, leased);
             // A replica applying the same entries reaches the same state and reply.
             let reply2 = replica.apply(&env);
             prop_assert_eq!(format!("{reply:?}"), format!("{reply2:?}"));
@@ -619,6 +641,70 @@ proptest! {
             prop_assert!(s.next_wakeup_ms().is_none_or(|t| t > now), "wakeup {:?} <= now {now}", s.next_wakeup_ms());
         }
     }
+}
+
+/// The core reports each job's life as it applies it: enqueue, lease, a nack back to
+/// ready, an expiry that uses up the attempts (then the dead-lettering), a revive, a
+/// cancel of a held lease, removal by retention. A resent ack reports nothing again.
+#[test]
+fn applying_reports_every_transition_in_order() {
+    use TransitionKind as K;
+    let mut s = State::new();
+    let mut j = new_job("a", "q", 0);
+    j.max_attempts = 2;
+    let kinds = |s: &mut State<MemTables>, now: u64, cmd: Command| {
+        let mut out = Vec::new();
+        s.apply_reporting(&at(now, cmd), &mut out).unwrap();
+        assert!(
+            out.iter().all(|t| t.queue == "q" && t.at_ms == now),
+            "{out:?}"
+        );
+        out.into_iter().map(|t| t.kind).collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(&mut s, 10, Command::Enqueue(vec![j])), [K::Enqueued]);
+    let l1 = leased(s.apply(&at(15, lease_cmd(&["q"], 1, 1_000))))[0].clone();
+    let nack = Command::Nack {
+        job_id: "a".into(),
+        lease_id: l1.lease_id,
+        error: "boom".into(),
+        retry_after_ms: Some(0),
+        dead_letter: false,
+        backoff: BACKOFF,
+    };
+    let to = JobState::Ready;
+    let ended = [K::Nacked {
+        lease_id: l1.lease_id,
+        to,
+    }];
+    assert_eq!(kinds(&mut s, 20, nack.clone()), ended);
+    assert_eq!(kinds(&mut s, 21, nack), [], "a resent nack reports nothing");
+    let mut out = Vec::new();
+    let l2 = leased(s.apply_reporting(&at(30, lease_cmd(&["q"], 1, 1_000)), &mut out))[0].clone();
+    let waited = [K::Leased {
+        lease_id: l2.lease_id,
+        waited_ms: 10,
+    }];
+    assert_eq!(out.iter().map(|t| t.kind).collect::<Vec<_>>(), waited);
+    let to = JobState::Dead;
+    let expired = [
+        K::Expired {
+            lease_id: l2.lease_id,
+            to,
+        },
+        K::DeadLettered,
+    ];
+    assert_eq!(kinds(&mut s, 2_000, Command::Tick), expired);
+    let retry = Command::Retry { job_id: "a".into() };
+    assert_eq!(kinds(&mut s, 2_001, retry), [K::Revived]);
+    let l3 = leased(s.apply(&at(2_002, lease_cmd(&["q"], 1, 1_000))))[0].clone();
+    let cancel = Command::Cancel { job_id: "a".into() };
+    let cancelled = [K::Cancelled {
+        lease_id: Some(l3.lease_id),
+    }];
+    assert_eq!(kinds(&mut s, 2_003, cancel), cancelled);
+    let later = 2_003 + RETENTION.failure_ttl_ms;
+    assert_eq!(kinds(&mut s, later, Command::Tick), [K::Removed]);
+    assert_eq!(s.job_count(), 0);
 }
 
 #[test]

@@ -346,6 +346,12 @@ impl RaftNode {
         self.read_side.watch_queues(queues)
     }
 
+    /// Makes `observer` the consumer of the job transitions of every batch applied from
+    /// now on (see [`crate::queue::Transition`]).
+    pub fn observe_transitions(&self, observer: super::state_machine::TransitionObserver) {
+        self.read_side.observe_transitions(observer)
+    }
+
     /// A read transaction of the store and the index it is at: what a backup streams.
     pub fn backup_view(&self) -> Result<(redb::ReadTransaction, u64), String> {
         let (txn, applied) = self.read_side.backup_view()?;

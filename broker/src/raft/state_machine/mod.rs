@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -35,7 +35,7 @@ use tokio::sync::{watch, Notify};
 
 use super::snapshot::{self, Dump, SnapshotData};
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
-use crate::queue::{Outcome, Reply, State};
+use crate::queue::{Outcome, Reply, State, Transition};
 use crate::storage::tables::{create_all, DiskTables, Handles};
 use crate::storage::{read_err, write_err};
 
@@ -49,7 +49,7 @@ mod writer;
 use install::installing_path;
 use open::{applied_of, open_store};
 use read::view_of;
-pub use read::{ReadSide, ReadView};
+pub use read::{ReadSide, ReadView, TransitionObserver};
 use writer::Writer;
 
 /// redb page cache of the state store: what memory the job tables may take.
@@ -139,6 +139,7 @@ impl StateMachineStore {
                 waiters: Mutex::new(HashMap::new()),
                 applied_index: watch::channel(applied).0,
                 applied_latest: AtomicU64::new(applied),
+                observer: OnceLock::new(),
             }),
             dir: dir.to_path_buf(),
             current: Arc::new(Mutex::new(None)),

@@ -20,9 +20,24 @@ pub struct ReadSide {
     pub applied_index: watch::Sender<u64>,
     /// Index of the last applied entry, which may still wait in the open transaction.
     pub(super) applied_latest: AtomicU64,
+    /// Told every job transition as its batch is applied (metrics); set once, after
+    /// start. Until then the core is not asked to report any.
+    pub(super) observer: OnceLock<TransitionObserver>,
 }
 
+/// A consumer of the core's job transitions, called once per applied batch in log
+/// order. It runs on the apply path, so it must be cheap (counters, not I/O).
+pub type TransitionObserver = Arc<dyn Fn(&[Transition]) + Send + Sync>;
+
 impl ReadSide {
+    /// Makes `observer` the consumer of every transition applied from now on. Only the
+    /// first call counts (one consumer per node: its metrics).
+    pub fn observe_transitions(&self, observer: TransitionObserver) {
+        if self.observer.set(observer).is_err() {
+            tracing::warn!("a transition observer was already set; the new one is ignored");
+        }
+    }
+
     pub(super) fn db(&self) -> Arc<Database> {
         self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

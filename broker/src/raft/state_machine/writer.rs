@@ -117,11 +117,13 @@ pub(super) async fn commit_timer(
 /// leader time among the entries.
 pub(super) type Applied = (Vec<Reply>, Option<u64>, Option<u64>);
 
-/// Applies `entries` in one write transaction.
+/// Applies `entries` in one write transaction, appending the job transitions they
+/// caused to `transitions` when it is given.
 pub(super) fn apply_batch(
     txn: &WriteTransaction,
     entries: Vec<Entry>,
     readied: &mut HashMap<String, u32>,
+    mut transitions: Option<&mut Vec<Transition>>,
 ) -> Result<Applied, String> {
     let h = Handles::open(|def| txn.open_table(def)).map_err(|e| e.to_string())?;
     let mut tables = DiskTables::new(h);
@@ -136,7 +138,10 @@ pub(super) fn apply_batch(
             EntryPayload::Normal(env) => {
                 latest_ms = latest_ms.max(Some(env.now_ms));
                 let mut state = State::over(tables);
-                let reply = state.apply(&env);
+                let reply = match transitions.as_deref_mut() {
+                    Some(out) => state.apply_reporting(&env, out),
+                    None => state.apply(&env),
+                };
                 tables = state.into_tables();
                 if reply.is_ok() {
                     resumed_queues(&env.cmd, readied);
@@ -190,6 +195,9 @@ impl StateMachineStore {
         }
         let db = self.read_side.db();
         let this = self.clone();
+        let observer = self.read_side.observer.get().cloned();
+        let mut transitions = Vec::new();
+        let report = observer.is_some();
         let left_open = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let mut w = this.lock_writer();
             if let Some(e) = &w.failed {
@@ -201,17 +209,19 @@ impl StateMachineStore {
             }
             let w = &mut *w;
             let txn = w.txn.as_ref().expect("opened above");
-            let (replies, last_index, latest_ms) = match apply_batch(txn, entries, &mut w.readied) {
-                Ok(out) => out,
-                Err(e) => {
-                    // Entries applied into this transaction before are lost with it; the
-                    // error stops the node, and a restart applies them again from the log.
-                    if let Some(txn) = w.txn.take() {
-                        let _ = txn.abort();
+            let out = report.then_some(&mut transitions);
+            let (replies, last_index, latest_ms) =
+                match apply_batch(txn, entries, &mut w.readied, out) {
+                    Ok(out) => out,
+                    Err(e) => {
+                        // Entries applied into this transaction before are lost with it; the
+                        // error stops the node, and a restart applies them again from the log.
+                        if let Some(txn) = w.txn.take() {
+                            let _ = txn.abort();
+                        }
+                        anyhow::bail!(e);
                     }
-                    anyhow::bail!(e);
-                }
-            };
+                };
             if let Some(i) = last_index {
                 w.index = Some(i);
                 this.read_side.applied_latest.store(i, Ordering::Release);
@@ -225,12 +235,15 @@ impl StateMachineStore {
                 w.timer_armed = true;
                 Some(w.opened + COMMIT_EVERY)
             };
-            Ok((replies, arm, last_index.zip(latest_ms)))
+            Ok((replies, arm, last_index.zip(latest_ms), transitions))
         })
         .await
         .map_err(write_err)?
         .map_err(write_err)?;
-        let (replies, arm, applied_time) = left_open;
+        let (replies, arm, applied_time, transitions) = left_open;
+        if let (Some(observe), false) = (observer, transitions.is_empty()) {
+            observe(&transitions);
+        }
         if let (Some(time), Some((index, now_ms))) = (&self.time, applied_time) {
             time.observe(index, now_ms);
         }

@@ -7,8 +7,8 @@ use crate::queue::State;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
-    /// The rules over redb answer exactly as over memory: every reply, and every read
-    /// after every entry.
+    /// The rules over redb answer exactly as over memory: every reply, every reported
+    /// transition, and every read after every entry.
     #[test]
     fn redb_tables_answer_like_memory_tables(ops in proptest::collection::vec(op(), 1..100)) {
         let dir = tempfile::tempdir().unwrap();
@@ -17,13 +17,15 @@ proptest! {
         let mut driver = Driver::default();
         for op in ops {
             let env = driver.envelope(op);
-            let want = mem.apply(&env);
+            let mut want_moves = Vec::new();
+            let want = mem.apply_reporting(&env, &mut want_moves);
             let mut txn = db.begin_write().unwrap();
             txn.set_durability(Durability::None).unwrap();
+            let mut got_moves = Vec::new();
             let got = {
                 let h = Handles::open(|d| txn.open_table(d)).unwrap();
                 let mut disk = State::over(DiskTables::new(h));
-                let got = disk.apply(&env);
+                let got = disk.apply_reporting(&env, &mut got_moves);
                 let mut tables = disk.into_tables();
                 tables.flush();
                 prop_assert_eq!(tables.error(), None);
@@ -31,6 +33,7 @@ proptest! {
             };
             txn.commit().unwrap();
             prop_assert_eq!(format!("{want:?}"), format!("{got:?}"));
+            prop_assert_eq!(want_moves, got_moves);
             driver.observe(&want);
             let read = db.begin_read().unwrap();
             let view = State::over(DiskTables::new(Handles::open(|d| read.open_table(d)).unwrap()));
