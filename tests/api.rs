@@ -468,3 +468,23 @@ async fn cluster_status_and_http_probes_answer() {
     let (code, body) = http_get(node.http_addr(), "/readyz").await.unwrap();
     assert_eq!(code, 200, "{body}");
 }
+
+/// Every background task is watched: one that ends stops the node, naming it (`taskraft
+/// serve` exits with that message), instead of leaving a node that answers health checks
+/// while every write waits on a proposer that is gone.
+#[tokio::test]
+async fn a_background_task_that_dies_stops_the_node_naming_it() {
+    for task in ["proposer", "ticker", "webhook delivery"] {
+        let mut node = InProcNode::start().await;
+        let running = node.running.as_mut().expect("running");
+        assert!(running.abort_task(task), "no task named {task}");
+        let err = tokio::time::timeout(SOON, running.failed())
+            .await
+            .unwrap_or_else(|_| panic!("the end of the {task} task went unnoticed"));
+        assert!(
+            err.to_string()
+                .contains(&format!("the {task} task stopped")),
+            "{err}"
+        );
+    }
+}

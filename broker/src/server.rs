@@ -420,6 +420,17 @@ impl Running {
         Ok(())
     }
 
+    /// Aborts the background task `name` as if it had died, for tests of the supervision
+    /// in [`Running::failed`]. Returns false when no task has that name.
+    #[doc(hidden)]
+    pub fn abort_task(&self, name: &str) -> bool {
+        let found = self.background.iter().find(|(n, _)| *n == name);
+        if let Some((_, task)) = found {
+            task.abort();
+        }
+        found.is_some()
+    }
+
     /// Resolves if a server or background task ends on its own (a fault): the process
     /// should exit rather than linger as a half-working node.
     pub async fn failed(&mut self) -> anyhow::Error {
