@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{self, check_job_queue, Credential};
 use super::convert::{job_to_pb, state_from_pb, stats_to_pb};
-use super::validate::{self as v, MAX_PAGE};
+use super::validate::{self as validate, MAX_PAGE};
 use crate::error::BrokerError;
 use crate::queue::{Command, Outcome, QueueStats};
 use crate::raft::addr::MemberAddr;
@@ -118,7 +118,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::QueueStats>, Status> {
         let cred = auth::credential(&req);
         let q = req.into_inner().queue;
-        v::queue_name("queue", &q)?;
+        validate::queue_name("queue", &q)?;
         cred.check_queue("queue", &q)?;
         self.node.read_barrier().await?;
         // A queue with no jobs and no settings has all-zero counts.
@@ -160,7 +160,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::QueueStats>, Status> {
         let cred = auth::credential(&req);
         let queue = req.into_inner().queue;
-        v::queue_name("queue", &queue)?;
+        validate::queue_name("queue", &queue)?;
         cred.check_queue("queue", &queue)?;
         self.queue_cmd(Command::Pause { queue }).await
     }
@@ -172,7 +172,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::QueueStats>, Status> {
         let cred = auth::credential(&req);
         let queue = req.into_inner().queue;
-        v::queue_name("queue", &queue)?;
+        validate::queue_name("queue", &queue)?;
         cred.check_queue("queue", &queue)?;
         self.queue_cmd(Command::Resume { queue }).await
     }
@@ -183,34 +183,38 @@ impl Admin for AdminService {
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let cred = auth::credential(&req);
-        let r = req.into_inner();
-        v::queue_name("queue", &r.queue)?;
-        cred.check_queue("queue", &r.queue)?;
-        if pb::JobState::try_from(r.state).is_err() {
+        let call = req.into_inner();
+        validate::queue_name("queue", &call.queue)?;
+        cred.check_queue("queue", &call.queue)?;
+        if pb::JobState::try_from(call.state).is_err() {
             return Err(
-                BrokerError::invalid("state", format!("{} is not a JobState", r.state)).into(),
+                BrokerError::invalid("state", format!("{} is not a JobState", call.state)).into(),
             );
         }
-        if r.limit > MAX_PAGE {
+        if call.limit > MAX_PAGE {
             return Err(BrokerError::invalid(
                 "limit",
-                format!("{} is over the limit of {MAX_PAGE}", r.limit),
+                format!("{} is over the limit of {MAX_PAGE}", call.limit),
             )
             .into());
         }
-        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
-        let after = if r.page_token.is_empty() {
+        let limit = if call.limit == 0 {
+            100
+        } else {
+            call.limit as usize
+        };
+        let after = if call.page_token.is_empty() {
             None
         } else {
-            Some(r.page_token.parse::<u64>().map_err(|_| {
+            Some(call.page_token.parse::<u64>().map_err(|_| {
                 BrokerError::invalid("page_token", "not a token returned by ListJobs")
             })?)
         };
         self.node.read_barrier().await?;
         let data = self.node.view();
-        let (jobs, next) = data
-            .state
-            .list_jobs(&r.queue, state_from_pb(r.state), after, limit);
+        let (jobs, next) =
+            data.state
+                .list_jobs(&call.queue, state_from_pb(call.state), after, limit);
         Ok(Response::new(pb::ListJobsResponse {
             jobs: jobs.iter().map(job_to_pb).collect(),
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
@@ -224,7 +228,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::Job>, Status> {
         let cred = auth::credential(&req);
         let job_id = req.into_inner().job_id;
-        v::job_id(&job_id)?;
+        validate::job_id(&job_id)?;
         check_job_queue(&self.node, &cred, &job_id)?;
         self.job_cmd(Command::Retry { job_id }).await
     }
@@ -236,7 +240,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RedriveDeadJobsResponse>, Status> {
         let cred = auth::credential(&req);
         let queue = req.into_inner().queue;
-        v::queue_name("queue", &queue)?;
+        validate::queue_name("queue", &queue)?;
         cred.check_queue("queue", &queue)?;
         match self.node.propose(Command::Redrive { queue }).await? {
             Outcome::Redriven(count) => Ok(Response::new(pb::RedriveDeadJobsResponse { count })),
@@ -250,20 +254,20 @@ impl Admin for AdminService {
         req: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let caller = membership_caller(&req)?;
-        let r = req.into_inner();
-        if r.node_id == 0 {
+        let call = req.into_inner();
+        if call.node_id == 0 {
             return Err(BrokerError::invalid("node_id", "node ids start at 1").into());
         }
-        let member = if r.peer_addr.is_empty() {
-            MemberAddr::parse(&r.addr)
+        let member = if call.peer_addr.is_empty() {
+            MemberAddr::parse(&call.addr)
         } else {
-            MemberAddr::parse(&format!("{}/{}", r.addr, r.peer_addr))
+            MemberAddr::parse(&format!("{}/{}", call.addr, call.peer_addr))
         }
         .map_err(|e| BrokerError::invalid("addr", e))?;
         if let Some(mut leader) = self.leader_admin(caller).await? {
-            return leader.add_node(r).await;
+            return leader.add_node(call).await;
         }
-        self.node.add_node(r.node_id, member.encode()).await?;
+        self.node.add_node(call.node_id, member.encode()).await?;
         Ok(Response::new(cluster_status(&self.node)))
     }
 
@@ -273,7 +277,7 @@ impl Admin for AdminService {
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let caller = membership_caller(&req)?;
-        let r = req.into_inner();
+        let call = req.into_inner();
         let members: Vec<u64> = self
             .node
             .cluster_view()
@@ -281,10 +285,10 @@ impl Admin for AdminService {
             .iter()
             .map(|m| m.id)
             .collect();
-        if !members.contains(&r.node_id) {
+        if !members.contains(&call.node_id) {
             return Err(BrokerError::NotFound(format!(
                 "node {} is not a member (members: {members:?})",
-                r.node_id
+                call.node_id
             ))
             .into());
         }
@@ -294,9 +298,9 @@ impl Admin for AdminService {
             );
         }
         if let Some(mut leader) = self.leader_admin(caller).await? {
-            return leader.remove_node(r).await;
+            return leader.remove_node(call).await;
         }
-        self.node.remove_node(r.node_id).await?;
+        self.node.remove_node(call.node_id).await?;
         Ok(Response::new(cluster_status(&self.node)))
     }
 

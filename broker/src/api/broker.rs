@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::auth::{self, check_job_queue};
 use super::convert::{job_to_pb, leased_to_pb, state_to_pb};
 use super::validate::{
-    self as v, MAX_BATCH, MAX_DELAY_MS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_TEXT,
+    self as validate, MAX_BATCH, MAX_DELAY_MS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_TEXT,
 };
 use super::ApiSettings;
 use crate::error::BrokerError;
@@ -57,7 +57,7 @@ impl BrokerService {
     /// leases the job receives it and can continue the producer's trace.
     fn new_job(
         &self,
-        r: pb::EnqueueRequest,
+        call: pb::EnqueueRequest,
         index: Option<usize>,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<NewJob, BrokerError> {
@@ -70,9 +70,9 @@ impl BrokerService {
             }
             (_, e) => e,
         };
-        v::enqueue_request(&r, &self.settings, self.node.now_ms()).map_err(at)?;
+        validate::enqueue_request(&call, &self.settings, self.node.now_ms()).map_err(at)?;
         let mut headers: std::collections::BTreeMap<String, String> =
-            r.headers.into_iter().collect();
+            call.headers.into_iter().collect();
         // Trace context rides along only while the headers stay within their limits.
         let mut header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
         for (k, val) in crate::telemetry::trace_headers(metadata) {
@@ -87,35 +87,35 @@ impl BrokerService {
         }
         Ok(NewJob {
             id: uuid::Uuid::now_v7().to_string(),
-            queue: r.queue,
-            job_type: r.job_type,
-            payload: r.payload,
+            queue: call.queue,
+            job_type: call.job_type,
+            payload: call.payload,
             headers,
-            priority: r.priority,
-            due: if r.run_at_ms > 0 {
-                Due::At(r.run_at_ms)
+            priority: call.priority,
+            due: if call.run_at_ms > 0 {
+                Due::At(call.run_at_ms)
             } else {
-                Due::After(r.delay_ms)
+                Due::After(call.delay_ms)
             },
-            max_attempts: if r.max_attempts == 0 {
+            max_attempts: if call.max_attempts == 0 {
                 self.settings.max_attempts
             } else {
-                r.max_attempts
+                call.max_attempts
             },
             // A request id without a key dedups the call's retries for a short window,
             // through the same (queue, key) records as idempotency keys.
-            dedup_window_ms: if r.idempotency_key.is_empty() && !r.request_id.is_empty() {
+            dedup_window_ms: if call.idempotency_key.is_empty() && !call.request_id.is_empty() {
                 REQUEST_ID_WINDOW.as_millis() as u64
             } else {
                 self.settings.dedup_window.as_millis() as u64
             },
-            idempotency_key: if r.idempotency_key.is_empty() && !r.request_id.is_empty() {
-                format!("{}{}", v::REQUEST_ID_PREFIX, r.request_id)
+            idempotency_key: if call.idempotency_key.is_empty() && !call.request_id.is_empty() {
+                format!("{}{}", validate::REQUEST_ID_PREFIX, call.request_id)
             } else {
-                r.idempotency_key
+                call.idempotency_key
             },
             retention: self.settings.retention,
-            webhook_url: r.webhook_url,
+            webhook_url: call.webhook_url,
         })
     }
 
@@ -138,7 +138,7 @@ impl BrokerService {
     }
 
     fn visibility(&self, ms: u64) -> Result<u64, BrokerError> {
-        v::timeout_ms(
+        validate::timeout_ms(
             "visibility_timeout_ms",
             ms,
             self.settings.visibility_timeout.as_millis() as u64,
@@ -159,9 +159,9 @@ impl Broker for BrokerService {
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
         crate::telemetry::set_remote_parent(req.metadata());
         let cred = auth::credential(&req);
-        let (metadata, _, r) = req.into_parts();
-        cred.check_queue("queue", &r.queue)?;
-        let job = self.new_job(r, None, &metadata)?;
+        let (metadata, _, call) = req.into_parts();
+        cred.check_queue("queue", &call.queue)?;
+        let job = self.new_job(call, None, &metadata)?;
         let mut res = self.enqueue_jobs(vec![job]).await?;
         let one = res
             .pop()
@@ -177,8 +177,8 @@ impl Broker for BrokerService {
     ) -> Result<Response<pb::EnqueueBatchResponse>, Status> {
         crate::telemetry::set_remote_parent(req.metadata());
         let cred = auth::credential(&req);
-        let (metadata, _, r) = req.into_parts();
-        let jobs = r.jobs;
+        let (metadata, _, call) = req.into_parts();
+        let jobs = call.jobs;
         for j in &jobs {
             cred.check_queue("jobs.queue", &j.queue)?;
         }
@@ -193,10 +193,10 @@ impl Broker for BrokerService {
             .into());
         }
         // The whole batch becomes one Raft entry: bound it before any per-job work.
-        v::batch_bytes(
+        validate::batch_bytes(
             jobs.iter()
                 .map(|j| {
-                    v::job_bytes(
+                    validate::job_bytes(
                         j.payload.len(),
                         &[
                             &j.job_type,
@@ -213,7 +213,7 @@ impl Broker for BrokerService {
         let jobs = jobs
             .into_iter()
             .enumerate()
-            .map(|(i, r)| self.new_job(r, Some(i), &metadata))
+            .map(|(i, job)| self.new_job(job, Some(i), &metadata))
             .collect::<Result<Vec<_>, _>>()?;
         let results = self.enqueue_jobs(jobs).await?;
         Ok(Response::new(pb::EnqueueBatchResponse { results }))
@@ -226,13 +226,13 @@ impl Broker for BrokerService {
     ) -> Result<Response<pb::LeaseResponse>, Status> {
         let caller_timeout = crate::deadline::grpc_timeout(req.metadata());
         let cred = auth::credential(&req);
-        let r = req.into_inner();
-        v::lease_request(&r)?;
-        for q in &r.queues {
+        let call = req.into_inner();
+        validate::lease_request(&call)?;
+        for q in &call.queues {
             cred.check_queue("queues", q)?;
         }
-        let visibility = self.visibility(r.visibility_timeout_ms)?;
-        let wait = v::timeout_ms("wait_ms", r.wait_ms, 0)?;
+        let visibility = self.visibility(call.visibility_timeout_ms)?;
+        let wait = validate::timeout_ms("wait_ms", call.wait_ms, 0)?;
         let mut wait = Duration::from_millis(wait);
         if let Some(t) = caller_timeout {
             // Answer (possibly empty) a little before the caller gives up.
@@ -242,15 +242,15 @@ impl Broker for BrokerService {
             );
         }
         let deadline = Instant::now() + wait;
-        let worker_id = if r.worker_id.is_empty() {
+        let worker_id = if call.worker_id.is_empty() {
             "anonymous".to_string()
         } else {
-            r.worker_id
+            call.worker_id
         };
         let cmd = Command::Lease {
-            queues: r.queues.clone(),
+            queues: call.queues.clone(),
             worker_id: worker_id.clone(),
-            max_jobs: r.max_jobs.max(1),
+            max_jobs: call.max_jobs.max(1),
             visibility_timeout_ms: visibility,
         };
         // A follower's applied state may trail the leader's: when it sees nothing to
@@ -258,7 +258,7 @@ impl Broker for BrokerService {
         // before is seen. (When it does see jobs, the Lease goes to the leader anyway,
         // which leases from its own, current state.) Later wake-ups come from this
         // node's own applies.
-        if !self.node.is_leader() && !self.node.view().state.has_leasable(&r.queues) {
+        if !self.node.is_leader() && !self.node.view().state.has_leasable(&call.queues) {
             self.node.read_barrier().await?;
         }
         let node = &self.node;
@@ -269,15 +269,15 @@ impl Broker for BrokerService {
             let view = node.view();
             let register = view
                 .state
-                .worker_needs_refresh(&worker_id, &r.queues, node.now_ms());
-            (view.state.has_leasable(&r.queues), register)
+                .worker_needs_refresh(&worker_id, &call.queues, node.now_ms());
+            (view.state.has_leasable(&call.queues), register)
         };
         if !leasable {
             // Read views trail apply by a few milliseconds: a job enqueued (and
             // answered) just before must not be missed by a Lease that does not wait.
             node.caught_up().await;
         }
-        let watches = node.watch_queues(&r.queues);
+        let watches = node.watch_queues(&call.queues);
         loop {
             // Registered before the check, so that jobs filed between the check and the
             // wait still wake this call.
@@ -286,7 +286,7 @@ impl Broker for BrokerService {
                 n.as_mut().enable();
             }
             self.metrics.lease_poll();
-            if std::mem::take(&mut register) || node.view().state.has_leasable(&r.queues) {
+            if std::mem::take(&mut register) || node.view().state.has_leasable(&call.queues) {
                 match self.node.propose(cmd.clone()).await? {
                     Outcome::Leased(jobs) if !jobs.is_empty() || Instant::now() >= deadline => {
                         let span = tracing::Span::current();
@@ -320,16 +320,16 @@ impl Broker for BrokerService {
     async fn ack(&self, req: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
         crate::telemetry::set_remote_parent(req.metadata());
         let cred = auth::credential(&req);
-        let r = req.into_inner();
-        v::job_id(&r.job_id)?;
-        check_job_queue(&self.node, &cred, &r.job_id)?;
-        let lease_id = v::lease_id(&r.lease_id)?;
-        v::blob("result", r.result.len(), self.settings.max_payload)?;
+        let call = req.into_inner();
+        validate::job_id(&call.job_id)?;
+        check_job_queue(&self.node, &cred, &call.job_id)?;
+        let lease_id = validate::lease_id(&call.lease_id)?;
+        validate::blob("result", call.result.len(), self.settings.max_payload)?;
         self.node
             .propose(Command::Ack {
-                job_id: r.job_id,
+                job_id: call.job_id,
                 lease_id,
-                result: r.result,
+                result: call.result,
             })
             .await?;
         Ok(Response::new(pb::AckResponse {}))
@@ -342,17 +342,17 @@ impl Broker for BrokerService {
     ) -> Result<Response<pb::NackResponse>, Status> {
         crate::telemetry::set_remote_parent(req.metadata());
         let cred = auth::credential(&req);
-        let r = req.into_inner();
-        v::job_id(&r.job_id)?;
-        check_job_queue(&self.node, &cred, &r.job_id)?;
-        let lease_id = v::lease_id(&r.lease_id)?;
-        v::text("error", &r.error, MAX_TEXT)?;
-        if r.retry_after_ms > MAX_DELAY_MS {
+        let call = req.into_inner();
+        validate::job_id(&call.job_id)?;
+        check_job_queue(&self.node, &cred, &call.job_id)?;
+        let lease_id = validate::lease_id(&call.lease_id)?;
+        validate::text("error", &call.error, MAX_TEXT)?;
+        if call.retry_after_ms > MAX_DELAY_MS {
             return Err(BrokerError::invalid(
                 "retry_after_ms",
                 format!(
                     "{} ms is over the limit of {MAX_DELAY_MS} ms",
-                    r.retry_after_ms
+                    call.retry_after_ms
                 ),
             )
             .into());
@@ -360,11 +360,11 @@ impl Broker for BrokerService {
         let out = self
             .node
             .propose(Command::Nack {
-                job_id: r.job_id,
+                job_id: call.job_id,
                 lease_id,
-                error: r.error,
-                retry_after_ms: (r.retry_after_ms > 0).then_some(r.retry_after_ms),
-                dead_letter: r.dead_letter,
+                error: call.error,
+                retry_after_ms: (call.retry_after_ms > 0).then_some(call.retry_after_ms),
+                dead_letter: call.dead_letter,
                 backoff: self.settings.backoff,
             })
             .await?;
@@ -386,26 +386,26 @@ impl Broker for BrokerService {
         req: Request<pb::ExtendLeaseRequest>,
     ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
         let cred = auth::credential(&req);
-        let r = req.into_inner();
-        v::job_id(&r.job_id)?;
-        check_job_queue(&self.node, &cred, &r.job_id)?;
-        let lease_id = v::lease_id(&r.lease_id)?;
-        let visibility = self.visibility(r.visibility_timeout_ms)?;
-        if r.progress > 100 {
+        let call = req.into_inner();
+        validate::job_id(&call.job_id)?;
+        check_job_queue(&self.node, &cred, &call.job_id)?;
+        let lease_id = validate::lease_id(&call.lease_id)?;
+        let visibility = self.visibility(call.visibility_timeout_ms)?;
+        if call.progress > 100 {
             return Err(
-                BrokerError::invalid("progress", format!("{} is over 100", r.progress)).into(),
+                BrokerError::invalid("progress", format!("{} is over 100", call.progress)).into(),
             );
         }
-        v::text("progress_message", &r.progress_message, MAX_TEXT)?;
-        let report = r.progress > 0 || !r.progress_message.is_empty();
+        validate::text("progress_message", &call.progress_message, MAX_TEXT)?;
+        let report = call.progress > 0 || !call.progress_message.is_empty();
         let out = self
             .node
             .propose(Command::Extend {
-                job_id: r.job_id,
+                job_id: call.job_id,
                 lease_id,
                 visibility_timeout_ms: visibility,
-                progress: report.then_some(r.progress),
-                progress_message: report.then_some(r.progress_message),
+                progress: report.then_some(call.progress),
+                progress_message: report.then_some(call.progress_message),
             })
             .await?;
         match out {
@@ -419,13 +419,13 @@ impl Broker for BrokerService {
     #[tracing::instrument(skip_all, fields(job_id = %req.get_ref().job_id))]
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let cred = auth::credential(&req);
-        let r = req.into_inner();
-        v::job_id(&r.job_id)?;
-        check_job_queue(&self.node, &cred, &r.job_id)?;
+        let call = req.into_inner();
+        validate::job_id(&call.job_id)?;
+        check_job_queue(&self.node, &cred, &call.job_id)?;
         self.node.read_barrier().await?;
         let data = self.node.view();
-        let job = data.state.job(&r.job_id).ok_or_else(|| {
-            BrokerError::Core(crate::queue::CoreError::JobNotFound(r.job_id.clone()))
+        let job = data.state.job(&call.job_id).ok_or_else(|| {
+            BrokerError::Core(crate::queue::CoreError::JobNotFound(call.job_id.clone()))
         })?;
         Ok(Response::new(job_to_pb(&job)))
     }
@@ -436,12 +436,14 @@ impl Broker for BrokerService {
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let cred = auth::credential(&req);
-        let r = req.into_inner();
-        v::job_id(&r.job_id)?;
-        check_job_queue(&self.node, &cred, &r.job_id)?;
+        let call = req.into_inner();
+        validate::job_id(&call.job_id)?;
+        check_job_queue(&self.node, &cred, &call.job_id)?;
         match self
             .node
-            .propose(Command::Cancel { job_id: r.job_id })
+            .propose(Command::Cancel {
+                job_id: call.job_id,
+            })
             .await?
         {
             Outcome::Job(job) => Ok(Response::new(job_to_pb(&job))),

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::HttpState;
-use crate::api::validate as v;
+use crate::api::validate;
 use crate::error::BrokerError;
 use crate::queue::{format_lease_id, Command, JobDetail, JobState, Outcome, QueueStats};
 
@@ -190,7 +190,7 @@ async fn workers(State(s): State<HttpState>) -> ApiResult {
 }
 
 async fn job(State(s): State<HttpState>, Path(id): Path<String>) -> ApiResult {
-    v::job_id(&id)?;
+    validate::job_id(&id)?;
     s.node.read_barrier().await?;
     let data = s.node.view();
     let job = data
@@ -211,7 +211,7 @@ async fn list_jobs(
     Path(queue): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
-    v::queue_name("queue", &queue)?;
+    validate::queue_name("queue", &queue)?;
     let state = match q.state.as_deref() {
         None | Some("") | Some("all") => None,
         Some(name) => Some(
@@ -247,12 +247,12 @@ async fn job_command(s: &HttpState, cmd: Command) -> ApiResult {
 }
 
 async fn retry(State(s): State<HttpState>, Path(id): Path<String>) -> ApiResult {
-    v::job_id(&id)?;
+    validate::job_id(&id)?;
     job_command(&s, Command::Retry { job_id: id }).await
 }
 
 async fn cancel(State(s): State<HttpState>, Path(id): Path<String>) -> ApiResult {
-    v::job_id(&id)?;
+    validate::job_id(&id)?;
     job_command(&s, Command::Cancel { job_id: id }).await
 }
 
@@ -264,17 +264,17 @@ async fn queue_command(s: &HttpState, cmd: Command) -> ApiResult {
 }
 
 async fn pause(State(s): State<HttpState>, Path(queue): Path<String>) -> ApiResult {
-    v::queue_name("queue", &queue)?;
+    validate::queue_name("queue", &queue)?;
     queue_command(&s, Command::Pause { queue }).await
 }
 
 async fn resume(State(s): State<HttpState>, Path(queue): Path<String>) -> ApiResult {
-    v::queue_name("queue", &queue)?;
+    validate::queue_name("queue", &queue)?;
     queue_command(&s, Command::Resume { queue }).await
 }
 
 async fn redrive(State(s): State<HttpState>, Path(queue): Path<String>) -> ApiResult {
-    v::queue_name("queue", &queue)?;
+    validate::queue_name("queue", &queue)?;
     match s.node.propose(Command::Redrive { queue }).await? {
         Outcome::Redriven(count) => Ok(Json(json!({ "count": count }))),
         other => Err(unexpected(other)),
