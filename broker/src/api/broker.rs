@@ -10,12 +10,10 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{self, check_job_queue};
 use super::convert::{job_to_pb, leased_to_pb, state_to_pb};
-use super::validate::{
-    self as validate, MAX_BATCH, MAX_DELAY_MS, MAX_HEADERS, MAX_HEADER_BYTES, MAX_TEXT,
-};
+use super::validate::{self as validate, MAX_BATCH, MAX_DELAY_MS, MAX_TEXT};
 use super::ApiSettings;
 use crate::error::BrokerError;
-use crate::queue::{Command, Due, NewJob, Outcome};
+use crate::queue::{Command, NewJob, Outcome};
 use crate::raft::RaftNode;
 
 /// How often a waiting Lease looks again without being woken. Every path that makes a
@@ -23,11 +21,6 @@ use crate::raft::RaftNode;
 /// safety net, not the mechanism; each look costs a read transaction, and with 10,000
 /// idle workers a look per second each took about a tenth of the node's enqueue rate.
 const RECHECK_EVERY: Duration = Duration::from_secs(5);
-
-/// How long an Enqueue's `request_id` dedups its retries: long enough for a client's
-/// retries with backoff across a leader change, short enough that the records stay few
-/// (SQS keeps a deduplication id 5 minutes too).
-const REQUEST_ID_WINDOW: Duration = Duration::from_secs(300);
 
 /// The Broker service of one node.
 pub struct BrokerService {
@@ -52,71 +45,14 @@ impl BrokerService {
         self
     }
 
-    /// Validates one job. W3C trace context in the call's `metadata` is copied into the
-    /// job's headers (unless the caller set those keys itself), so the worker that
-    /// leases the job receives it and can continue the producer's trace.
+    /// Validates one job and builds it (see [`super::new_job::new_job`]).
     fn new_job(
         &self,
         call: pb::EnqueueRequest,
         index: Option<usize>,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<NewJob, BrokerError> {
-        let at = |e: BrokerError| match (index, e) {
-            (Some(i), BrokerError::InvalidArgument { field, message }) => {
-                BrokerError::InvalidArgument {
-                    field,
-                    message: format!("jobs[{i}]: {message}"),
-                }
-            }
-            (_, e) => e,
-        };
-        validate::enqueue_request(&call, &self.settings, self.node.now_ms()).map_err(at)?;
-        let mut headers: std::collections::BTreeMap<String, String> =
-            call.headers.into_iter().collect();
-        // Trace context rides along only while the headers stay within their limits.
-        let mut header_bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        for (k, val) in crate::telemetry::trace_headers(metadata) {
-            let add = k.len() + val.len();
-            if headers.len() < MAX_HEADERS
-                && header_bytes + add <= MAX_HEADER_BYTES
-                && !headers.contains_key(k)
-            {
-                header_bytes += add;
-                headers.insert(k.to_string(), val.to_string());
-            }
-        }
-        Ok(NewJob {
-            id: uuid::Uuid::now_v7().to_string(),
-            queue: call.queue,
-            job_type: call.job_type,
-            payload: call.payload,
-            headers,
-            priority: call.priority,
-            due: if call.run_at_ms > 0 {
-                Due::At(call.run_at_ms)
-            } else {
-                Due::After(call.delay_ms)
-            },
-            max_attempts: if call.max_attempts == 0 {
-                self.settings.max_attempts
-            } else {
-                call.max_attempts
-            },
-            // A request id without a key dedups the call's retries for a short window,
-            // through the same (queue, key) records as idempotency keys.
-            dedup_window_ms: if call.idempotency_key.is_empty() && !call.request_id.is_empty() {
-                REQUEST_ID_WINDOW.as_millis() as u64
-            } else {
-                self.settings.dedup_window.as_millis() as u64
-            },
-            idempotency_key: if call.idempotency_key.is_empty() && !call.request_id.is_empty() {
-                format!("{}{}", validate::REQUEST_ID_PREFIX, call.request_id)
-            } else {
-                call.idempotency_key
-            },
-            retention: self.settings.retention,
-            webhook_url: call.webhook_url,
-        })
+        super::new_job::new_job(call, index, metadata, &self.settings, self.node.now_ms())
     }
 
     async fn enqueue_jobs(

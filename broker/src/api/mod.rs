@@ -9,6 +9,7 @@ pub mod broker;
 pub mod convert;
 pub mod gate;
 pub mod limits;
+pub mod new_job;
 pub mod status;
 pub mod validate;
 
