@@ -26,13 +26,23 @@
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
-use super::node::ProposeError;
 use super::time::ReplicatedTime;
 use super::types::Raft;
 use crate::queue::{Command, Envelope, Outcome, Reply};
+
+/// Why a proposal (or a read index) was not served: from this node's proposer, or
+/// sent back over the peer wire by the leader to a forwarding follower.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ProposeError {
+    /// The receiver is not the leader (any more).
+    NotLeader,
+    /// The write did not complete in time or the cluster cannot serve.
+    Unavailable(String),
+}
 
 /// Most commands in one entry.
 const MAX_COMMANDS: usize = 1024;

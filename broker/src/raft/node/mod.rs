@@ -23,12 +23,12 @@ use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState, SnapshotPolicy};
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::addr::MemberAddr;
 use super::log_store::LogStore;
 use super::network::{Network, PeerPool};
+pub use super::proposer::ProposeError;
 use super::state_machine::{ReadSide, StateMachineStore};
 use super::time::ReplicatedTime;
 use super::types::{NodeId, Raft};
@@ -77,16 +77,6 @@ pub struct NodeOptions {
     pub min_free_disk: u64,
     /// Check every page's checksum of both stores at start.
     pub verify_on_start: bool,
-}
-
-/// Why a proposal (or a read index) was not served: from this node's proposer, or
-/// sent back over the peer wire by the leader to a forwarding follower.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ProposeError {
-    /// The receiver is not the leader (any more).
-    NotLeader,
-    /// The write did not complete in time or the cluster cannot serve.
-    Unavailable(String),
 }
 
 /// A running Raft node and the queue state it applies into.
