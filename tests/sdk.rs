@@ -273,7 +273,9 @@ async fn cancelling_a_running_job_aborts_its_handler() {
     let (f, d) = (finished.clone(), dropped.clone());
     let worker = Worker::builder(client.clone())
         .queue("cancel")
-        .visibility_timeout(Duration::from_millis(900))
+        // The worker learns of the cancel at its next extension, every second; a 3 s
+        // lease lets a heartbeat come 2 s late without the job being redelivered.
+        .visibility_timeout(Duration::from_secs(3))
         .default_handler(move |job: Job| {
             let (started_tx, f, d) = (started_tx.clone(), f.clone(), d.clone());
             async move {
