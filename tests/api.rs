@@ -35,7 +35,11 @@ async fn long_poll_returns_as_soon_as_a_job_arrives() {
     let mut producer = c.clone();
     let started = tokio::time::Instant::now();
     let poll = tokio::spawn(async move { c.broker.lease(lease("lp", 1, 30_000, 20_000)).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The job arrives while the Lease waits for one.
+    eventually("the Lease call to wait", SOON, || async {
+        (node.lease_calls_on("lp") == 1).then_some(())
+    })
+    .await;
     producer.broker.enqueue(job("lp", "hello")).await.unwrap();
     let got = poll.await.unwrap().unwrap().into_inner().jobs;
     assert_eq!(got.len(), 1);
@@ -138,33 +142,49 @@ async fn expired_lease_is_redelivered_with_new_lease_id_and_stale_ack_is_fenced(
     assert_eq!(&job.result[..], b"done");
 }
 
+/// Of two jobs leased together, the one whose lease was extended stays leased when the
+/// node's clock jumps past their first deadline; the other's lease runs out.
 #[tokio::test]
 async fn extend_keeps_the_lease_past_its_first_deadline() {
-    let node = InProcNode::start().await;
+    let clock = JumpClock::new();
+    let node = InProcNode::start_with(|c| c.clock = clock.handle()).await;
     let mut c = node.clients().await;
-    c.broker.enqueue(job("ext", "x")).await.unwrap();
-    let l = c
+    for payload in ["extended", "not extended"] {
+        c.broker.enqueue(job("ext", payload)).await.unwrap();
+    }
+    let mut leased = c
         .broker
-        .lease(lease("ext", 1, 800, 0))
+        .lease(lease("ext", 2, 30_000, 0))
         .await
         .unwrap()
         .into_inner()
-        .jobs
-        .remove(0);
+        .jobs;
+    assert_eq!(leased.len(), 2);
+    let (l, other) = (leased.remove(0), leased.remove(0));
+    assert_eq!(&l.payload[..], b"extended");
     let ext = c
         .broker
         .extend_lease(pb::ExtendLeaseRequest {
             job_id: l.job_id.clone(),
             lease_id: l.lease_id.clone(),
-            visibility_timeout_ms: 60_000,
+            visibility_timeout_ms: 120_000,
             progress: 40,
             progress_message: "halfway-ish".into(),
         })
         .await
         .unwrap()
         .into_inner();
-    assert!(ext.lease_deadline_ms > l.lease_deadline_ms);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(ext.lease_deadline_ms >= l.lease_deadline_ms + 90_000);
+    clock.advance(Duration::from_secs(60));
+    eventually("the lease not extended to run out", SOON, || {
+        let mut c = c.clone();
+        let id = other.job_id.clone();
+        async move {
+            let j = get_job(&mut c, &id).await;
+            (j.state == pb::JobState::Ready as i32 && j.expirations == 1).then_some(())
+        }
+    })
+    .await;
     let job = get_job(&mut c, &l.job_id).await;
     assert_eq!(job.state, pb::JobState::Leased as i32);
     assert_eq!(
@@ -183,7 +203,8 @@ async fn extend_keeps_the_lease_past_its_first_deadline() {
 
 #[tokio::test]
 async fn nack_with_retry_after_schedules_the_retry() {
-    let node = InProcNode::start().await;
+    let clock = JumpClock::new();
+    let node = InProcNode::start_with(|c| c.clock = clock.handle()).await;
     let mut c = node.clients().await;
     c.broker.enqueue(job("nk", "x")).await.unwrap();
     let l = c
@@ -200,7 +221,7 @@ async fn nack_with_retry_after_schedules_the_retry() {
             job_id: l.job_id.clone(),
             lease_id: l.lease_id.clone(),
             error: "transient".into(),
-            retry_after_ms: 500,
+            retry_after_ms: 60_000,
             dead_letter: false,
         })
         .await
@@ -218,9 +239,11 @@ async fn nack_with_retry_after_schedules_the_retry() {
         .into_inner()
         .jobs
         .is_empty());
+    // The node's clock jumps past the retry; the long poll gets the job then.
+    clock.advance(Duration::from_secs(61));
     let again = c
         .broker
-        .lease(lease("nk", 1, 30_000, 10_000))
+        .lease(lease("nk", 1, 30_000, 30_000))
         .await
         .unwrap()
         .into_inner()

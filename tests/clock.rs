@@ -6,11 +6,12 @@
 //! a VM resume does to a running machine. `clock_faketime.rs` does the same to real
 //! processes with libfaketime.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use taskraft_broker::clock::SteppableClock;
 use taskraft_proto::v1 as pb;
-use taskraft_tests::{job, lease, Clients, InProcCluster, InProcNode, SOON};
+use taskraft_tests::{eventually_ok, job, lease, Clients, InProcCluster, InProcNode, SOON};
 use tokio::time::Instant;
 
 const H2: i64 = 2 * 3600 * 1000;
@@ -41,17 +42,18 @@ fn load(mut c: Clients) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// A job leased for `visibility` and one delayed by it, with the instant both were
-/// granted (a little after the leader stamped them: a lease cannot look early by
-/// being measured from before it began).
+/// A job leased for `due` and one delayed by it; the leader stamped both between `sent`
+/// (before the calls) and `from` (after their answers).
 struct Timed {
     leased: String,
     delayed: String,
+    sent: Instant,
     from: Instant,
     due: Duration,
 }
 
 async fn lease_and_delay(c: &mut Clients, tag: &str, due: Duration) -> Timed {
+    let sent = Instant::now();
     let q = format!("held-{tag}");
     c.broker.enqueue(job(&q, "held")).await.expect("enqueue");
     let jobs = c
@@ -74,75 +76,77 @@ async fn lease_and_delay(c: &mut Clients, tag: &str, due: Duration) -> Timed {
     Timed {
         leased: jobs[0].job_id.clone(),
         delayed,
+        sent,
         from: Instant::now(),
         due,
     }
 }
 
-/// One thing that must run out on time: a lease or a delay.
-#[derive(Debug)]
-struct Watch<'a> {
-    what: &'a str,
-    job: &'a str,
-    kind: &'static str,
-    /// The state it leaves when it runs out.
+/// When job `job` left state `waiting` (a lease ran out, a delayed job became ready), as
+/// the test saw it: after the start of the last GetJob that still found it waiting (or
+/// `since`), and before the end of the first that did not.
+async fn left_state(
+    c: &Clients,
+    job: &str,
     waiting: pb::JobState,
-    due: Duration,
-    from: Instant,
-    ran_out: Option<Duration>,
+    since: Instant,
+) -> (Instant, Instant) {
+    let last_waiting = Cell::new(since);
+    let what = format!("job {job} to leave {waiting:?}");
+    let out_by = eventually_ok(&what, Duration::from_secs(10) + SOON, || {
+        let (mut c, last_waiting) = (c.clone(), &last_waiting);
+        async move {
+            let asked = Instant::now();
+            let req = pb::GetJobRequest {
+                job_id: job.to_string(),
+            };
+            match c.broker.get_job(req).await {
+                Ok(j) if j.get_ref().state != waiting as i32 => Ok(Instant::now()),
+                Ok(_) => {
+                    last_waiting.set(asked);
+                    Err("still there".to_string())
+                }
+                // Leaders change meanwhile.
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+    (last_waiting.get(), out_by)
 }
 
 /// Waits until every lease has run out and every delayed job is ready, and asserts that
-/// each happened within [`TOLERANCE`] of its due time. All are watched together, so
-/// that one's wait does not make another look late.
-async fn assert_on_time(c: &mut Clients, all: &[(&Timed, String)]) {
-    let mut watch = Vec::new();
+/// each happened within [`TOLERANCE`] of its due time. All are watched at once, so that
+/// one's wait does not make another look late.
+///
+/// Each is judged by the bounds of what the test saw, so that a slow machine (a slow
+/// answer, a late poll) widens them instead of making a punctual lease look early or
+/// late: it began between `sent` and `from`, and ran out after the last look that found
+/// it waiting and before the first that did not.
+async fn assert_on_time(c: &Clients, all: &[(&Timed, String)]) {
+    let mut checks = Vec::new();
     for (t, what) in all {
         for (job, kind, waiting) in [
             (&t.leased, "lease", pb::JobState::Leased),
             (&t.delayed, "delay", pb::JobState::Scheduled),
         ] {
-            watch.push(Watch {
-                what,
-                job,
-                kind,
-                waiting,
-                due: t.due,
-                from: t.from,
-                ran_out: None,
+            checks.push(async move {
+                let (waiting_at, out_by) = left_state(c, job, waiting, t.sent).await;
+                let due = t.due;
+                let longest = out_by - t.sent;
+                let shortest = waiting_at.saturating_duration_since(t.from);
+                assert!(
+                    longest + TOLERANCE >= due,
+                    "{what}: a {due:?} {kind} ran out early, within {longest:?}"
+                );
+                assert!(
+                    shortest <= due + TOLERANCE,
+                    "{what}: a {due:?} {kind} ran out late, after {shortest:?}"
+                );
             });
         }
     }
-    let give_up = Instant::now() + Duration::from_secs(10) + SOON;
-    while watch.iter().any(|w| w.ran_out.is_none()) {
-        assert!(
-            Instant::now() < give_up,
-            "not everything ran out in time: {watch:?}"
-        );
-        for w in watch.iter_mut().filter(|w| w.ran_out.is_none()) {
-            let req = pb::GetJobRequest {
-                job_id: w.job.to_string(),
-            };
-            let Ok(job) = c.broker.get_job(req).await else {
-                continue;
-            };
-            if job.into_inner().state != w.waiting as i32 {
-                w.ran_out = Some(w.from.elapsed());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for w in watch {
-        let (what, kind, due, at) = (w.what, w.kind, w.due, w.ran_out.expect("set above"));
-        assert!(
-            at + TOLERANCE >= due,
-            "{what}: a {due:?} {kind} ran out early, after {at:?}"
-        );
-        assert!(
-            at <= due + TOLERANCE,
-            "{what}: a {due:?} {kind} ran out late, after {at:?}"
-        );
-    }
+    futures::future::join_all(checks).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +165,7 @@ async fn stepping_a_running_leaders_wall_clock_2h_moves_no_lease_and_no_delay() 
             (&before, format!("begun before a {step} ms step")),
             (&after, format!("begun after a {step} ms step")),
         ];
-        assert_on_time(&mut c, &all).await;
+        assert_on_time(&c, &all).await;
         let running = node.running.as_ref().expect("running");
         let skew = running.node.clock_skew_ms();
         assert!(
@@ -206,7 +210,7 @@ async fn a_node_2h_ahead_or_behind_takes_over_without_moving_leases_or_delays() 
             (&spanning, format!("{what}, lease and delay spanning it")),
             (&fresh, format!("{what}, lease and delay begun after")),
         ];
-        assert_on_time(&mut c, &all).await;
+        assert_on_time(&c, &all).await;
         let leader_time = cluster.node(new).node.now_ms();
         let wall = taskraft_broker::clock::system_wall_ms();
         assert!(

@@ -210,20 +210,17 @@ async fn new_node_joins_by_snapshot_and_any_node_can_be_removed() {
 
     // Wait until every node has compacted its log behind a snapshot, so whoever leads
     // must send node 4 a snapshot.
-    let deadline = tokio::time::Instant::now() + SOON;
-    loop {
+    eventually_ok("every log purged behind a snapshot", SOON, || async {
         let purged: Vec<u64> = (1..=3)
             .map(|id| cluster.node(id).node.cluster_view().purged_index)
             .collect();
         if purged.iter().all(|p| *p > 100) {
-            break;
+            Ok(())
+        } else {
+            Err(format!("purged up to {purged:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "logs never purged: {purged:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     // Node 4 lists the cluster's peers (not itself): it forms nothing and waits.
     let dir = tempfile::tempdir().unwrap();
@@ -254,15 +251,14 @@ async fn new_node_joins_by_snapshot_and_any_node_can_be_removed() {
     let four = st.nodes.iter().find(|n| n.id == 4).expect("node 4 listed");
     assert_eq!(four.role, "follower");
     // Its metrics may trail the leader's view of its progress by a moment.
-    let deadline = tokio::time::Instant::now() + SOON;
-    while n4.node.cluster_view().snapshot_index.is_none() {
+    eventually_ok("node 4 to catch up through a snapshot", SOON, || async {
         let m4 = n4.node.cluster_view();
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node 4 did not catch up through a snapshot: {m4:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        match m4.snapshot_index {
+            Some(_) => Ok(()),
+            None => Err(format!("{m4:?}")),
+        }
+    })
+    .await;
     assert_eq!(stats(&mut c4, "join").await.ready, 300);
     assert_eq!(get_job(&mut c4, &ids[0]).await.payload, "p0");
 
@@ -272,17 +268,12 @@ async fn new_node_joins_by_snapshot_and_any_node_can_be_removed() {
         .await
         .unwrap();
     let rest: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
-    let deadline = tokio::time::Instant::now() + SOON;
-    let new = loop {
-        if let Some(l) = n4.node.leader().filter(|l| *l != leader) {
-            break l;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no new leader after removing {leader}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let new = eventually(
+        &format!("a new leader after removing {leader}"),
+        SOON,
+        || async { n4.node.leader().filter(|l| *l != leader) },
+    )
+    .await;
     assert!(rest.contains(&new) || new == 4);
     c4.broker
         .enqueue(job("join", "after-remove"))

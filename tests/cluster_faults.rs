@@ -10,24 +10,6 @@ use taskraft_proto::v1 as pb;
 use taskraft_tests::*;
 use tonic::Code;
 
-async fn leader_of(cluster: &ProcessCluster, alive: &[u64]) -> u64 {
-    let deadline = tokio::time::Instant::now() + SOON;
-    loop {
-        for id in alive {
-            if let Some(st) = cluster.status(*id).await {
-                if st.leader_id != 0 && alive.contains(&st.leader_id) {
-                    return st.leader_id;
-                }
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no leader among {alive:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A three-node cluster whose leader can be left without quorum (both followers
 /// SIGKILLed) and given it back: calls on the leader then wait out their 1 s deadline.
 struct Stall {
@@ -42,7 +24,7 @@ impl Stall {
         for n in &cluster.nodes {
             n.wait_ready().await;
         }
-        let leader = leader_of(&cluster, &[1, 2, 3]).await;
+        let leader = cluster.wait_leader().await;
         let followers = (1..=3).filter(|i| *i != leader).collect();
         Self {
             cluster,
@@ -69,7 +51,7 @@ impl Stall {
         for n in &self.cluster.nodes {
             n.wait_ready().await;
         }
-        self.leader = leader_of(&self.cluster, &[1, 2, 3]).await;
+        self.leader = self.cluster.wait_leader().await;
         self.leader_clients().await
     }
 }
@@ -89,7 +71,7 @@ async fn leader_sigkill_under_load_loses_nothing_and_the_node_catches_up_after_r
     for n in &cluster.nodes {
         n.wait_ready().await;
     }
-    let leader = leader_of(&cluster, &[1, 2, 3]).await;
+    let leader = cluster.wait_leader().await;
     let clients: Vec<Clients> =
         futures::future::join_all(cluster.nodes.iter().map(|n| n.clients())).await;
 
@@ -144,45 +126,60 @@ async fn leader_sigkill_under_load_loses_nothing_and_the_node_catches_up_after_r
         }));
     }
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before_kill = ledger.lock().unwrap().enqueued.len();
-    assert!(before_kill > 0, "load was running");
+    // Load under way: at least this many jobs enqueued and acked, however slowly the
+    // machine goes.
+    let load_reached = |enqueued: usize, acked: usize| {
+        let ledger = ledger.clone();
+        move || {
+            let l = ledger.lock().unwrap();
+            let (e, a) = (l.enqueued.len(), l.acks.len());
+            std::future::ready(if e >= enqueued && a >= acked {
+                Ok((e, a))
+            } else {
+                Err(format!("{e} jobs enqueued, {a} acked"))
+            })
+        }
+    };
+    let (before_kill, acked_before_kill) =
+        eventually_ok("load to run", SOON, load_reached(100, 1)).await;
     cluster.node(leader).kill9();
     let survivors: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
     let killed_at = tokio::time::Instant::now();
-    let mut probe = clients[survivors[0] as usize - 1].clone();
-    loop {
-        if probe.broker.enqueue(job("ha-probe", "x")).await.is_ok() {
-            break;
-        }
-        assert!(
-            killed_at.elapsed() < SOON,
-            "no write succeeded after the leader died"
-        );
-    }
+    let probe = clients[survivors[0] as usize - 1].clone();
+    eventually("a write to succeed after the leader died", SOON, || {
+        let mut probe = probe.clone();
+        async move { probe.broker.enqueue(job("ha-probe", "x")).await.ok() }
+    })
+    .await;
     eprintln!(
         "failover: first successful write {:?} after SIGKILL of leader {leader}",
         killed_at.elapsed()
     );
-    let new_leader = leader_of(&cluster, &survivors).await;
+    let new_leader = cluster.wait_leader_among(&survivors).await;
     assert_ne!(new_leader, leader);
 
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Load goes on through the new leader.
+    eventually_ok(
+        "load to go on after the failover",
+        SOON,
+        load_reached(before_kill + 100, acked_before_kill + 1),
+    )
+    .await;
     stop_producing.store(true, Ordering::SeqCst);
     // Let the workers drain everything that was acknowledged.
     let mut sc = clients[new_leader as usize - 1].clone();
-    let deadline = tokio::time::Instant::now() + SOON * 2;
-    loop {
-        let st = stats(&mut sc, "ha").await;
-        if st.ready + st.scheduled + st.leased == 0 {
-            break;
+    eventually_ok("the queue to drain", SOON * 2, || {
+        let mut sc = sc.clone();
+        async move {
+            let st = stats(&mut sc, "ha").await;
+            if st.ready + st.scheduled + st.leased == 0 {
+                Ok(())
+            } else {
+                Err(format!("{st:?}"))
+            }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "queue never drained: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     stop_working.store(true, Ordering::SeqCst);
     for t in tasks {
         t.await.unwrap();
@@ -212,19 +209,19 @@ async fn leader_sigkill_under_load_loses_nothing_and_the_node_catches_up_after_r
     cluster.node(leader).restart().await;
     cluster.node(leader).wait_ready().await;
     let target = cluster.status(new_leader).await.unwrap().commit_index;
-    let deadline = tokio::time::Instant::now() + SOON;
-    loop {
-        let st = cluster.status(leader).await.unwrap();
-        if st.applied_index >= target {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "restarted node stuck at {} < {target}",
-            st.applied_index
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_ok(
+        &format!("the restarted node to apply up to {target}"),
+        SOON,
+        || async {
+            let st = cluster.status(leader).await.unwrap();
+            if st.applied_index >= target {
+                Ok(())
+            } else {
+                Err(format!("stuck at {}", st.applied_index))
+            }
+        },
+    )
+    .await;
     let mut rc = cluster.node(leader).clients().await;
     assert_eq!(stats(&mut rc, "ha").await, stats(&mut sc, "ha").await);
 }
@@ -235,7 +232,7 @@ async fn without_quorum_writes_fail_fast_and_nothing_is_lost_after_restart() {
     for n in &cluster.nodes {
         n.wait_ready().await;
     }
-    let leader = leader_of(&cluster, &[1, 2, 3]).await;
+    let leader = cluster.wait_leader().await;
     let mut c = cluster.node(leader).clients().await;
     let mut ids = Vec::new();
     for i in 0..50 {
@@ -278,7 +275,7 @@ async fn without_quorum_writes_fail_fast_and_nothing_is_lost_after_restart() {
     for n in &cluster.nodes {
         n.wait_ready().await;
     }
-    let leader = leader_of(&cluster, &[1, 2, 3]).await;
+    let leader = cluster.wait_leader().await;
     let mut c = cluster.node(leader).clients().await;
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(get_job(&mut c, id).await.payload, format!("p{i}"));
@@ -383,15 +380,6 @@ async fn a_job_leased_for_a_caller_that_gave_up_comes_back_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_command_starts_a_local_three_node_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    struct KillOnDrop(Option<std::process::Child>);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            if let Some(c) = self.0.as_mut() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
     // Nine ports (gRPC, HTTP and peer of three nodes) from a base whose neighbours are
     // free. A parallel test may take one of them before `taskraft dev` binds it; the
     // process then exits, and it is started again from another base.
@@ -423,9 +411,9 @@ async fn dev_command_starts_a_local_three_node_cluster() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let mut guard = KillOnDrop(Some(child));
+        let mut guard = ProcessGuard::new(child);
         // The process prints a line per node, then "cluster of 3 node(s) running".
-        let stdout = guard.0.as_mut().unwrap().stdout.take().unwrap();
+        let stdout = guard.child().unwrap().stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         std::thread::spawn(move || {
             use std::io::BufRead;
@@ -439,55 +427,46 @@ async fn dev_command_starts_a_local_three_node_cluster() {
             }
         });
         let mut printed = Vec::new();
-        let deadline = tokio::time::Instant::now() + SOON;
-        loop {
+        let started = eventually_ok("taskraft dev to start its nodes", SOON, || {
             printed.extend(rx.try_iter());
-            if printed
+            let up = printed
                 .iter()
-                .any(|l| l.starts_with("cluster of 3 node(s) running"))
-            {
-                break 'launch (guard, base, printed.join("\n"));
-            }
-            let exited = guard.0.as_mut().unwrap().try_wait().unwrap();
-            if exited.is_some() {
-                assert!(
-                    attempts < 5,
-                    "taskraft dev exited {attempts} times: {exited:?}"
-                );
-                continue 'launch;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "taskraft dev never started its nodes: {printed:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+                .any(|l| l.starts_with("cluster of 3 node(s) running"));
+            let exited = guard.child().unwrap().try_wait().unwrap();
+            std::future::ready(match (up, exited) {
+                (true, _) => Ok(true),
+                (false, Some(_)) => Ok(false),
+                (false, None) => Err(format!("it printed {printed:?}")),
+            })
+        })
+        .await;
+        if started {
+            break 'launch (guard, base, printed.join("\n"));
         }
+        let exited = guard.child().unwrap().try_wait().unwrap();
+        assert!(
+            attempts < 5,
+            "taskraft dev exited {attempts} times: {exited:?}"
+        );
     };
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", base + 20).parse().unwrap();
-    let mut c = connect(addr).await;
-    let deadline = tokio::time::Instant::now() + SOON;
-    let st = loop {
-        if let Ok(st) = c
-            .admin
-            .get_cluster_status(pb::GetClusterStatusRequest {})
-            .await
-        {
-            let st = st.into_inner();
-            if st.leader_id != 0 {
-                break st;
-            }
+    let c = connect(addr).await;
+    let st = eventually("the dev cluster to elect a leader", SOON, || {
+        let mut c = c.clone();
+        async move {
+            let st = c
+                .admin
+                .get_cluster_status(pb::GetClusterStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            (st.leader_id != 0).then_some(st)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "dev cluster never elected a leader"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert_eq!(st.nodes.len(), 3);
-    c.broker.enqueue(job("dev", "x")).await.unwrap();
-    let mut child = guard.0.take().unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    c.clone().broker.enqueue(job("dev", "x")).await.unwrap();
+    guard.kill();
     for n in 1..=3 {
         assert!(
             printed.contains(&format!("node {n}: grpc 127.0.0.1:{}", base + 10 * (n - 1))),

@@ -112,29 +112,24 @@ impl Brokers {
         let Brokers::Three(cluster) = self else {
             return Err("kill_leader asked of a one-node scenario".into());
         };
-        let deadline = Instant::now() + taskraft_tests::SOON;
-        loop {
-            for id in 1..=cluster.nodes.len() as u64 {
-                if killed.contains(&id) {
-                    continue;
-                }
+        let nodes = cluster.nodes.len() as u64;
+        let leader = taskraft_tests::poll_until(taskraft_tests::SOON, || async {
+            for id in (1..=nodes).filter(|id| !killed.contains(id)) {
                 let Ok(Some(status)) =
                     tokio::time::timeout(Duration::from_secs(2), cluster.status(id)).await
                 else {
                     continue;
                 };
                 let leader = status.leader_id;
-                if leader >= 1 && leader <= cluster.nodes.len() as u64 && !killed.contains(&leader)
-                {
-                    cluster.node(leader).kill9();
+                if (1..=nodes).contains(&leader) && !killed.contains(&leader) {
                     return Ok(leader);
                 }
             }
-            if Instant::now() > deadline {
-                return Err("no node named a live leader".into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Err("no node named a live leader".to_string())
+        })
+        .await?;
+        cluster.node(leader).kill9();
+        Ok(leader)
     }
 
     fn log_tails(&self) -> String {

@@ -197,11 +197,7 @@ async fn follower_killed_while_installing_a_snapshot_catches_up_after_restart() 
     for id in 1..=3 {
         cluster.node(id).wait_ready().await;
     }
-    let leader = eventually("a leader", SOON, || {
-        let c = &cluster;
-        async move { c.status(1).await.map(|s| s.leader_id).filter(|l| *l != 0) }
-    })
-    .await;
+    let leader = cluster.wait_leader().await;
     let mut c = connect(cluster.node(leader).addr).await;
     // A state big enough that writing and loading its snapshot takes a while.
     let payload = "x".repeat(2048);
@@ -284,18 +280,7 @@ async fn leader_killed_right_after_acks_serves_them_after_restart() {
         cluster.node(id).wait_ready().await;
     }
     for round in 0..3 {
-        let leader = eventually("a leader", SOON, || {
-            let c = &cluster;
-            async move {
-                for id in 1..=3 {
-                    if let Some(s) = c.status(id).await.filter(|s| s.leader_id != 0) {
-                        return Some(s.leader_id);
-                    }
-                }
-                None
-            }
-        })
-        .await;
+        let leader = cluster.wait_leader().await;
         let queue = format!("acked-{round}");
         let mut c = connect(cluster.node(leader).addr).await;
         let jobs = (0..20).map(|i| job(&queue, &format!("{i}"))).collect();

@@ -16,28 +16,19 @@ fn loopback() -> SocketAddr {
 /// Runs `taskraft` with `args` and `envs`, expecting it to exit (not serve) within
 /// [`SOON`]; returns (exit status, stderr).
 fn run_to_exit(args: &[&str], envs: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(taskraft_bin())
-        .args(args)
+    let mut cmd = Command::new(taskraft_bin());
+    cmd.args(args)
         .envs(envs.iter().copied())
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning taskraft");
-    let deadline = std::time::Instant::now() + SOON;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            let mut err = String::new();
-            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-            return (status, err);
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("taskraft {args:?} did not exit within {SOON:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        .stderr(Stdio::piped());
+    let out = output_within(&mut cmd, SOON)
+        .unwrap_or_else(|| panic!("taskraft {args:?} did not exit within {SOON:?}"));
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// `--config` (here from `TASKRAFT_CONFIG`) fills what flags and variables leave
@@ -238,9 +229,19 @@ async fn peers_named_by_dns_that_resolve_late_form_the_cluster() {
         taskraft_broker::server::start(c)
     };
     let mut nodes = vec![start(1).await.unwrap(), start(2).await.unwrap()];
-    // Several election timeouts (0.4-0.8 s each after a 0.8 s lease) with no name
-    // resolving: no node can have won a vote.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // No name resolves: each node stands for election again and again (its term goes up
+    // with every try, as no message reaches it from the other) and never wins a vote.
+    // Checked once each has tried a few times, however long that takes on a loaded
+    // machine.
+    eventually_ok("nodes 1 and 2 to stand for election", SOON, || async {
+        let terms: Vec<u64> = nodes.iter().map(|n| n.node.cluster_view().term).collect();
+        if terms.iter().all(|t| *t >= 4) {
+            Ok(())
+        } else {
+            Err(format!("their terms are {terms:?}"))
+        }
+    })
+    .await;
     assert!(
         nodes.iter().all(|n| n.node.leader().is_none()),
         "a leader was elected while no peer name resolved"

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use taskraft_proto::v1 as pb;
 use taskraft_tests::*;
@@ -130,14 +129,11 @@ async fn sigkill_under_concurrent_load_loses_no_acknowledged_enqueue() {
         }));
     }
     // Let load build up, then pull the plug mid-flight.
-    let deadline = tokio::time::Instant::now() + SOON;
-    while acked.lock().unwrap().len() < 500 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "load never got going"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("load to get going", SOON, || {
+        let n = acked.lock().unwrap().len();
+        std::future::ready((n >= 500).then_some(()))
+    })
+    .await;
     node.kill9();
     for t in tasks {
         let _ = t.await;

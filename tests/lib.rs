@@ -1,11 +1,15 @@
 //! Fixtures for the end-to-end tests: nodes started in-process (on `127.0.0.1:0`) or
 //! as real `taskraft serve` processes that can be SIGKILLed, and gRPC clients.
 
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use taskraft_broker::clock::{system_wall_ms, Clock, ClockHandle};
 use taskraft_broker::config::Config;
 use taskraft_broker::server::{self, Running};
 use taskraft_proto::v1 as pb;
@@ -19,24 +23,166 @@ pub mod setup;
 /// Generous bound for anything that should happen "soon" (startup, elections).
 pub const SOON: Duration = Duration::from_secs(30);
 
-/// Polls `check` until it returns `Some`, for at most `within`; panics naming `what`
-/// when it never does. The one poll-until loop of the tests: generous bounds, no fixed
-/// sleeps racing a timeout.
-pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+/// How often the poll-until helpers look again.
+const POLL_EVERY: Duration = Duration::from_millis(50);
+
+/// Polls `check` until it returns `Ok`, for at most `within`; when it never does, the
+/// last `Err` it returned (it is always asked at least once). The one poll-until loop of
+/// the tests: generous bounds, no fixed sleeps racing a timeout. [`eventually`] and
+/// [`eventually_ok`] panic on timeout; call this one where the caller reports the
+/// failure itself (with a node's log, say).
+pub async fn poll_until<T, E, F, Fut>(within: Duration, mut check: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        if let Some(v) = check().await {
-            return v;
+        match check().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(POLL_EVERY).await,
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `check` until it returns `Some`, for at most `within`; panics naming `what`
+/// when it never does.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let polled = poll_until(within, || {
+        let look = check();
+        async move { look.await.ok_or(()) }
+    })
+    .await;
+    polled.unwrap_or_else(|()| panic!("timed out after {within:?} waiting for {what}"))
+}
+
+/// Polls `check` until it returns `Ok`, for at most `within`; panics naming `what` and
+/// the last error (what was seen instead) when it never does.
+pub async fn eventually_ok<T, E, F, Fut>(what: &str, within: Duration, check: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    poll_until(within, check)
+        .await
+        .unwrap_or_else(|e| panic!("timed out after {within:?} waiting for {what}: {e}"))
+}
+
+/// A clock for in-process nodes that the test moves forward: [`JumpClock::advance`]
+/// makes the node's wall and monotonic clocks jump ahead together, as if that much time
+/// had passed at once. Leases, delays, backoffs and retention then run out when the test
+/// says, without sleeping and whatever the machine's load. (Stepping only the wall
+/// clock, as `SteppableClock` does, moves none of them: replicated time follows the
+/// monotonic clock, see `broker/src/raft/time.rs`.)
+#[derive(Clone, Default)]
+pub struct JumpClock {
+    ahead_ms: Arc<AtomicU64>,
+}
+
+impl JumpClock {
+    /// The machine's clocks, not moved yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves both clocks forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.ahead_ms
+            .fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// A handle to put in a node's `Config::clock` (it shares this clock's jumps).
+    pub fn handle(&self) -> ClockHandle {
+        ClockHandle::new(self.clone())
+    }
+
+    /// Unix ms as the node's wall clock says now.
+    pub fn wall_ms(&self) -> u64 {
+        system_wall_ms() + self.ahead()
+    }
+
+    fn ahead(&self) -> u64 {
+        self.ahead_ms.load(Ordering::SeqCst)
+    }
+}
+
+impl Clock for JumpClock {
+    fn wall_ms(&self) -> u64 {
+        JumpClock::wall_ms(self)
+    }
+
+    fn mono(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(self.ahead())
+    }
+}
+
+/// A child process that is SIGKILLed and reaped when the guard drops, so that a test that
+/// fails (panics) leaves no process behind. [`ProcessNode`] keeps its `taskraft serve` in
+/// one.
+#[derive(Default)]
+pub struct ProcessGuard(Option<Child>);
+
+impl ProcessGuard {
+    /// Guards `child`.
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// The process, unless it was killed or taken.
+    pub fn child(&mut self) -> Option<&mut Child> {
+        self.0.as_mut()
+    }
+
+    /// Its OS process id, unless it was killed or taken.
+    pub fn id(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
+    /// Takes the process out of the guard: it is no longer killed on drop.
+    pub fn take(&mut self) -> Option<Child> {
+        self.0.take()
+    }
+
+    /// SIGKILL and reap (nothing when there is no process).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `cmd` to its end, for at most `limit`: its output (what `cmd` pipes), or None when
+/// it ran longer and was SIGKILLed.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let pid = child.id().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => Some(out.expect("waiting for the process")),
+        Err(_) => {
+            // Not reaped yet (the waiting thread reaps it), so the id is still its own.
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            let _ = rx.recv();
+            None
+        }
     }
 }
 
@@ -51,25 +197,12 @@ pub struct Clients {
 
 /// Connects to a node's gRPC address, retrying until it accepts.
 pub async fn connect(addr: SocketAddr) -> Clients {
-    let deadline = tokio::time::Instant::now() + SOON;
-    loop {
-        match Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-        {
-            Ok(ch) => {
-                return Clients {
-                    broker: BrokerClient::new(ch.clone()).max_decoding_message_size(64 << 20),
-                    admin: AdminClient::new(ch).max_decoding_message_size(64 << 20),
-                }
-            }
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("cannot connect to {addr}: {e}"),
-        }
+    let what = format!("a connection to {addr}");
+    let endpoint = Channel::from_shared(format!("http://{addr}")).expect("uri");
+    let ch = eventually_ok(&what, SOON, || endpoint.connect()).await;
+    Clients {
+        broker: BrokerClient::new(ch.clone()).max_decoding_message_size(64 << 20),
+        admin: AdminClient::new(ch).max_decoding_message_size(64 << 20),
     }
 }
 
@@ -122,14 +255,21 @@ impl InProcNode {
     /// Waits until the node leads (a one-node cluster elects itself).
     pub async fn wait_ready(&self) {
         let node = self.running.as_ref().expect("running").node.clone();
-        let deadline = tokio::time::Instant::now() + SOON;
-        while !node.is_leader() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node never became leader"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("the node to lead", SOON, || async {
+            node.is_leader().then_some(())
+        })
+        .await;
+    }
+
+    /// How many Lease calls on `queue` this node is serving now (long polls waiting for a
+    /// job, and calls looking for one): each holds the queue's wake-up handle
+    /// (`RaftNode::watch_queues`) until it returns or its
+    /// caller goes away.
+    pub fn lease_calls_on(&self, queue: &str) -> usize {
+        let node = &self.running.as_ref().expect("running").node;
+        let handles = node.watch_queues(&[queue.to_string()]);
+        // Less the handle just taken here.
+        Arc::strong_count(&handles[0]) - 1
     }
 
     /// Graceful stop, keeping the data dir.
@@ -201,7 +341,7 @@ pub fn taskraft_bin() -> PathBuf {
 
 /// A `taskraft serve` process.
 pub struct ProcessNode {
-    child: Option<Child>,
+    child: ProcessGuard,
     /// gRPC address (fixed across restarts).
     pub addr: SocketAddr,
     /// HTTP address (fixed across restarts).
@@ -257,7 +397,7 @@ impl ProcessNode {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut node = Self {
-            child: None,
+            child: ProcessGuard::default(),
             addr,
             http,
             peer,
@@ -288,7 +428,7 @@ impl ProcessNode {
             .stderr(log)
             .spawn()
             .expect("spawning taskraft serve");
-        self.child = Some(child);
+        self.child = ProcessGuard::new(child);
     }
 
     /// The node's whole log so far.
@@ -305,21 +445,19 @@ impl ProcessNode {
 
     /// Waits until `/readyz` says the node knows a leader.
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + SOON;
-        loop {
-            if http_get(self.http, "/readyz")
-                .await
-                .is_some_and(|(code, _)| code == 200)
-            {
-                return;
+        let ready = poll_until(SOON, || async {
+            match http_get(self.http, "/readyz").await {
+                Some((200, _)) => Ok(()),
+                _ => Err(()),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
+        })
+        .await;
+        if ready.is_err() {
+            panic!(
                 "node at {} never became ready; log:\n{}",
                 self.addr,
                 self.log_tail()
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -330,43 +468,29 @@ impl ProcessNode {
 
     /// SIGKILL: no shutdown code runs.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.kill();
     }
 
     /// The exit status if the process has ended (without waiting).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.child().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
         let mut c = self.child.take().expect("running");
-        let ok = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(ok.success(), "kill -TERM failed");
         c.wait().expect("wait")
     }
 
     /// SIGHUP (reloads the tokens file).
     pub fn hangup(&self) {
-        let c = self.child.as_ref().expect("running");
-        let ok = Command::new("kill")
-            .args(["-HUP", &c.id().to_string()])
-            .status()
-            .expect("kill -HUP");
-        assert!(ok.success(), "kill -HUP failed");
+        self.signal("-HUP");
     }
 
     /// OS process id, while the process runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.id()
     }
 
     /// SIGSTOP: the process freezes, its sockets stay open, until [`Self::resume`].
@@ -380,9 +504,9 @@ impl ProcessNode {
     }
 
     fn signal(&self, sig: &str) {
-        let c = self.child.as_ref().expect("running");
+        let pid = self.child.id().expect("running");
         let ok = Command::new("kill")
-            .args([sig, &c.id().to_string()])
+            .args([sig, &pid.to_string()])
             .status()
             .unwrap_or_else(|e| panic!("kill {sig}: {e}"));
         assert!(ok.success(), "kill {sig} failed");
@@ -401,12 +525,6 @@ impl ProcessNode {
     pub async fn restart(&mut self) {
         self.kill9();
         self.launch();
-    }
-}
-
-impl Drop for ProcessNode {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 
@@ -633,26 +751,24 @@ impl InProcCluster {
 
     /// Waits until the running nodes in `among` agree on a leader that is one of them.
     pub async fn wait_leader_among(&self, among: &[u64]) -> u64 {
-        let deadline = tokio::time::Instant::now() + SOON;
-        loop {
+        let what = format!("an agreed leader among {among:?}");
+        eventually_ok(&what, SOON, || async {
             let leaders: Vec<Option<u64>> = among
                 .iter()
                 .map(|id| self.node(*id).node.leader())
                 .collect();
-            if let Some(Some(l)) = leaders.first() {
-                if among.contains(l)
-                    && leaders.iter().all(|x| *x == Some(*l))
-                    && self.node(*l).node.is_leader()
+            match leaders.first() {
+                Some(Some(l))
+                    if among.contains(l)
+                        && leaders.iter().all(|x| *x == Some(*l))
+                        && self.node(*l).node.is_leader() =>
                 {
-                    return *l;
+                    Ok(*l)
                 }
+                _ => Err(format!("they name {leaders:?}")),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no agreed leader among {among:?}: {leaders:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     /// Waits until all running nodes agree on a leader.
@@ -752,6 +868,31 @@ impl ProcessCluster {
     /// Node with id `id`.
     pub fn node(&mut self, id: u64) -> &mut ProcessNode {
         &mut self.nodes[id as usize - 1]
+    }
+
+    /// Waits until the nodes in `among` agree on a leader that is one of them (a killed
+    /// leader is still named by its followers until they elect another).
+    pub async fn wait_leader_among(&self, among: &[u64]) -> u64 {
+        let what = format!("an agreed leader among {among:?}");
+        eventually_ok(&what, SOON, || async {
+            let mut leaders = Vec::new();
+            for id in among {
+                leaders.push(self.status(*id).await.map(|s| s.leader_id));
+            }
+            match leaders.first() {
+                Some(Some(l)) if among.contains(l) && leaders.iter().all(|x| *x == Some(*l)) => {
+                    Ok(*l)
+                }
+                _ => Err(format!("they name {leaders:?}")),
+            }
+        })
+        .await
+    }
+
+    /// Waits until all nodes agree on a leader.
+    pub async fn wait_leader(&self) -> u64 {
+        let all: Vec<u64> = (1..=self.nodes.len() as u64).collect();
+        self.wait_leader_among(&all).await
     }
 
     /// Asks node `id` for cluster status.

@@ -3,39 +3,26 @@
 //! UNAVAILABLE) and loses no job. Real `taskraft serve` processes.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use taskraft::{Client, EnqueueOptions, HandlerError, Job, NewJob, Worker};
 use taskraft_tests::*;
 
-/// Polls nodes `among` until they agree on a leader that is one of them (a stopped
-/// leader is still named by its followers until they elect another).
-async fn agreed_leader(cluster: &ProcessCluster, among: &[u64]) -> u64 {
-    eventually("an agreed leader", SOON, || async {
-        let mut leaders = Vec::new();
-        for id in among {
-            leaders.push(cluster.status(*id).await.map(|s| s.leader_id));
-        }
-        let first = leaders.first().copied().flatten()?;
-        (among.contains(&first) && leaders.iter().all(|l| *l == Some(first))).then_some(first)
-    })
-    .await
-}
-
 /// SIGTERM on the leader: it drains, stops, and asks its most up-to-date follower to
 /// campaign; that follower leads as soon as the others' leader lease (8 heartbeats)
 /// runs out, instead of after the lease plus a random 4-8 heartbeat election timeout.
-/// With a 500 ms heartbeat: about 4 s after the old leader's exit, where an election
-/// without hand-off takes at least 6 s.
+/// With a 1 s heartbeat: about 8 s after the old leader's exit, where an election
+/// without hand-off takes at least 12 s. (The bound between them leaves 2.5 s for a
+/// loaded machine; a shorter heartbeat would leave less.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_leader_hands_leadership_to_an_up_to_date_follower() {
-    let mut cluster = ProcessCluster::spawn(3, &["--heartbeat", "500ms"]).await;
+    let mut cluster = ProcessCluster::spawn(3, &["--heartbeat", "1s"]).await;
     for id in 1..=3 {
         cluster.node(id).wait_ready().await;
     }
-    let leader = agreed_leader(&cluster, &[1, 2, 3]).await;
+    let leader = cluster.wait_leader().await;
     let mut c = cluster.node(leader).clients().await;
     for i in 0..20 {
         c.broker
@@ -56,14 +43,14 @@ async fn stopping_leader_hands_leadership_to_an_up_to_date_follower() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no hand-off in the leader's log:\n{log}"));
     let rest: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
-    let new_leader = agreed_leader(&cluster, &rest).await;
+    let new_leader = cluster.wait_leader_among(&rest).await;
     let took = stopped.elapsed();
     assert_eq!(
         new_leader, successor,
         "the chosen successor did not take over"
     );
     assert!(
-        took < Duration::from_millis(5_500),
+        took < Duration::from_millis(10_500),
         "new leader after {took:?}: no faster than an election without hand-off"
     );
     // Nothing acknowledged was lost.
@@ -89,11 +76,12 @@ async fn rolling_restart_under_load_loses_no_job_and_fails_no_call() {
         .expect("client");
 
     let stop = Arc::new(AtomicBool::new(false));
+    let enqueued = Arc::new(AtomicUsize::new(0));
     // Four producers, each enqueueing one job at a time with its own idempotency keys
     // (so that a retried enqueue cannot store a job twice).
     let producers: Vec<_> = (0..4)
         .map(|p| {
-            let (client, stop) = (client.clone(), stop.clone());
+            let (client, stop, enqueued) = (client.clone(), stop.clone(), enqueued.clone());
             tokio::spawn(async move {
                 let mut ids = Vec::new();
                 let mut i = 0u64;
@@ -104,7 +92,10 @@ async fn rolling_restart_under_load_loses_no_job_and_fails_no_call() {
                             .idempotency_key(format!("k{p}-{i}")),
                     );
                     match client.enqueue_job(job).await {
-                        Ok(e) => ids.push(e.job_id),
+                        Ok(e) => {
+                            ids.push(e.job_id);
+                            enqueued.fetch_add(1, Ordering::SeqCst);
+                        }
                         Err(e) => return Err(format!("enqueue {p}-{i} failed: {e}")),
                     }
                     i += 1;
@@ -135,9 +126,21 @@ async fn rolling_restart_under_load_loses_no_job_and_fails_no_call() {
         }))
     };
 
+    // Some load: this many more jobs enqueued, however slowly the machine goes.
+    let more_load = |n: usize| {
+        let enqueued = enqueued.clone();
+        let want = enqueued.load(Ordering::SeqCst) + n;
+        move || {
+            let now = enqueued.load(Ordering::SeqCst);
+            std::future::ready(if now >= want {
+                Ok(())
+            } else {
+                Err(format!("{now} of {want} enqueued"))
+            })
+        }
+    };
     for id in 1..=3u64 {
-        // Some load before each restart.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        eventually_ok("some load before the restart", SOON, more_load(50)).await;
         let status = tokio::task::block_in_place(|| cluster.node(id).terminate());
         assert!(status.success(), "node {id} exited with {status}");
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -160,7 +163,7 @@ async fn rolling_restart_under_load_loses_no_job_and_fails_no_call() {
         )
         .await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    eventually_ok("some load after the last restart", SOON, more_load(50)).await;
     stop.store(true, Ordering::SeqCst);
     let mut ids = Vec::new();
     for p in producers {
@@ -172,29 +175,38 @@ async fn rolling_restart_under_load_loses_no_job_and_fails_no_call() {
 
     // Every enqueued job processed; a worker that stopped, or jobs still missing after
     // SOON, fail with what is known.
-    let deadline = Instant::now() + SOON;
-    loop {
-        let missing = {
-            let d = done.lock().unwrap();
-            ids.iter().filter(|id| !d.contains(*id)).count()
-        };
-        if missing == 0 {
-            break;
-        }
-        if worker.is_finished() {
+    let missing = || {
+        let d = done.lock().unwrap();
+        ids.iter().filter(|id| !d.contains(*id)).count()
+    };
+    // Ok(true): all processed; Ok(false): the worker stopped; Err: still missing.
+    let processed = poll_until(SOON, || {
+        let (missing, stopped) = (missing(), worker.is_finished());
+        std::future::ready(match (missing, stopped) {
+            (0, _) => Ok(true),
+            (_, true) => Ok(false),
+            (n, false) => Err(n),
+        })
+    })
+    .await;
+    match processed {
+        Ok(true) => {}
+        Ok(false) => {
             let r = worker.await;
-            panic!("the worker stopped with {missing} jobs unprocessed: {r:?}");
+            panic!(
+                "the worker stopped with {} jobs unprocessed: {r:?}",
+                missing()
+            );
         }
-        if Instant::now() > deadline {
+        Err(n) => {
             let s = client.queue_stats("rolling").await;
             let logs: Vec<String> = cluster.nodes.iter().map(|n| n.log_tail()).collect();
             panic!(
-                "{missing} of {} jobs unprocessed after {SOON:?}; stats {s:?}; logs:\n{}",
+                "{n} of {} jobs unprocessed after {SOON:?}; stats {s:?}; logs:\n{}",
                 ids.len(),
                 logs.join("\n-----\n")
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = worker_stop.send(());
     worker.await.unwrap().expect("worker ran");

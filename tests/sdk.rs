@@ -11,6 +11,7 @@ use taskraft::{
     BatcherOptions, Client, EnqueueOptions, Error, HandlerError, Job, JobState, NewJob, Report,
     Worker,
 };
+use taskraft_proto::v1 as pb;
 use taskraft_tests::*;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -37,19 +38,6 @@ async fn stop(tx: oneshot::Sender<()>, handle: JoinHandle<Result<Report, Error>>
         .expect("worker stops in time")
         .expect("worker task")
         .expect("worker run")
-}
-
-/// Waits for `cond` to hold, polling.
-async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + SOON;
-    while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,9 +85,16 @@ async fn thousand_jobs_over_three_workers_each_run_exactly_once() {
         workers.push(spawn_worker(worker));
     }
     let mut c = node.clients().await;
-    eventually("all 1000 jobs succeed", || {
+    eventually_ok("all 1000 jobs to succeed", SOON, || {
         let mut c = c.clone();
-        async move { stats(&mut c, "bulk").await.succeeded == 1000 }
+        async move {
+            let s = stats(&mut c, "bulk").await;
+            if s.succeeded == 1000 {
+                Ok(())
+            } else {
+                Err(format!("{s:?}"))
+            }
+        }
     })
     .await;
     let mut total = Report::default();
@@ -119,21 +114,70 @@ async fn thousand_jobs_over_three_workers_each_run_exactly_once() {
     assert_eq!((s.ready, s.leased, s.dead), (0, 0, 0));
 }
 
+/// The worker extends the lease of a handler that runs past its visibility timeout. The
+/// handler runs until the test has seen (through GetJob) an extension granted after the
+/// lease's first deadline had passed, however long that takes on a loaded machine; the
+/// job then completes on its first lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_outliving_the_visibility_timeout_keeps_its_lease() {
     let node = InProcNode::start().await;
     let client = sdk_client(&node).await;
     let id = client.enqueue("slow", "x").await.unwrap();
+    // The worker extends every third of the visibility timeout: a heartbeat may come
+    // 2.7 s late before the lease runs out.
+    let visibility = Duration::from_secs(4);
+    let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let released = release.clone();
     let worker = Worker::builder(client.clone())
         .queue("slow")
-        .visibility_timeout(Duration::from_secs(1))
-        .default_handler(|_job: Job| async move {
-            tokio::time::sleep(Duration::from_millis(3500)).await;
-            Ok::<_, HandlerError>("slow but done")
+        .visibility_timeout(visibility)
+        .default_handler(move |_job: Job| {
+            let (started_tx, released) = (started_tx.clone(), released.clone());
+            async move {
+                let _ = started_tx.send(());
+                released.notified().await;
+                Ok::<_, HandlerError>("slow but done")
+            }
         })
         .build()
         .unwrap();
     let (tx, h) = spawn_worker(worker);
+    tokio::time::timeout(SOON, started.recv())
+        .await
+        .expect("the handler starts in time")
+        .expect("the handler starts");
+    let mut c = node.clients().await;
+    // The first deadline, or a later one if an extension came already.
+    let first = get_job(&mut c, &id).await;
+    assert_eq!(first.attempt, 1, "{first:?}");
+    // An extension sets the deadline one visibility timeout past the broker's time: one
+    // this far out was granted when the first deadline had passed, and the broker grants
+    // none on a lease that ran out.
+    let past_first = first.lease_deadline_ms + visibility.as_millis() as u64;
+    eventually_ok(
+        "an extension granted after the first deadline",
+        SOON,
+        || {
+            let mut c = c.clone();
+            let id = id.clone();
+            async move {
+                let j = get_job(&mut c, &id).await;
+                assert_eq!(
+                    (j.state, j.attempt, j.expirations),
+                    (pb::JobState::Leased as i32, 1, 0),
+                    "the first lease ran out: {j:?}"
+                );
+                if j.lease_deadline_ms >= past_first {
+                    Ok(())
+                } else {
+                    Err(format!("deadline {} < {past_first}", j.lease_deadline_ms))
+                }
+            }
+        },
+    )
+    .await;
+    release.notify_one();
     let job = client.wait_for_job(&id, SOON).await.unwrap();
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     assert_eq!((job.attempt, job.expirations), (1, 0), "{job:?}");
@@ -229,7 +273,9 @@ async fn cancelling_a_running_job_aborts_its_handler() {
     let (f, d) = (finished.clone(), dropped.clone());
     let worker = Worker::builder(client.clone())
         .queue("cancel")
-        .visibility_timeout(Duration::from_millis(900))
+        // The worker learns of the cancel at its next extension, every second; a 3 s
+        // lease lets a heartbeat come 2 s late without the job being redelivered.
+        .visibility_timeout(Duration::from_secs(3))
         .default_handler(move |job: Job| {
             let (started_tx, f, d) = (started_tx.clone(), f.clone(), d.clone());
             async move {
@@ -251,9 +297,9 @@ async fn cancelling_a_running_job_aborts_its_handler() {
     assert_eq!(got, id);
     let cancelled = client.cancel_job(&id).await.unwrap();
     assert_eq!(cancelled.state, JobState::Cancelled);
-    eventually("the handler is aborted", || {
+    eventually("the handler to be aborted", SOON, || {
         let d = dropped.clone();
-        async move { d.load(Ordering::SeqCst) }
+        async move { d.load(Ordering::SeqCst).then_some(()) }
     })
     .await;
     assert!(!finished.load(Ordering::SeqCst));
@@ -285,11 +331,11 @@ async fn progress_reported_by_a_handler_is_stored_on_the_job() {
         .unwrap();
     let (tx, h) = spawn_worker(worker);
     let id = client.enqueue("progress", "x").await.unwrap();
-    eventually("progress shows up", || {
+    eventually("progress to show up", SOON, || {
         let (client, id) = (client.clone(), id.clone());
         async move {
             let j = client.get_job(&id).await.unwrap();
-            j.progress == 42 && j.progress_message == "resizing 42 of 100"
+            (j.progress == 42 && j.progress_message == "resizing 42 of 100").then_some(())
         }
     })
     .await;
@@ -332,10 +378,20 @@ async fn shutdown_finishes_jobs_in_flight() {
         let j = client.get_job(&id).await.unwrap();
         assert_eq!(j.state, JobState::Succeeded, "{j:?}");
     }
-    // Nothing is leased after the worker stopped.
+    // Nothing is leased after the worker stopped: its Lease call in flight was dropped
+    // (the broker ends it once the cancellation arrives) and no other follows, so no
+    // Lease call is left to take a job enqueued now.
+    eventually("the stopped worker's Lease call to end", SOON, || async {
+        (node.lease_calls_on("drain") == 0).then_some(())
+    })
+    .await;
     let late = client.enqueue("drain", "late").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(client.get_job(&late).await.unwrap().state, JobState::Ready);
+    assert_eq!(
+        node.lease_calls_on("drain"),
+        0,
+        "a Lease call after the stop"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

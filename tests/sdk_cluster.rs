@@ -57,47 +57,38 @@ async fn leader_failover_during_processing_loses_no_job() {
         stops.push((tx, handle));
     }
     // Stop the leader once processing is under way.
-    let deadline = tokio::time::Instant::now() + SOON;
-    while done.lock().unwrap().len() < 50 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "processing never started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("processing to get under way", SOON, || {
+        let n = done.lock().unwrap().len();
+        std::future::ready((n >= 50).then_some(()))
+    })
+    .await;
     cluster.stop(leader).await;
 
     // Every job ends SUCCEEDED (some may run twice if an ack was lost with the leader:
     // at-least-once execution, exactly-once completion).
     let survivors: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
     let new_leader = cluster.wait_leader_among(&survivors).await;
-    let mut c = cluster.clients(new_leader).await;
-    let deadline = tokio::time::Instant::now() + SOON * 2;
-    loop {
-        // Two nodes on a loaded machine may elect once more: a read that finds no
-        // leader for a moment is retried like any other.
-        let req = pb::GetQueueStatsRequest {
-            queue: "fo-sdk".into(),
-        };
-        let st = match c.admin.get_queue_stats(req).await {
-            Ok(r) => r.into_inner(),
-            Err(e) if e.code() == tonic::Code::Unavailable => {
-                assert!(tokio::time::Instant::now() < deadline, "no answer: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    let c = cluster.clients(new_leader).await;
+    let st = eventually_ok("every job to complete", SOON * 2, || {
+        let mut c = c.clone();
+        async move {
+            let req = pb::GetQueueStatsRequest {
+                queue: "fo-sdk".into(),
+            };
+            match c.admin.get_queue_stats(req).await {
+                Ok(r) => match r.into_inner() {
+                    st if st.succeeded == 300 => Ok(st),
+                    st => Err(format!("not all jobs completed: {st:?}")),
+                },
+                // Two nodes on a loaded machine may elect once more: a read that finds
+                // no leader for a moment is retried like any other.
+                Err(e) if e.code() == tonic::Code::Unavailable => Err(format!("no answer: {e}")),
+                Err(e) => panic!("queue stats: {e}"),
             }
-            Err(e) => panic!("queue stats: {e}"),
-        };
-        if st.succeeded == 300 {
-            assert_eq!((st.ready, st.leased, st.scheduled, st.dead), (0, 0, 0, 0));
-            break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not all jobs completed: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    assert_eq!((st.ready, st.leased, st.scheduled, st.dead), (0, 0, 0, 0));
     assert_eq!(*done.lock().unwrap(), ids, "every job ran");
     for (tx, handle) in stops {
         let _ = tx.send(());

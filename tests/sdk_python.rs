@@ -18,7 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Bound on installing the package (the stub build takes a few seconds).
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -35,26 +35,12 @@ fn package_dir() -> PathBuf {
 fn run_bounded(cmd: &mut Command, dir: &Path, limit: Duration) -> (bool, String) {
     let log = tempfile::NamedTempFile::new().expect("output file");
     let out = log.reopen().expect("output file");
-    let mut child = cmd
-        .current_dir(dir)
+    cmd.current_dir(dir)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("dup"))
-        .stderr(out)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break Some(s);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        .stderr(out);
+    let status = taskraft_tests::output_within(cmd, limit).map(|o| o.status);
     let mut text = String::new();
     let _ = File::open(log.path()).and_then(|mut f| f.read_to_string(&mut text));
     match status {

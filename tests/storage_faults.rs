@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::time::Duration;
 
 use taskraft_proto::v1 as pb;
 use taskraft_tests::*;
@@ -64,9 +63,23 @@ async fn restart_and_judge(
     what: &str,
 ) -> Verdict {
     node.restart().await;
-    let deadline = tokio::time::Instant::now() + SOON;
-    loop {
-        if let Some(status) = node.exited() {
+    let http = node.http;
+    // Some(exit status) when it refused to start, None when it serves.
+    let outcome = poll_until(SOON, || {
+        let exited = node.exited();
+        async move {
+            if exited.is_some() {
+                return Ok(exited);
+            }
+            match http_get(http, "/readyz").await {
+                Some((200, _)) => Ok(None),
+                _ => Err(()),
+            }
+        }
+    })
+    .await;
+    match outcome {
+        Ok(Some(status)) => {
             let log = node.log_text();
             assert!(!status.success(), "{what}: exited with success");
             assert!(
@@ -79,18 +92,11 @@ async fn restart_and_judge(
             );
             return Verdict::Refused;
         }
-        if http_get(node.http, "/readyz")
-            .await
-            .is_some_and(|(code, _)| code == 200)
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
+        Ok(None) => {}
+        Err(()) => panic!(
             "{what}: neither ready nor exited; log:\n{}",
             node.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        ),
     }
     let mut c = node.clients().await;
     assert_all_served(&mut c, jobs, what).await;

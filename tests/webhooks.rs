@@ -5,7 +5,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -97,19 +96,23 @@ fn expected_signature(secret: &str, body: &[u8]) -> String {
 }
 
 async fn wait_events(r: &Receiver, n: usize) -> Vec<Delivery> {
-    let deadline = tokio::time::Instant::now() + SOON;
-    loop {
+    eventually_ok(&format!("{n} webhook events"), SOON, || {
         let ev = r.events.lock().unwrap().clone();
-        if ev.len() >= n {
-            return ev;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of {n} webhook events arrived",
-            ev.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        std::future::ready(if ev.len() >= n {
+            Ok(ev)
+        } else {
+            Err(format!("only {} arrived", ev.len()))
+        })
+    })
+    .await
+}
+
+/// Waits until the receiver has refused at least `n` deliveries (while it is down).
+async fn wait_refused(r: &Receiver, n: usize, what: &str) {
+    eventually(what, SOON, || {
+        std::future::ready((r.refused.load(Ordering::SeqCst) >= n).then_some(()))
+    })
+    .await;
 }
 
 /// `--webhook-allow 127.0.0.0/8`: the test receivers listen on loopback.
@@ -199,14 +202,7 @@ async fn signed_events_arrive_on_success_and_death_even_after_an_outage() {
         })
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + SOON;
-    while r.refused.load(Ordering::SeqCst) < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no redelivery attempts during the outage"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_refused(&r, 2, "redelivery attempts during the outage").await;
     r.down.store(false, Ordering::SeqCst);
     let ev = wait_events(&r, 2).await;
     let (sig, json, raw) = &ev[1];
@@ -254,14 +250,7 @@ async fn pending_events_are_delivered_by_the_new_leader_after_failover() {
         })
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + SOON;
-    while r.refused.load(Ordering::SeqCst) < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "old leader never tried"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_refused(&r, 1, "the old leader to try a delivery").await;
     cluster.stop(leader).await;
     r.down.store(false, Ordering::SeqCst);
     let survivors: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();

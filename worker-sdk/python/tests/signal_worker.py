@@ -1,24 +1,24 @@
 """A worker process for test_worker's signal test.
 
-Usage: signal_worker.py ADDR QUEUE HANDLER_SECONDS
+Usage: signal_worker.py ADDR QUEUE
 Runs ``Worker.run()`` (which handles SIGINT/SIGTERM) with concurrency 1 and
-prefetch 1; prints ``started <job id>`` when a handler starts and
-``report <succeeded> <abandoned>`` when the worker returns.
+prefetch 1; prints ``started <job id>`` when a handler starts, which then waits for a
+line on stdin before it finishes, and ``report <succeeded> <abandoned>`` when the
+worker returns.
 """
 
 import sys
-import time
 
 import taskraft
 
-addr, queue, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+addr, queue = sys.argv[1], sys.argv[2]
 worker = taskraft.Worker(taskraft.Client([addr]), queue, concurrency=1, prefetch=1)
 
 
 @worker.handler("slow")
 def slow(job: taskraft.Job) -> str:
     print("started", job.id, flush=True)
-    time.sleep(seconds)
+    sys.stdin.readline()
     return "finished"
 
 

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -121,13 +120,16 @@ def test_lease_is_extended_and_progress_reported_while_a_sync_handler_runs(
         job.progress(40, "step 2 of 5")
         release.wait(30)
 
-    wt = start_worker(taskraft.Worker(client, queue, max_jobs=1, visibility_timeout=0.6, handlers={"t": slow}))
+    # Extended every second: a heartbeat may come 2 s late on a loaded machine.
+    wt = start_worker(taskraft.Worker(client, queue, max_jobs=1, visibility_timeout=3, handlers={"t": slow}))
     eventually(lambda: client.get_job(job_id).progress == 40, what="progress 40")
     assert client.get_job(job_id).progress_message == "step 2 of 5"
-    # Outlive several visibility timeouts: the lease must still be ours.
+    # Outlive the first deadline: an extension sets the deadline one visibility timeout
+    # past the broker's time, and none is granted on a lease that ran out, so a deadline
+    # this far out was granted after the first one had passed.
     first_deadline = client.get_job(job_id).lease_deadline_ms
-    eventually(lambda: client.get_job(job_id).lease_deadline_ms > first_deadline + 1000,
-               what="the lease deadline to move 1 s past its first value")
+    eventually(lambda: client.get_job(job_id).lease_deadline_ms >= first_deadline + 3000,
+               what="an extension granted after the first deadline")
     release.set()
     wt.join()
     job = client.get_job(job_id)
@@ -156,7 +158,7 @@ def test_cancellation_reaches_async_and_sync_handlers(
         if job.cancelled.wait(60):
             seen["sync"] = f"token {job.cancelled.reason}"
 
-    w = taskraft.Worker(client, queue, concurrency=2, visibility_timeout=0.6, handlers={"async": long_async, "sync": long_sync})
+    w = taskraft.Worker(client, queue, concurrency=2, visibility_timeout=3, handlers={"async": long_async, "sync": long_sync})
     wt = start_worker(w)
     for _ in range(2):
         assert running.acquire(timeout=30)
@@ -181,7 +183,9 @@ def test_concurrency_limit_is_honoured(
         with lock:
             now[0] += 1
             peak[0] = max(peak[0], now[0])
-        time.sleep(0.2)
+        # The first handlers hold on until three run at once, however slowly the machine
+        # starts them (a fourth would show in the peak).
+        eventually(lambda: peak[0] >= 3, what="three handlers running at once")
         with lock:
             now[0] -= 1
 
@@ -222,16 +226,22 @@ def test_stop_finishes_running_jobs_and_gives_back_unstarted_ones(
 ) -> None:
     ids = [e.job_id for e in client.enqueue_batch(taskraft.NewJob(queue, f"{i}", job_type="t") for i in range(4))]
     started = threading.Semaphore(0)
+    release = threading.Event()
 
     def work(job: Job) -> None:
         started.release()
-        time.sleep(0.5)
+        assert release.wait(timeout=30), "never released"
 
     wt = start_worker(taskraft.Worker(client, queue, concurrency=2, prefetch=2, handlers={"t": work}))
     for _ in range(2):
         assert started.acquire(timeout=30)
     eventually(lambda: client.queue_stats(queue).leased == 4, what="4 jobs in hand")
-    report = wt.stop()
+    # The running handlers finish only once the stop has given the two unstarted jobs
+    # back, whatever the machine's speed.
+    wt.worker.stop()
+    eventually(lambda: client.queue_stats(queue).leased == 2, what="the unstarted jobs given back")
+    release.set()
+    report = wt.join()
     assert (report.succeeded, report.abandoned) == (2, 2)
     stats = client.queue_stats(queue)
     assert (stats.succeeded, stats.leased, stats.ready + stats.scheduled) == (2, 0, 2)
@@ -265,8 +275,8 @@ def test_sigterm_finishes_in_flight_jobs_and_gives_back_the_rest(
 ) -> None:
     ids = [client.enqueue(queue, f"{i}", job_type="slow").job_id for i in range(3)]
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "signal_worker.py"), broker.addr, queue, "1.0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, str(HERE / "signal_worker.py"), broker.addr, queue],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         assert proc.stdout is not None
@@ -274,7 +284,10 @@ def test_sigterm_finishes_in_flight_jobs_and_gives_back_the_rest(
         assert first[:1] == ["started"], first
         eventually(lambda: client.queue_stats(queue).leased == 2, what="one running, one prefetched")
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        # The running handler finishes (on a line on its stdin) only once the SIGTERM has
+        # given the prefetched job back, whatever the machine's speed.
+        eventually(lambda: client.queue_stats(queue).leased == 1, what="the prefetched job given back")
+        out, err = proc.communicate(input="go\n", timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -4,7 +4,6 @@
 // graceful shutdown.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 
 import {
   Client,
@@ -137,14 +136,34 @@ test("RetryableError picks the retry delay", async () => {
 
 test("the lease is extended while a handler runs longer than the visibility timeout", async () => {
   const { jobId } = await client.enqueue("w-long", "x");
+  // Extended every third of it: a heartbeat may come 2 s late before the lease runs out.
+  const visibilityTimeoutMs = 3000;
+  const started = latch();
+  const release = latch();
   const worker = new Worker(client, {
     queues: "w-long",
     maxJobs: 1,
-    visibilityTimeoutMs: 300,
+    visibilityTimeoutMs,
     pollWaitMs: 200,
-    defaultHandler: () => sleep(1500),
+    defaultHandler: async () => {
+      started.open();
+      await release.opened;
+    },
   });
-  await worker.runUntil();
+  const run = worker.runUntil();
+  await started.opened;
+  // The first deadline (or a later one, if an extension came already). An extension sets
+  // the deadline one visibility timeout past the broker's time, and none is granted on a
+  // lease that ran out: one this far out proves the job outlived its first deadline.
+  const first = await client.getJob(jobId);
+  const pastFirst = first.leaseDeadlineMs + visibilityTimeoutMs;
+  await eventually("an extension granted after the first deadline", async () => {
+    const j = await client.getJob(jobId);
+    assert.deepEqual([j.state, j.attempt, j.expirations], ["LEASED", 1, 0], "the first lease ran out");
+    return j.leaseDeadlineMs >= pastFirst;
+  });
+  release.open();
+  await run;
   const job = await client.getJob(jobId);
   assert.deepEqual([job.state, job.attempt, job.expirations], ["SUCCEEDED", 1, 0]);
 });
@@ -179,7 +198,7 @@ test("cancelling a running job aborts the handler's signal with JobCancelledErro
   const worker = new Worker(client, {
     queues: "w-cancel",
     maxJobs: 1,
-    visibilityTimeoutMs: 600,
+    visibilityTimeoutMs: 3000,
     pollWaitMs: 200,
     defaultHandler: (job) => {
       started.open();
@@ -264,7 +283,9 @@ test("at most `concurrency` handlers run at once", async () => {
     pollWaitMs: 200,
     defaultHandler: async () => {
       most = Math.max(most, ++now);
-      await sleep(100);
+      // The first handlers hold on until three run at once, however slowly the machine
+      // starts them (a fourth would show in `most`).
+      await eventually("three handlers running at once", () => most >= 3);
       now--;
     },
   });
@@ -358,9 +379,17 @@ test("a queue name the broker refuses stops the worker with InvalidArgumentError
 
 test("an abort signal stops a waiting worker", async () => {
   const stop = new AbortController();
-  const worker = new Worker(client, { queues: "w-idle", pollWaitMs: 20_000, defaultHandler: () => {} });
+  const worker = new Worker(client, {
+    queues: "w-idle",
+    workerId: "idle-waiter",
+    pollWaitMs: 20_000,
+    defaultHandler: () => {},
+  });
   const run = worker.runUntil(stop.signal);
-  await sleep(100);
+  // Its long poll is under way once the broker lists the worker.
+  await eventually("the worker's long poll", async () =>
+    (await client.listWorkers()).some((w) => w.workerId === "idle-waiter"),
+  );
   const t = Date.now();
   stop.abort();
   const report = await run;
