@@ -511,3 +511,84 @@ async fn a_background_task_that_dies_stops_the_node_naming_it() {
         );
     }
 }
+
+/// `EnqueueStream` answers every message by its seq: good jobs once stored (more than
+/// the per-stream window of 1,024 in flight, so reading must resume as answers go out),
+/// a bad job with its own INVALID_ARGUMENT naming the problem while the stream goes on,
+/// and a repeated idempotency key as a duplicate of the first job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_stream_answers_each_job_by_seq_and_keeps_going_after_a_bad_one() {
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    let mut msgs = Vec::new();
+    for seq in 0..3_000u64 {
+        let job = match seq % 100 {
+            7 => pb::EnqueueRequest {
+                queue: "no spaces allowed".into(),
+                ..job("st", "x")
+            },
+            8 => {
+                msgs.push(pb::EnqueueStreamRequest { seq, job: None });
+                continue;
+            }
+            9 => pb::EnqueueRequest {
+                idempotency_key: "same".into(),
+                ..job("st", "keyed")
+            },
+            _ => job("st", &format!("p{seq}")),
+        };
+        msgs.push(pb::EnqueueStreamRequest {
+            seq,
+            job: Some(job),
+        });
+    }
+    let mut answers = c
+        .broker
+        .enqueue_stream(tokio_stream::iter(msgs))
+        .await
+        .expect("stream accepted")
+        .into_inner();
+    let mut seen = std::collections::BTreeMap::new();
+    while let Some(a) = tokio::time::timeout(SOON, answers.message())
+        .await
+        .expect("answers keep coming")
+        .expect("the stream ends cleanly")
+    {
+        assert!(seen.insert(a.seq, a).is_none(), "a seq answered twice");
+    }
+    assert_eq!(seen.len(), 3_000, "every message is answered");
+    let mut keyed = Vec::new();
+    for (seq, a) in &seen {
+        match seq % 100 {
+            7 => {
+                assert_eq!(a.code, Code::InvalidArgument as i32, "{a:?}");
+                assert!(a.message.contains("queue"), "{a:?}");
+            }
+            8 => {
+                assert_eq!(a.code, Code::InvalidArgument as i32, "{a:?}");
+                assert!(a.message.contains("no job"), "{a:?}");
+            }
+            9 => keyed.push(a.clone()),
+            _ => assert!(a.code == 0 && !a.job_id.is_empty() && !a.duplicate, "{a:?}"),
+        }
+    }
+    assert_eq!(keyed.len(), 30);
+    assert!(keyed
+        .iter()
+        .all(|a| a.code == 0 && a.job_id == keyed[0].job_id));
+    assert_eq!(
+        keyed.iter().filter(|a| !a.duplicate).count(),
+        1,
+        "{keyed:?}"
+    );
+    // 97 plain jobs in every hundred, plus the one keyed job.
+    assert_eq!(stats(&mut c, "st").await.ready, 30 * 97 + 1);
+    let first = seen[&0].job_id.clone();
+    let got = c
+        .broker
+        .get_job(pb::GetJobRequest { job_id: first })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(&got.payload[..], b"p0");
+}

@@ -101,6 +101,11 @@ impl Pool {
         Ok(Self { channels, auth })
     }
 
+    /// HTTP/2 connections held.
+    pub fn connections(&self) -> usize {
+        self.channels.len()
+    }
+
     /// A broker client on connection `i` (modulo the number of connections).
     pub fn broker(&self, i: usize) -> Broker {
         let ch = self.channels[i % self.channels.len()].clone();

@@ -92,6 +92,10 @@ struct Cli {
     /// Payload bytes per job [64; backlog: 256].
     #[arg(long)]
     payload_size: Option<usize>,
+    /// `enqueue`: send the jobs over `EnqueueStream` (one stream per connection, the
+    /// `--concurrency` jobs in flight spread over them) instead of unary `Enqueue` calls.
+    #[arg(long)]
+    stream: bool,
     /// Workers in `lifecycle` (and the drains of `backlog`).
     #[arg(long, default_value_t = 4)]
     workers: usize,
@@ -211,6 +215,7 @@ async fn run(cli: Cli) -> Result<bool> {
         payload_size: cli.payload_size.unwrap_or(if backlog { 256 } else { 64 }),
         workers: cli.workers,
         lease_batch: cli.lease_batch.unwrap_or(if backlog { 64 } else { 100 }),
+        stream: cli.stream,
         rate: cli.rate,
         duration: cli.duration,
     };

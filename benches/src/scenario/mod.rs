@@ -42,6 +42,8 @@ pub struct Params {
     pub rate: f64,
     /// `latency` run time.
     pub duration: Duration,
+    /// `enqueue` over `EnqueueStream`.
+    pub stream: bool,
 }
 
 impl Params {

@@ -316,7 +316,7 @@ pub fn required_role(path: &str) -> Option<Role> {
     let (service, method) = path.trim_start_matches('/').split_once('/')?;
     match service {
         "taskraft.v1.Broker" => Some(match method {
-            "Enqueue" | "EnqueueBatch" | "CancelJob" => Role::Produce,
+            "Enqueue" | "EnqueueBatch" | "EnqueueStream" | "CancelJob" => Role::Produce,
             "Lease" | "Ack" | "Nack" | "ExtendLease" => Role::Work,
             "GetJob" => Role::Read,
             _ => Role::Admin,

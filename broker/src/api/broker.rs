@@ -23,6 +23,7 @@ use crate::raft::RaftNode;
 const RECHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// The Broker service of one node.
+#[derive(Clone)]
 pub struct BrokerService {
     node: Arc<RaftNode>,
     settings: ApiSettings,
@@ -46,7 +47,7 @@ impl BrokerService {
     }
 
     /// Validates one job and builds it (see [`super::new_job::new_job`]).
-    fn new_job(
+    pub(super) fn new_job(
         &self,
         call: pb::EnqueueRequest,
         index: Option<usize>,
@@ -55,7 +56,7 @@ impl BrokerService {
         super::new_job::new_job(call, index, metadata, &self.settings, self.node.now_ms())
     }
 
-    async fn enqueue_jobs(
+    pub(super) async fn enqueue_jobs(
         &self,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<pb::EnqueueResponse>, BrokerError> {
@@ -153,6 +154,16 @@ impl Broker for BrokerService {
             .collect::<Result<Vec<_>, _>>()?;
         let results = self.enqueue_jobs(jobs).await?;
         Ok(Response::new(pb::EnqueueBatchResponse { results }))
+    }
+
+    type EnqueueStreamStream = super::enqueue_stream::Answers;
+
+    async fn enqueue_stream(
+        &self,
+        req: Request<tonic::Streaming<pb::EnqueueStreamRequest>>,
+    ) -> Result<Response<Self::EnqueueStreamStream>, Status> {
+        crate::telemetry::set_remote_parent(req.metadata());
+        super::enqueue_stream::serve(self.clone(), req).await
     }
 
     #[tracing::instrument(skip_all, fields(worker_id = %req.get_ref().worker_id, queues = ?req.get_ref().queues, leased, queue, job_id, attempt))]

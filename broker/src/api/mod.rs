@@ -7,6 +7,7 @@ pub mod auth;
 pub mod backup;
 pub mod broker;
 pub mod convert;
+pub mod enqueue_stream;
 pub mod gate;
 pub mod limits;
 pub mod new_job;
