@@ -448,6 +448,39 @@ async fn each_role_is_refused_what_it_may_not_do() {
         jobs: vec![job("emails", "a"), job("payments", "b")],
     };
     assert_eq!(code(c.broker.enqueue_batch(authed(batch, s)).await), denied);
+    // On EnqueueStream the refusal is the job's own answer; the stream goes on. A
+    // worker's token may not open one at all.
+    let msgs = vec![
+        pb::EnqueueStreamRequest {
+            seq: 1,
+            job: Some(job("emails", "a")),
+        },
+        pb::EnqueueStreamRequest {
+            seq: 2,
+            job: Some(job("payments", "b")),
+        },
+        pb::EnqueueStreamRequest {
+            seq: 3,
+            job: Some(job("sms.us", "c")),
+        },
+    ];
+    let mut answers = c
+        .broker
+        .enqueue_stream(authed(tokio_stream::iter(msgs.clone()), s))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut codes = std::collections::BTreeMap::new();
+    while let Some(a) = answers.message().await.unwrap() {
+        codes.insert(a.seq, a.code);
+    }
+    let want_codes = [(1, 0), (2, denied as i32), (3, 0)];
+    assert_eq!(codes, want_codes.into_iter().collect());
+    let r = c
+        .broker
+        .enqueue_stream(authed(tokio_stream::iter(msgs), "work-t"))
+        .await;
+    assert_eq!(code(r), denied);
     let get = |id: &str| pb::GetJobRequest { job_id: id.into() };
     assert_eq!(
         code(c.broker.get_job(authed(get(&seeded), s)).await),
