@@ -103,7 +103,7 @@ async fn read(
                     group.push(Pending { seq, job, permit });
                 }
                 Err(e) => {
-                    if tx.send(Ok(failed(seq, e))).await.is_err() {
+                    if tx.send(Ok(refused(seq, &Status::from(e)))).await.is_err() {
                         return;
                     }
                 }
@@ -190,13 +190,7 @@ async fn propose(service: &BrokerService, group: Vec<Pending>, tx: &Tx) {
         Err(e) => {
             let status = Status::from(e);
             for seq in seqs {
-                let answer = pb::EnqueueStreamResponse {
-                    seq,
-                    code: status.code() as i32,
-                    message: status.message().to_string(),
-                    ..Default::default()
-                };
-                if tx.send(Ok(answer)).await.is_err() {
+                if tx.send(Ok(refused(seq, &status))).await.is_err() {
                     return;
                 }
             }
@@ -204,9 +198,8 @@ async fn propose(service: &BrokerService, group: Vec<Pending>, tx: &Tx) {
     }
 }
 
-/// The answer for a job refused before it was proposed.
-fn failed(seq: u64, e: BrokerError) -> pb::EnqueueStreamResponse {
-    let status = Status::from(e);
+/// The answer for a job refused, with the status a unary `Enqueue` would have got.
+fn refused(seq: u64, status: &Status) -> pb::EnqueueStreamResponse {
     pb::EnqueueStreamResponse {
         seq,
         code: status.code() as i32,
