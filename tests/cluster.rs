@@ -327,3 +327,72 @@ async fn follower_behind_a_burst_of_big_batches_catches_up_from_the_log() {
     let mut f = cluster.clients(behind).await;
     assert_eq!(stats(&mut f, "big").await.ready, 3000);
 }
+
+/// `EnqueueStream` on a follower forwards its jobs to the leader; when the leader dies
+/// mid-stream, every job is answered either stored (and it is there after the failover)
+/// or UNAVAILABLE (safe to retry), and none is answered twice or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_stream_through_a_follower_loses_no_answered_job_when_the_leader_dies() {
+    let mut cluster = InProcCluster::start(3, |_| {}).await;
+    let old = cluster.wait_leader().await;
+    let follower = (1..=3).find(|i| *i != old).unwrap();
+    let mut c = cluster.clients(follower).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut answers = c
+        .broker
+        .enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let send = |seq: u64| {
+        let tx = tx.clone();
+        async move {
+            let msg = pb::EnqueueStreamRequest {
+                seq,
+                job: Some(job("streamed", &format!("s{seq}"))),
+            };
+            tx.send(msg).await.expect("stream open");
+        }
+    };
+    let mut got = std::collections::BTreeMap::new();
+    for seq in 0..300 {
+        send(seq).await;
+    }
+    while got.len() < 300 {
+        let a = answers.message().await.unwrap().expect("answers");
+        got.insert(a.seq, a);
+    }
+    assert!(
+        got.values().all(|a| a.code == 0),
+        "all stored before the kill"
+    );
+    for seq in 300..600 {
+        send(seq).await;
+    }
+    cluster.stop(old).await;
+    drop(tx);
+    while let Some(a) = tokio::time::timeout(SOON, answers.message())
+        .await
+        .expect("answers keep coming")
+        .unwrap()
+    {
+        assert!(got.insert(a.seq, a).is_none(), "a seq answered twice");
+    }
+    assert_eq!(got.len(), 600, "every job is answered");
+    let survivors: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
+    let new = cluster.wait_leader_among(&survivors).await;
+    let mut n = cluster.clients(new).await;
+    let mut stored = 0;
+    for a in got.values() {
+        match a.code {
+            0 => {
+                let j = get_job(&mut n, &a.job_id).await;
+                assert_eq!(&j.payload[..], format!("s{}", a.seq).as_bytes());
+                stored += 1;
+            }
+            c => assert_eq!(c, tonic::Code::Unavailable as i32, "{a:?}"),
+        }
+    }
+    assert!(stored >= 300);
+    assert!(stats(&mut n, "streamed").await.ready >= stored);
+}
