@@ -592,3 +592,106 @@ async fn enqueue_stream_answers_each_job_by_seq_and_keeps_going_after_a_bad_one(
         .into_inner();
     assert_eq!(&got.payload[..], b"p0");
 }
+
+/// A `Work` session: jobs are pushed up to the credits granted (including one enqueued
+/// while the session waits), acks, nacks and extensions are answered by seq with the
+/// unary calls' codes, and the jobs still held when the stream ends are ready again at
+/// once, not after their 10-minute visibility timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_session_pushes_jobs_by_credit_and_gives_held_ones_back_when_it_ends() {
+    use pb::work_request::Kind as Up;
+    use pb::work_response::Kind as Down;
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let up = |kind: Up, seq: u64| pb::WorkRequest {
+        kind: Some(kind),
+        seq,
+    };
+    let open = pb::WorkOpen {
+        queues: vec!["ws".into()],
+        worker_id: "stream-worker".into(),
+        visibility_timeout_ms: 600_000,
+    };
+    tx.send(up(Up::Open(open), 0)).await.unwrap();
+    tx.send(up(Up::Credit(3), 0)).await.unwrap();
+    let mut down = c
+        .broker
+        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // Nothing is ready yet: the session waits, and a job enqueued now is pushed.
+    c.broker.enqueue(job("ws", "j0")).await.unwrap();
+    let Down::Job(first) = next_push(&mut down).await else {
+        panic!("want a job")
+    };
+    assert_eq!(&first.payload[..], b"j0");
+    for i in 1..=5 {
+        c.broker.enqueue(job("ws", &format!("j{i}"))).await.unwrap();
+    }
+    let mut jobs = vec![first];
+    while jobs.len() < 3 {
+        let Down::Job(j) = next_push(&mut down).await else {
+            panic!("want a job")
+        };
+        jobs.push(j);
+    }
+    // The credits are used up: the other three stay ready.
+    assert_eq!(stats(&mut c, "ws").await.ready, 3);
+    let ack = pb::AckRequest {
+        job_id: jobs[0].job_id.clone(),
+        lease_id: jobs[0].lease_id.clone(),
+        result: "done".into(),
+    };
+    tx.send(up(Up::Ack(ack), 1)).await.unwrap();
+    let stale = pb::AckRequest {
+        job_id: jobs[1].job_id.clone(),
+        lease_id: "00000000000000ff".into(),
+        result: Default::default(),
+    };
+    tx.send(up(Up::Ack(stale), 2)).await.unwrap();
+    let ext = pb::ExtendLeaseRequest {
+        job_id: jobs[2].job_id.clone(),
+        lease_id: jobs[2].lease_id.clone(),
+        visibility_timeout_ms: 900_000,
+        ..Default::default()
+    };
+    tx.send(up(Up::Extend(ext), 3)).await.unwrap();
+    let mut answers = std::collections::BTreeMap::new();
+    while answers.len() < 3 {
+        match next_push(&mut down).await {
+            Down::Answer(a) => {
+                answers.insert(a.seq, a);
+            }
+            Down::Job(j) => panic!("no credit left, yet {j:?} was pushed"),
+        }
+    }
+    assert_eq!(answers[&1].code, 0, "{:?}", answers[&1]);
+    assert_eq!(answers[&2].code, Code::FailedPrecondition as i32);
+    assert!(answers[&3].extend.as_ref().unwrap().lease_deadline_ms > jobs[2].lease_deadline_ms);
+    assert_eq!(
+        get_job(&mut c, &jobs[0].job_id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+    // The worker goes away holding two jobs: they are ready again at once.
+    drop(tx);
+    drop(down);
+    eventually("held jobs given back", SOON, || {
+        let mut c = c.clone();
+        async move { (stats(&mut c, "ws").await.ready == 5).then_some(()) }
+    })
+    .await;
+    let back = get_job(&mut c, &jobs[1].job_id).await;
+    assert_eq!((back.state, back.attempt), (pb::JobState::Ready as i32, 0));
+}
+
+async fn next_push(down: &mut tonic::Streaming<pb::WorkResponse>) -> pb::work_response::Kind {
+    tokio::time::timeout(SOON, down.message())
+        .await
+        .expect("a push in time")
+        .unwrap()
+        .expect("stream open")
+        .kind
+        .expect("a kind")
+}

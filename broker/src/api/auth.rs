@@ -317,7 +317,7 @@ pub fn required_role(path: &str) -> Option<Role> {
     match service {
         "taskraft.v1.Broker" => Some(match method {
             "Enqueue" | "EnqueueBatch" | "EnqueueStream" | "CancelJob" => Role::Produce,
-            "Lease" | "Ack" | "Nack" | "ExtendLease" => Role::Work,
+            "Lease" | "Ack" | "Nack" | "ExtendLease" | "Work" => Role::Work,
             "GetJob" => Role::Read,
             _ => Role::Admin,
         }),

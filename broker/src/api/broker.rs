@@ -40,6 +40,11 @@ impl BrokerService {
         }
     }
 
+    /// The node served.
+    pub(super) fn node(&self) -> &Arc<RaftNode> {
+        &self.node
+    }
+
     /// Counts Lease looks into `metrics` (jobs are counted from the core's transitions).
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = metrics;
@@ -157,6 +162,15 @@ impl Broker for BrokerService {
     }
 
     type EnqueueStreamStream = super::enqueue_stream::Answers;
+    type WorkStream = super::work_stream::Pushes;
+
+    async fn work(
+        &self,
+        req: Request<tonic::Streaming<pb::WorkRequest>>,
+    ) -> Result<Response<Self::WorkStream>, Status> {
+        crate::telemetry::set_remote_parent(req.metadata());
+        super::work_stream::serve(self.clone(), req).await
+    }
 
     async fn enqueue_stream(
         &self,

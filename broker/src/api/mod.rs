@@ -13,6 +13,7 @@ pub mod limits;
 pub mod new_job;
 pub mod status;
 pub mod validate;
+pub mod work_stream;
 
 use std::sync::Arc;
 use std::time::Duration;
