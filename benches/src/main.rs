@@ -94,6 +94,8 @@ struct Cli {
     payload_size: Option<usize>,
     /// `enqueue`: send the jobs over `EnqueueStream` (one stream per connection, the
     /// `--concurrency` jobs in flight spread over them) instead of unary `Enqueue` calls.
+    /// `lifecycle`: each worker holds a `Work` session with `--lease-batch` credits and
+    /// acks on it, instead of unary Lease and Ack calls.
     #[arg(long)]
     stream: bool,
     /// Workers in `lifecycle` (and the drains of `backlog`).

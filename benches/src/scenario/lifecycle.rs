@@ -49,6 +49,9 @@ pub async fn run(pool: &Pool, p: &Params) -> Result<Vec<Report>> {
     .await?;
     let expected = preload.tally.jobs;
 
+    if p.stream {
+        return streamed(pool, &queue, p, preload, n).await;
+    }
     let d = drain(pool, &queue, p.workers, p.lease_batch, expected).await?;
     let lease_note = d.lease_note();
     let mut report = Report::new("lifecycle", &queue, d.acks, d.elapsed, "Ack call");
@@ -59,10 +62,16 @@ pub async fn run(pool: &Pool, p: &Params) -> Result<Vec<Report>> {
             p.workers, p.lease_batch, lease_note
         ),
     );
+    verify(pool, &queue, n, &mut report).await?;
+    Ok(vec![preload, report])
+}
+
+/// Marks `report` verified when `queue` holds `n` succeeded jobs and nothing else.
+async fn verify(pool: &Pool, queue: &str, n: u64, report: &mut Report) -> Result<()> {
     let stats = pool
         .admin()
         .get_queue_stats(pb::GetQueueStatsRequest {
-            queue: queue.clone(),
+            queue: queue.to_string(),
         })
         .await
         .context("GetQueueStats after the lifecycle run")?
@@ -72,7 +81,142 @@ pub async fn run(pool: &Pool, p: &Params) -> Result<Vec<Report>> {
         "verify: succeeded {} (want {n}), ready {}, leased {}, scheduled {}, dead {}",
         stats.succeeded, stats.ready, stats.leased, stats.scheduled, stats.dead
     ));
+    Ok(())
+}
+
+/// `lifecycle --stream`: each worker holds one `Work` session with `--lease-batch`
+/// credits, acks every pushed job on the stream and grants the credits back in chunks
+/// of half the window as the answers come.
+async fn streamed(
+    pool: &Pool,
+    queue: &str,
+    p: &Params,
+    preload: Report,
+    n: u64,
+) -> Result<Vec<Report>> {
+    let expected = preload.tally.jobs;
+    let acked = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut set = JoinSet::new();
+    for i in 0..p.workers.max(1) {
+        let broker = pool.broker(i);
+        let open = pb::WorkOpen {
+            queues: vec![queue.to_string()],
+            worker_id: format!("bench-stream-worker-{i}"),
+            visibility_timeout_ms: VISIBILITY_MS,
+        };
+        set.spawn(stream_worker(
+            broker,
+            open,
+            p.lease_batch,
+            acked.clone(),
+            expected,
+        ));
+    }
+    let mut acks = Tally::default();
+    let mut last_ack = None::<Instant>;
+    while let Some(w) = set.join_next().await {
+        let (t, last) = w?;
+        acks.merge(t);
+        last_ack = last_ack.max(last);
+    }
+    let elapsed = last_ack.map_or_else(|| start.elapsed(), |t| t - start);
+    let mut report = Report::new(
+        "lifecycle-stream",
+        queue,
+        acks,
+        elapsed,
+        "Ack on Work stream",
+    );
+    report.notes.insert(
+        0,
+        format!("{} workers, {} credits each", p.workers, p.lease_batch),
+    );
+    verify(pool, queue, n, &mut report).await?;
     Ok(vec![preload, report])
+}
+
+/// One streaming worker: acks each pushed job, until `expected` jobs are acked in total
+/// or nothing arrives for a while.
+async fn stream_worker(
+    mut broker: crate::client::Broker,
+    open: pb::WorkOpen,
+    credits: u32,
+    acked: Arc<AtomicU64>,
+    expected: u64,
+) -> (Tally, Option<Instant>) {
+    use pb::work_request::Kind as Up;
+    use pb::work_response::Kind as Down;
+    let mut t = Tally::default();
+    let mut last = None;
+    let (tx, rx) = tokio::sync::mpsc::channel(8192);
+    let up = |kind, seq| pb::WorkRequest {
+        kind: Some(kind),
+        seq,
+    };
+    let _ = tx.send(up(Up::Open(open), 0)).await;
+    let _ = tx.send(up(Up::Credit(credits.max(1)), 0)).await;
+    let mut down = match broker
+        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            t.error(e);
+            return (t, last);
+        }
+    };
+    let mut sent = std::collections::HashMap::new();
+    let mut seq = 0u64;
+    // Credits go back in chunks of half the window, so that a lease takes many jobs at
+    // once (as a pull consumer's batch does), not one per ack.
+    let mut owed = 0u32;
+    let chunk = (credits / 2).max(1);
+    loop {
+        if acked.load(Ordering::Relaxed) >= expected && sent.is_empty() {
+            break;
+        }
+        let wait = Duration::from_millis(LEASE_WAIT_MS * MAX_EMPTY_POLLS as u64);
+        let msg = match tokio::time::timeout(wait, down.message()).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
+                t.error(e);
+                break;
+            }
+            Err(_) => break,
+        };
+        match msg.kind {
+            Some(Down::Job(job)) => {
+                seq += 1;
+                sent.insert(seq, Instant::now());
+                let ack = pb::AckRequest {
+                    job_id: job.job_id,
+                    lease_id: job.lease_id,
+                    result: Bytes::new(),
+                };
+                if tx.send(up(Up::Ack(ack), seq)).await.is_err() {
+                    break;
+                }
+            }
+            Some(Down::Answer(a)) => {
+                let took = sent.remove(&a.seq).map(|s| s.elapsed()).unwrap_or_default();
+                if a.code == 0 {
+                    t.ok(1, took);
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    last = Some(Instant::now());
+                } else {
+                    t.error(format!("ack code {}: {}", a.code, a.message));
+                }
+                owed += 1;
+                if owed >= chunk {
+                    let _ = tx.send(up(Up::Credit(std::mem::take(&mut owed)), 0)).await;
+                }
+            }
+            None => {}
+        }
+    }
+    (t, last)
 }
 
 /// What [`drain`] measured.
