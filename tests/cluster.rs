@@ -396,3 +396,64 @@ async fn enqueue_stream_through_a_follower_loses_no_answered_job_when_the_leader
     assert!(stored >= 300);
     assert!(stats(&mut n, "streamed").await.ready >= stored);
 }
+
+/// A `Work` session on a follower: its leases and acks go to the leader, and every
+/// job pushed is acked on the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_session_on_a_follower_processes_every_job() {
+    use pb::work_request::Kind as Up;
+    use pb::work_response::Kind as Down;
+    let cluster = InProcCluster::start(3, |_| {}).await;
+    let leader = cluster.wait_leader().await;
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let mut l = cluster.clients(leader).await;
+    for i in 0..50 {
+        l.broker.enqueue(job("wf", &format!("w{i}"))).await.unwrap();
+    }
+    let mut c = cluster.clients(follower).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    let up = |kind, seq| pb::WorkRequest {
+        kind: Some(kind),
+        seq,
+    };
+    let open = pb::WorkOpen {
+        queues: vec!["wf".into()],
+        worker_id: "follower-worker".into(),
+        visibility_timeout_ms: 600_000,
+    };
+    tx.send(up(Up::Open(open), 0)).await.unwrap();
+    tx.send(up(Up::Credit(20), 0)).await.unwrap();
+    let mut down = c
+        .broker
+        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut seq, mut acked) = (0, 0);
+    while acked < 50 {
+        let msg = tokio::time::timeout(SOON, down.message())
+            .await
+            .expect("pushes keep coming")
+            .unwrap()
+            .expect("stream open");
+        match msg.kind.unwrap() {
+            Down::Job(j) => {
+                seq += 1;
+                let ack = pb::AckRequest {
+                    job_id: j.job_id,
+                    lease_id: j.lease_id,
+                    result: Default::default(),
+                };
+                tx.send(up(Up::Ack(ack), seq)).await.unwrap();
+            }
+            Down::Answer(a) => {
+                assert_eq!(a.code, 0, "{a:?}");
+                acked += 1;
+                // Each push used a credit: grant one back per finished job.
+                tx.send(up(Up::Credit(1), 0)).await.unwrap();
+            }
+        }
+    }
+    let s = stats(&mut l, "wf").await;
+    assert_eq!((s.succeeded, s.ready, s.leased), (50, 0, 0));
+}

@@ -224,8 +224,8 @@ async fn lease_loop(
     }
 }
 
-/// Runs `call` on its own task and sends its answer; an ack or nack that succeeded
-/// (`done`) ends the job's lease in the session and returns its credit's place.
+/// Runs `call` on its own task and sends its answer; an ack or nack (`done`) returns
+/// its credit's place, and when it succeeded the session no longer holds the lease.
 fn spawn_answer(
     seq: u64,
     tx: &Tx,
@@ -235,9 +235,13 @@ fn spawn_answer(
     let tx = tx.clone();
     tokio::spawn(async move {
         let r = call.await;
-        if let (Ok(_), Some((held, granted, job_id))) = (&r, done) {
-            if lock(&held).remove(&job_id).is_some() {
-                granted.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some((held, granted, job_id)) = done {
+            // The worker is done with the job either way (a refused ack means the lease
+            // ran out): its credit's place is free again.
+            use std::sync::atomic::Ordering::Relaxed;
+            let _ = granted.fetch_update(Relaxed, Relaxed, |g| g.checked_sub(1));
+            if r.is_ok() {
+                lock(&held).remove(&job_id);
             }
         }
         let _ = tx.send(Ok(answer(seq, r))).await;
