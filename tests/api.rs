@@ -684,6 +684,23 @@ async fn work_session_pushes_jobs_by_credit_and_gives_held_ones_back_when_it_end
     .await;
     let back = get_job(&mut c, &jobs[1].job_id).await;
     assert_eq!((back.state, back.attempt), (pb::JobState::Ready as i32, 0));
+    // A session must be opened first, on queues with valid names.
+    let r = c
+        .broker
+        .work(tokio_stream::iter(vec![up(Up::Credit(1), 0)]))
+        .await;
+    let e = r.err().expect("refused");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("open"), "{e:?}");
+    let bad = pb::WorkOpen {
+        queues: vec!["no spaces".into()],
+        ..Default::default()
+    };
+    let r = c
+        .broker
+        .work(tokio_stream::iter(vec![up(Up::Open(bad), 0)]))
+        .await;
+    assert_eq!(r.err().expect("refused").code(), Code::InvalidArgument);
 }
 
 async fn next_push(down: &mut tonic::Streaming<pb::WorkResponse>) -> pb::work_response::Kind {
