@@ -689,7 +689,9 @@ async fn work_session_pushes_jobs_by_credit_and_gives_held_ones_back_when_it_end
         .broker
         .work(tokio_stream::iter(vec![up(Up::Credit(1), 0)]))
         .await;
-    let e = r.err().expect("refused");
+    let Err(e) = r else {
+        panic!("a stream opened without WorkOpen")
+    };
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("open"), "{e:?}");
     let bad = pb::WorkOpen {
@@ -700,7 +702,10 @@ async fn work_session_pushes_jobs_by_credit_and_gives_held_ones_back_when_it_end
         .broker
         .work(tokio_stream::iter(vec![up(Up::Open(bad), 0)]))
         .await;
-    assert_eq!(r.err().expect("refused").code(), Code::InvalidArgument);
+    let Err(e) = r else {
+        panic!("a session opened on a bad queue name")
+    };
+    assert_eq!(e.code(), Code::InvalidArgument);
 }
 
 async fn next_push(down: &mut tonic::Streaming<pb::WorkResponse>) -> pb::work_response::Kind {
