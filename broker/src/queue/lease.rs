@@ -30,13 +30,13 @@ impl<T: Tables> State<T> {
 
         let mut out = Vec::new();
         for name in queues {
-            while out.len() < max_jobs as usize {
-                if self.t.queue(name).is_none_or(|q| q.paused) {
-                    break;
-                }
-                let Some(seq) = self.t.ready_first(name) else {
-                    break;
-                };
+            let want = (max_jobs as usize).saturating_sub(out.len());
+            if want == 0 || self.t.queue(name).is_none_or(|q| q.paused) {
+                continue;
+            }
+            // Leasing one job moves only that job, so the first `want` ready jobs can be
+            // read at once.
+            for seq in self.t.ready_first(name, want) {
                 let lease_id = self.c.next_lease_id;
                 self.c.next_lease_id += 1;
                 let deadline_ms = now.saturating_add(visibility_timeout_ms);
@@ -61,7 +61,11 @@ impl<T: Tables> State<T> {
                     },
                 );
                 out.push(LeasedJob {
-                    payload: self.t.payload(seq),
+                    payload: if self.reply_payloads {
+                        self.t.payload(seq)
+                    } else {
+                        Bytes::new()
+                    },
                     job_id: job.id,
                     lease_id,
                     queue: job.queue,

@@ -36,6 +36,8 @@ pub struct State<T> {
     /// Where [`Self::report`] puts transitions while [`Self::apply_reporting`] runs
     /// (`None` otherwise: plain [`Self::apply`] reports nothing).
     pub(crate) transitions: Option<Vec<Transition>>,
+    /// Whether replies carry leased jobs' payloads (see [`Self::set_reply_payloads`]).
+    pub(crate) reply_payloads: bool,
 }
 
 impl State<MemTables> {
@@ -59,7 +61,15 @@ impl<T: TablesRead> State<T> {
             t: tables,
             c,
             transitions: None,
+            reply_payloads: true,
         }
+    }
+
+    /// Leaves leased jobs' payloads out of `Lease` replies when `false`: a node applying
+    /// an entry another node proposed drops its reply, so reading the payloads (one
+    /// table read per job) would be wasted. Nothing else about the apply changes.
+    pub fn set_reply_payloads(&mut self, on: bool) {
+        self.reply_payloads = on;
     }
 
     /// The tables underneath.

@@ -101,8 +101,9 @@ pub trait TablesRead {
     fn queue(&self, name: &str) -> Option<QueueInfo>;
     /// Every known queue, by name.
     fn queues(&self) -> Vec<(String, QueueInfo)>;
-    /// The seq of the queue's next ready job (highest priority, then oldest).
-    fn ready_first(&self, queue: &str) -> Option<u64>;
+    /// Seqs of the queue's next ready jobs (highest priority, then oldest), at most
+    /// `limit`: a lease of many jobs reads the index once, not once per job.
+    fn ready_first(&self, queue: &str, limit: usize) -> Vec<u64>;
     /// Seqs of a queue's jobs (every state), after `after`, in seq order, at most `limit`.
     fn listed_range(&self, queue: &str, after: Option<u64>, limit: usize) -> Vec<u64>;
     /// Seqs of a queue's dead jobs, after `after`, in seq order, at most `limit`.
@@ -250,12 +251,13 @@ impl TablesRead for MemTables {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
-    fn ready_first(&self, queue: &str) -> Option<u64> {
+    fn ready_first(&self, queue: &str, limit: usize) -> Vec<u64> {
         self.ready
             .range((queue.to_string(), (i64::MIN, 0))..)
-            .next()
-            .filter(|(q, _)| q == queue)
+            .take_while(|(q, _)| q == queue)
+            .take(limit)
             .map(|(_, (_, seq))| *seq)
+            .collect()
     }
     fn listed_range(&self, queue: &str, after: Option<u64>, limit: usize) -> Vec<u64> {
         seq_range(&self.listed, queue, after, limit)

@@ -145,7 +145,7 @@ impl RaftNode {
             stored_ms,
             live_after,
         ));
-        let sm = sm.with_time(time.clone());
+        let sm = sm.with_time(time.clone()).with_node_id(opts.id);
         let pool = PeerPool::new(
             opts.cluster_secret.as_deref(),
             opts.tls.clone(),

@@ -93,6 +93,10 @@ pub struct StateMachineStore {
     snapshot_seq: Arc<AtomicU64>,
     /// Told the time of every applied entry (it anchors replicated time on it).
     time: Option<Arc<super::time::ReplicatedTime>>,
+    /// This node's id, when it runs in a node: entries another node proposed are
+    /// applied without reading the leased jobs' payloads, since only the proposer
+    /// answers a caller (see [`StateMachineStore::with_node_id`]).
+    me: Option<NodeId>,
 }
 
 impl StateMachineStore {
@@ -146,12 +150,21 @@ impl StateMachineStore {
             writer: Arc::new(Mutex::new(Writer::new())),
             snapshot_seq: Arc::new(AtomicU64::new(0)),
             time: None,
+            me: None,
         })
     }
 
     /// Reports each applied entry's time to `time`.
     pub fn with_time(mut self, time: Arc<super::time::ReplicatedTime>) -> Self {
         self.time = Some(time);
+        self
+    }
+
+    /// Tells the store which node it runs in. Only the node that proposed an entry
+    /// hands its reply to a caller; the others' replies are dropped, so they skip what
+    /// only the reply needs (a `Lease`'s payloads: a read per job on every follower).
+    pub fn with_node_id(mut self, me: NodeId) -> Self {
+        self.me = Some(me);
         self
     }
 

@@ -128,3 +128,40 @@ async fn an_install_that_died_half_way_leaves_the_old_state() {
     assert_eq!(jobs(&sm), 5);
     assert!(!installing_path(dir.path()).exists());
 }
+
+/// A `Lease` entry proposed by `leader` at `index`.
+fn lease(leader: NodeId, index: u64) -> Entry {
+    RaftEntry {
+        log_id: LogId::new(CommittedLeaderId::new(1, leader), index),
+        payload: EntryPayload::Normal(Envelope {
+            now_ms: index,
+            cmd: Command::Lease {
+                queues: vec!["q".into()],
+                worker_id: "w".into(),
+                max_jobs: 1,
+                visibility_timeout_ms: 60_000,
+            },
+        }),
+    }
+}
+
+#[tokio::test]
+async fn only_the_proposer_reads_payloads_into_lease_replies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = StateMachineStore::open(dir.path()).unwrap().with_node_id(2);
+    sm.apply((1..=2).map(enqueue)).await.unwrap();
+    let leased = |mut replies: Vec<Reply>| match replies.pop() {
+        Some(Ok(Outcome::Leased(jobs))) => jobs,
+        other => panic!("expected a lease, got {other:?}"),
+    };
+    // Proposed by node 1: this node drops the reply, so it carries no payload ...
+    let other = leased(sm.apply([lease(1, 3)]).await.unwrap());
+    assert_eq!(other.len(), 1);
+    assert!(other[0].payload.is_empty());
+    // ... but the job is leased all the same, and the proposer gets its payload.
+    let own = leased(sm.apply([lease(2, 4)]).await.unwrap());
+    assert_eq!(own.len(), 1);
+    assert_ne!(own[0].job_id, other[0].job_id);
+    assert_eq!(own[0].payload.as_ref(), &[7u8; 100][..]);
+    assert_eq!(sm.read_side().read().state.job_count(), 2);
+}

@@ -119,11 +119,14 @@ pub(super) type Applied = (Vec<Reply>, Option<u64>, Option<u64>);
 
 /// Applies `entries` in one write transaction, appending the job transitions they
 /// caused to `transitions` when it is given.
+/// `me` is the applying node: entries proposed by another leader get no payloads in
+/// their replies (nobody here reads them).
 pub(super) fn apply_batch(
     txn: &WriteTransaction,
     entries: Vec<Entry>,
     readied: &mut HashMap<String, u32>,
     mut transitions: Option<&mut Vec<Transition>>,
+    me: Option<NodeId>,
 ) -> Result<Applied, String> {
     let h = Handles::open(|def| txn.open_table(def)).map_err(|e| e.to_string())?;
     let mut tables = DiskTables::new(h);
@@ -138,6 +141,8 @@ pub(super) fn apply_batch(
             EntryPayload::Normal(env) => {
                 latest_ms = latest_ms.max(Some(env.now_ms));
                 let mut state = State::over(tables);
+                let proposed_elsewhere = me.is_some_and(|me| entry.log_id.leader_id.node_id != me);
+                state.set_reply_payloads(!proposed_elsewhere);
                 let reply = match transitions.as_deref_mut() {
                     Some(out) => state.apply_reporting(&env, out),
                     None => state.apply(&env),
@@ -211,7 +216,7 @@ impl StateMachineStore {
             let txn = w.txn.as_ref().expect("opened above");
             let out = report.then_some(&mut transitions);
             let (replies, last_index, latest_ms) =
-                match apply_batch(txn, entries, &mut w.readied, out) {
+                match apply_batch(txn, entries, &mut w.readied, out, this.me) {
                     Ok(out) => out,
                     Err(e) => {
                         // Entries applied into this transaction before are lost with it; the

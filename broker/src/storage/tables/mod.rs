@@ -30,7 +30,7 @@ use std::cell::RefCell;
 use bytes::Bytes;
 use redb::{ReadableTable, Table, TableDefinition};
 
-use super::{decode, encode};
+use super::decode;
 use crate::queue::{
     Counters, DedupEntry, Job, JobState, QueueInfo, Tables, TablesRead, Timer, WebhookEvent,
     WorkerInfo,
@@ -173,6 +173,8 @@ pub struct DiskTables<T> {
     /// Jobs filed as ready in this transaction, by queue: whom a long-polling Lease
     /// should wake ([`DiskTables::take_readied`]).
     readied: std::collections::HashMap<String, u32>,
+    /// Encoding buffer of [`DiskTables::put`], reused for every record written.
+    scratch: Vec<u8>,
 }
 
 impl<T> DiskTables<T> {
@@ -184,6 +186,7 @@ impl<T> DiskTables<T> {
             queues: Default::default(),
             workers: Default::default(),
             readied: Default::default(),
+            scratch: Vec::new(),
         }
     }
 

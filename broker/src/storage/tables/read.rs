@@ -13,9 +13,16 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> DiskTables<T> {
         }
     }
 
+    /// Decodes a record straight from redb's page (no copy of the bytes first).
     fn get<V: serde::de::DeserializeOwned>(&self, t: &T, key: &[u8], what: &str) -> Option<V> {
-        let raw = self.get_raw(t, key, what)?;
-        match decode(&raw) {
+        let guard = match t.get(key) {
+            Ok(v) => v?,
+            Err(e) => {
+                self.fail(what, e);
+                return None;
+            }
+        };
+        match decode(guard.value()) {
             Ok(v) => Some(v),
             Err(e) => {
                 self.fail(what, format!("undecodable record: {e}"));
@@ -142,8 +149,15 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> TablesRead for DiskTables<T
             .unwrap_or_default()
     }
     fn seq_of(&self, job_id: &str) -> Option<u64> {
-        let raw = self.get_raw(&self.h.ids, job_id.as_bytes(), "ids")?;
-        (raw.len() == 8).then(|| u64_at(&raw, 0))
+        let guard = match self.h.ids.get(job_id.as_bytes()) {
+            Ok(v) => v?,
+            Err(e) => {
+                self.fail("ids", e);
+                return None;
+            }
+        };
+        let raw = guard.value();
+        (raw.len() == 8).then(|| u64_at(raw, 0))
     }
     fn queue(&self, name: &str) -> Option<QueueInfo> {
         self.cached_get(&self.queues, &self.h.queues, name, "queues")
@@ -151,14 +165,14 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> TablesRead for DiskTables<T
     fn queues(&self) -> Vec<(String, QueueInfo)> {
         self.cached_all(&self.queues, &self.h.queues, "queues")
     }
-    fn ready_first(&self, queue: &str) -> Option<u64> {
+    fn ready_first(&self, queue: &str, limit: usize) -> Vec<u64> {
         let prefix = qkey(queue);
-        let (k, _) = self
-            .scan(&self.h.ready, &prefix, 1, "ready", |k| {
-                k.starts_with(&prefix)
-            })
-            .pop()?;
-        Some(u64_at(&k, k.len() - 8))
+        self.scan(&self.h.ready, &prefix, limit, "ready", |k| {
+            k.starts_with(&prefix)
+        })
+        .into_iter()
+        .map(|(k, _)| u64_at(&k, k.len() - 8))
+        .collect()
     }
     fn listed_range(&self, queue: &str, after: Option<u64>, limit: usize) -> Vec<u64> {
         self.marked_range(queue, LISTED, after, limit)

@@ -35,8 +35,14 @@ impl<'txn> DiskTables<W<'txn>> {
         value: &V,
         what: &str,
     ) {
-        match encode(value) {
-            Ok(bytes) => self.put_raw(which, key, &bytes, what),
+        // One buffer reused for every record of the transaction.
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        match postcard::to_extend(value, buf) {
+            Ok(bytes) => {
+                self.put_raw(which, key, &bytes, what);
+                self.scratch = bytes;
+            }
             Err(e) => self.fail(what, e),
         }
     }
