@@ -612,6 +612,7 @@ async fn work_session_pushes_jobs_by_credit_and_gives_held_ones_back_when_it_end
         queues: vec!["ws".into()],
         worker_id: "stream-worker".into(),
         visibility_timeout_ms: 600_000,
+        ..Default::default()
     };
     tx.send(up(Up::Open(open), 0)).await.unwrap();
     tx.send(up(Up::Credit(3), 0)).await.unwrap();
@@ -621,6 +622,10 @@ async fn work_session_pushes_jobs_by_credit_and_gives_held_ones_back_when_it_end
         .await
         .unwrap()
         .into_inner();
+    let Down::Opened(opened) = next_push(&mut down).await else {
+        panic!("the first answer names the session")
+    };
+    assert!(!opened.session_id.is_empty());
     // Nothing is ready yet: the session waits, and a job enqueued now is pushed.
     c.broker.enqueue(job("ws", "j0")).await.unwrap();
     let Down::Job(first) = next_push(&mut down).await else {
@@ -664,7 +669,7 @@ async fn work_session_pushes_jobs_by_credit_and_gives_held_ones_back_when_it_end
             Down::Answer(a) => {
                 answers.insert(a.seq, a);
             }
-            Down::Job(j) => panic!("no credit left, yet {j:?} was pushed"),
+            other => panic!("no credit left, yet {other:?} was pushed"),
         }
     }
     assert_eq!(answers[&1].code, 0, "{:?}", answers[&1]);
@@ -674,14 +679,14 @@ async fn work_session_pushes_jobs_by_credit_and_gives_held_ones_back_when_it_end
         get_job(&mut c, &jobs[0].job_id).await.state,
         pb::JobState::Succeeded as i32
     );
-    // The worker goes away holding two jobs: they are ready again at once.
+    // The worker closes its side holding two jobs: they are ready again at once (the
+    // response stream ends once the session has given them back).
     drop(tx);
-    drop(down);
-    eventually("held jobs given back", SOON, || {
-        let mut c = c.clone();
-        async move { (stats(&mut c, "ws").await.ready == 5).then_some(()) }
-    })
-    .await;
+    let end = tokio::time::timeout(SOON, async {
+        while down.message().await.unwrap().is_some() {}
+    });
+    end.await.expect("the session ends after the half-close");
+    assert_eq!(stats(&mut c, "ws").await.ready, 5, "released at once");
     let back = get_job(&mut c, &jobs[1].job_id).await;
     assert_eq!((back.state, back.attempt), (pb::JobState::Ready as i32, 0));
     // A session must be opened first, on queues with valid names.

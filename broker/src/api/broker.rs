@@ -28,6 +28,8 @@ pub struct BrokerService {
     node: Arc<RaftNode>,
     settings: ApiSettings,
     metrics: Arc<crate::metrics::Metrics>,
+    /// `Work` sessions whose stream broke, waiting for a resume on this node.
+    parked: Arc<super::work_stream::Parked>,
 }
 
 impl BrokerService {
@@ -37,7 +39,13 @@ impl BrokerService {
             node,
             settings,
             metrics: crate::metrics::Metrics::disabled(),
+            parked: Arc::default(),
         }
+    }
+
+    /// The `Work` sessions parked on this node.
+    pub(super) fn parked(&self) -> &Arc<super::work_stream::Parked> {
+        &self.parked
     }
 
     /// The node served.
