@@ -48,6 +48,7 @@ mod info;
 mod job;
 mod options;
 mod runner;
+mod session;
 mod shutdown;
 mod worker;
 
@@ -58,7 +59,7 @@ pub use info::{JobInfo, JobState};
 pub use job::{Job, JobOutput, Json, ProgressReporter};
 pub use options::{EnqueueOptions, Enqueued, NewJob};
 pub use shutdown::shutdown_signal;
-pub use worker::{Report, Worker, WorkerBuilder};
+pub use worker::{Protocol, Report, Worker, WorkerBuilder};
 
 /// The generated protobuf types, for admin answers returned as-is
 /// ([`Client::list_queues`], [`Client::cluster_status`], ...).

@@ -222,7 +222,7 @@ async fn session(
         held.clone(),
         tx.clone(),
     ));
-    let mut broke = false;
+    let (mut broke, mut stopped) = (false, false);
     while let Some(msg) = inbound.next().await {
         let msg = match msg {
             Ok(msg) => msg,
@@ -235,6 +235,7 @@ async fn session(
         let seq = msg.seq;
         use pb::work_request::Kind;
         match msg.kind {
+            Some(Kind::Credit(_)) if stopped => {}
             Some(Kind::Credit(n)) => {
                 let before = granted.fetch_add(n, Ordering::Relaxed);
                 let room = MAX_CREDITS.saturating_sub(before);
@@ -278,6 +279,11 @@ async fn session(
                     })
                 }
             }),
+            Some(Kind::Stop(_)) => {
+                // No more leasing: a lease look under way is dropped (as at the end).
+                stopped = true;
+                leaser.abort();
+            }
             Some(Kind::Open(_)) | None => {
                 let e = BrokerError::invalid(
                     "kind",
