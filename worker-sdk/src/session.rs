@@ -247,6 +247,7 @@ where
         let reader = tokio::spawn(read(down, link.clone(), generation, jobs_tx));
         let mut reserved: Vec<OwnedSemaphorePermit> = Vec::new();
         let end = loop {
+            while st.tasks.try_join_next().is_some() {}
             let room = match w.max_jobs {
                 Some(max) if st.leased_total >= max => break End::Stop,
                 Some(max) => ((max - st.leased_total) as usize).saturating_sub(reserved.len()),

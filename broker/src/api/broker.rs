@@ -28,8 +28,8 @@ pub struct BrokerService {
     node: Arc<RaftNode>,
     settings: ApiSettings,
     metrics: Arc<crate::metrics::Metrics>,
-    /// `Work` sessions whose stream broke, waiting for a resume on this node.
-    parked: Arc<super::work_stream::Parked>,
+    /// This node's `Work` sessions (parked ones, shutdown signal).
+    sessions: Arc<super::work_stream::Sessions>,
 }
 
 impl BrokerService {
@@ -39,13 +39,13 @@ impl BrokerService {
             node,
             settings,
             metrics: crate::metrics::Metrics::disabled(),
-            parked: Arc::default(),
+            sessions: Arc::default(),
         }
     }
 
-    /// The `Work` sessions parked on this node.
-    pub(super) fn parked(&self) -> &Arc<super::work_stream::Parked> {
-        &self.parked
+    /// This node's `Work` sessions.
+    pub fn sessions(&self) -> &Arc<super::work_stream::Sessions> {
+        &self.sessions
     }
 
     /// The node served.

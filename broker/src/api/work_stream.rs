@@ -22,6 +22,11 @@
 //! is really gone. The grace is short ("given back within a heartbeat"), and the parked
 //! sessions are node-local and bounded ([`MAX_PARKED`]), so a resume must come back to
 //! the same node; elsewhere it gets NOT_FOUND and the worker opens a fresh session.
+//!
+//! A worker shutting down sends `stop` first (no more pushes), settles what it holds,
+//! then half-closes. A node shutting down ends every session with UNAVAILABLE and
+//! releases nothing: leases are cluster state, so the workers settle through another
+//! node.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -31,7 +36,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use taskraft_proto::v1 as pb;
 use taskraft_proto::v1::broker_server::Broker;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -78,23 +83,41 @@ struct ParkedSession {
     order: u64,
 }
 
-/// The sessions parked on this node (see the module doc). One per node, shared by
-/// every `Work` call through the [`BrokerService`].
-#[derive(Default)]
-pub struct Parked {
-    sessions: Mutex<HashMap<String, ParkedSession>>,
+/// The `Work` sessions of this node: those parked after a broken stream, and the
+/// signal that ends them all when the node shuts down. One per node, shared by every
+/// `Work` call through the [`BrokerService`].
+pub struct Sessions {
+    parked: Mutex<HashMap<String, ParkedSession>>,
     next: AtomicU64,
+    closing: watch::Sender<bool>,
 }
 
-impl Parked {
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            parked: Mutex::default(),
+            next: AtomicU64::new(0),
+            closing: watch::Sender::new(false),
+        }
+    }
+}
+
+impl Sessions {
     /// How many sessions are parked now.
-    pub fn len(&self) -> usize {
-        lock(&self.sessions).len()
+    pub fn parked(&self) -> usize {
+        lock(&self.parked).len()
     }
 
-    /// True when no session is parked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// The node is shutting down: every session ends with UNAVAILABLE so its worker
+    /// moves to another node, and none opens or parks any more. Their leases are left
+    /// alone: they are cluster state, the workers still run those jobs and settle them
+    /// through another node (or the leases run out).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    fn is_closing(&self) -> bool {
+        *self.closing.borrow()
     }
 }
 
@@ -127,6 +150,9 @@ pub async fn serve(
     validate::lease_request(&lease)?;
     for q in &lease.queues {
         cred.check_queue("open.queues", q)?;
+    }
+    if service.sessions().is_closing() {
+        return Err(Status::unavailable("this node is shutting down"));
     }
     let (holdings, adopted) = if open.resume.is_empty() {
         (Holdings::default(), 0)
@@ -166,7 +192,7 @@ fn resume(
         ))
     };
     let parked = {
-        let mut sessions = lock(&service.parked().sessions);
+        let mut sessions = lock(&service.sessions().parked);
         let Some(p) = sessions.get(id) else {
             return Err(not_here());
         };
@@ -223,7 +249,18 @@ async fn session(
         tx.clone(),
     ));
     let (mut broke, mut stopped) = (false, false);
-    while let Some(msg) = inbound.next().await {
+    let mut closing = service.sessions().closing.subscribe();
+    loop {
+        let msg = tokio::select! {
+            msg = inbound.next() => msg,
+            _ = async { let _ = closing.wait_for(|c| *c).await; } => {
+                leaser.abort();
+                let _ = tx.send(Err(Status::unavailable("this node is shutting down: open a session on another node"))).await;
+                tracing::info!("node shutting down: work session ended, its leases left to their worker");
+                return;
+            }
+        };
+        let Some(msg) = msg else { break };
         let msg = match msg {
             Ok(msg) => msg,
             Err(status) => {
@@ -306,10 +343,13 @@ async fn session(
 /// Parks a broken session for [`RESUME_GRACE`], then gives its leases back unless a
 /// resume took it meanwhile.
 fn park(service: &BrokerService, id: String, lease: pb::LeaseRequest, holdings: Holdings) {
-    let registry = service.parked().clone();
+    if service.sessions().is_closing() {
+        return; // nobody can resume here; the worker settles through another node
+    }
+    let registry = service.sessions().clone();
     let order = registry.next.fetch_add(1, Ordering::Relaxed);
     let evicted = {
-        let mut sessions = lock(&registry.sessions);
+        let mut sessions = lock(&registry.parked);
         let evicted = if sessions.len() >= MAX_PARKED {
             let oldest = sessions
                 .iter()
@@ -342,7 +382,7 @@ fn park(service: &BrokerService, id: String, lease: pb::LeaseRequest, holdings: 
     tokio::spawn(
         async move {
             tokio::time::sleep(RESUME_GRACE).await;
-            let Some(p) = lock(&registry.sessions).remove(&id) else {
+            let Some(p) = lock(&registry.parked).remove(&id) else {
                 return; // resumed (or evicted) meanwhile
             };
             let leases = std::mem::take(&mut *lock(&p.holdings.held));
