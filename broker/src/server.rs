@@ -157,8 +157,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         BrokerService::new(node.clone(), config.api.clone()).with_metrics(metrics.clone());
     let work_sessions = broker_service.sessions().clone();
     let broker = BrokerServer::new(broker_service)
-    .max_decoding_message_size(max_msg)
-    .max_encoding_message_size(max_msg);
+        .max_decoding_message_size(max_msg)
+        .max_encoding_message_size(max_msg);
     let admin = AdminServer::new(AdminService::new(node.clone(), config.token.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);

@@ -26,8 +26,8 @@ use tokio::time::Instant;
 
 use crate::job::{Job, ProgressReporter};
 use crate::session::Link;
-use pb::work_request::Kind;
 use crate::{Client, Error, HandlerError};
+use pb::work_request::Kind;
 
 /// A type-erased handler.
 pub(crate) type Handler =
@@ -110,7 +110,11 @@ impl Shared {
             }
         }
         self.client
-            .broker(req, timeout, |mut b, r| async move { b.extend_lease(r).await })
+            .broker(
+                req,
+                timeout,
+                |mut b, r| async move { b.extend_lease(r).await },
+            )
             .await
             .map(drop)
     }

@@ -105,7 +105,11 @@ impl Link {
     /// Sends an ack, nack or extend on the session and waits up to `timeout` for its
     /// answer. None: no session, it broke before answering, no answer in time, or the
     /// answer was UNAVAILABLE; the caller then makes the unary call, which retries.
-    pub(crate) async fn call(&self, kind: Up, timeout: Duration) -> Option<Result<pb::WorkAnswer, Error>> {
+    pub(crate) async fn call(
+        &self,
+        kind: Up,
+        timeout: Duration,
+    ) -> Option<Result<pb::WorkAnswer, Error>> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
         let up = {
@@ -141,7 +145,9 @@ impl Link {
         let mut status = Status::new(code, a.message);
         if let Ok(reason) = a.reason.parse() {
             if !a.reason.is_empty() {
-                status.metadata_mut().insert(crate::error::REASON_KEY, reason);
+                status
+                    .metadata_mut()
+                    .insert(crate::error::REASON_KEY, reason);
             }
         }
         Some(Err(Error::from_status(status)))

@@ -36,7 +36,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use taskraft_proto::v1 as pb;
 use taskraft_proto::v1::broker_server::Broker;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -88,6 +88,9 @@ struct ParkedSession {
 /// `Work` call through the [`BrokerService`].
 pub struct Sessions {
     parked: Mutex<HashMap<String, ParkedSession>>,
+    /// Sessions whose stream is up: id to worker id and the signal that makes the
+    /// session end as broken, for a resume that came before this node saw the break.
+    live: Mutex<HashMap<String, (String, Arc<Notify>)>>,
     next: AtomicU64,
     closing: watch::Sender<bool>,
 }
@@ -96,6 +99,7 @@ impl Default for Sessions {
     fn default() -> Self {
         Self {
             parked: Mutex::default(),
+            live: Mutex::default(),
             next: AtomicU64::new(0),
             closing: watch::Sender::new(false),
         }
@@ -157,9 +161,14 @@ pub async fn serve(
     let (holdings, adopted) = if open.resume.is_empty() {
         (Holdings::default(), 0)
     } else {
-        resume(&service, &cred, &lease, &open.resume, open.holding)?
+        resume(&service, &cred, &lease, &open.resume, open.holding).await?
     };
     let session_id = uuid::Uuid::now_v7().simple().to_string();
+    let takeover = Arc::new(Notify::new());
+    lock(&service.sessions().live).insert(
+        session_id.clone(),
+        (lease.worker_id.clone(), takeover.clone()),
+    );
     let (tx, rx) = mpsc::channel(1024);
     let opened = pb::WorkResponse {
         kind: Some(pb::work_response::Kind::Opened(pb::WorkOpened {
@@ -168,18 +177,27 @@ pub async fn serve(
         })),
     };
     let _ = tx.try_send(Ok(opened));
-    let span = tracing::info_span!("work_session", worker_id = %lease.worker_id, session_id = %session_id);
+    let span =
+        tracing::info_span!("work_session", worker_id = %lease.worker_id, session_id = %session_id);
     tokio::spawn(
-        session(service, cred, lease, session_id, holdings, inbound, tx).instrument(span),
+        session(
+            service, cred, lease, session_id, holdings, takeover, inbound, tx,
+        )
+        .instrument(span),
     );
     Ok(Response::new(Box::pin(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     )))
 }
 
+/// How long a resume waits for a session this node still sees as live to park: the
+/// worker may notice a broken connection before the node does.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
+
 /// Takes the parked session `id` for a new stream: the leases the worker still holds
-/// are adopted, the others (pushed, never received) are given back at once.
-fn resume(
+/// are adopted, the others (pushed, never received) are given back at once. A session
+/// still live here (same worker id) is ended as broken first.
+async fn resume(
     service: &BrokerService,
     cred: &Credential,
     lease: &pb::LeaseRequest,
@@ -191,6 +209,19 @@ fn resume(
             "session {id} is not parked on this node (its leases were given back or it ran elsewhere)"
         ))
     };
+    let live = lock(&service.sessions().live)
+        .get(id)
+        .filter(|(worker, _)| *worker == lease.worker_id)
+        .map(|(_, takeover)| takeover.clone());
+    if let Some(takeover) = live {
+        takeover.notify_one();
+        let parked = async {
+            while !lock(&service.sessions().parked).contains_key(id) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let _ = tokio::time::timeout(TAKEOVER_WAIT, parked).await;
+    }
     let parked = {
         let mut sessions = lock(&service.sessions().parked);
         let Some(p) = sessions.get(id) else {
@@ -222,7 +253,9 @@ fn resume(
     parked.holdings.granted.store(adopted, Ordering::Relaxed);
     if !lost.is_empty() {
         let service = service.clone();
-        tokio::spawn(async move { release(&service, lost, "pushed but lost with the stream").await });
+        tokio::spawn(
+            async move { release(&service, lost, "pushed but lost with the stream").await },
+        );
     }
     tracing::info!(session_id = %id, adopted, "work session resumed");
     Ok((parked.holdings, adopted))
@@ -235,9 +268,19 @@ async fn session(
     lease: pb::LeaseRequest,
     session_id: String,
     holdings: Holdings,
+    takeover: Arc<Notify>,
     mut inbound: Streaming<pb::WorkRequest>,
     tx: Tx,
 ) {
+    // Not live any more however the session ends.
+    struct Unlist<'a>(&'a Sessions, &'a str);
+    impl Drop for Unlist<'_> {
+        fn drop(&mut self) {
+            lock(&self.0.live).remove(self.1);
+        }
+    }
+    let sessions = service.sessions().clone();
+    let _unlist = Unlist(&sessions, &session_id);
     let credits = Arc::new(Semaphore::new(0));
     let Holdings { held, granted } = holdings.clone();
     let leaser = tokio::spawn(lease_loop(
@@ -253,6 +296,11 @@ async fn session(
     loop {
         let msg = tokio::select! {
             msg = inbound.next() => msg,
+            _ = takeover.notified() => {
+                tracing::info!("a resume took the session over before its stream broke here");
+                broke = true;
+                break;
+            }
             _ = async { let _ = closing.wait_for(|c| *c).await; } => {
                 leaser.abort();
                 let _ = tx.send(Err(Status::unavailable("this node is shutting down: open a session on another node"))).await;
@@ -333,7 +381,7 @@ async fn session(
     leaser.abort();
     let _ = leaser.await;
     if broke {
-        park(&service, session_id, lease, holdings);
+        park(&service, session_id.clone(), lease, holdings);
         return;
     }
     let leases: Vec<(String, u64)> = std::mem::take(&mut *lock(&held)).into_iter().collect();
@@ -375,7 +423,12 @@ fn park(service: &BrokerService, id: String, lease: pb::LeaseRequest, holdings: 
         let service = service.clone();
         tokio::spawn(async move {
             let leases = std::mem::take(&mut *lock(&old.holdings.held));
-            release(&service, leases.into_iter().collect(), "parked sessions full: oldest").await
+            release(
+                &service,
+                leases.into_iter().collect(),
+                "parked sessions full: oldest",
+            )
+            .await
         });
     }
     let service = service.clone();
@@ -386,7 +439,12 @@ fn park(service: &BrokerService, id: String, lease: pb::LeaseRequest, holdings: 
                 return; // resumed (or evicted) meanwhile
             };
             let leases = std::mem::take(&mut *lock(&p.holdings.held));
-            release(&service, leases.into_iter().collect(), "work session not resumed").await
+            release(
+                &service,
+                leases.into_iter().collect(),
+                "work session not resumed",
+            )
+            .await
         }
         .in_current_span(),
     );
@@ -477,9 +535,7 @@ fn spawn_answer(
             // ran out): its credit's place is free again.
             let _ = holdings
                 .granted
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |g| {
-                    g.checked_sub(1)
-                });
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |g| g.checked_sub(1));
             if r.is_ok() {
                 lock(&holdings.held).remove(&job_id);
             }
