@@ -181,7 +181,16 @@ pub async fn serve(
         tracing::info_span!("work_session", worker_id = %lease.worker_id, session_id = %session_id);
     tokio::spawn(
         session(
-            service, cred, lease, session_id, holdings, takeover, inbound, tx,
+            service,
+            cred,
+            lease,
+            Seat {
+                id: session_id,
+                holdings,
+                takeover,
+            },
+            inbound,
+            tx,
         )
         .instrument(span),
     );
@@ -261,17 +270,27 @@ async fn resume(
     Ok((parked.holdings, adopted))
 }
 
+/// Who a session is: its id, what it holds, and the signal a resume takes it over with.
+struct Seat {
+    id: String,
+    holdings: Holdings,
+    takeover: Arc<Notify>,
+}
+
 /// Runs the session until the stream ends (leases given back) or breaks (parked).
 async fn session(
     service: BrokerService,
     cred: Arc<Credential>,
     lease: pb::LeaseRequest,
-    session_id: String,
-    holdings: Holdings,
-    takeover: Arc<Notify>,
+    seat: Seat,
     mut inbound: Streaming<pb::WorkRequest>,
     tx: Tx,
 ) {
+    let Seat {
+        id: session_id,
+        holdings,
+        takeover,
+    } = seat;
     // Not live any more however the session ends.
     struct Unlist<'a>(&'a Sessions, &'a str);
     impl Drop for Unlist<'_> {
