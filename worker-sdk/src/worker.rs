@@ -1,10 +1,12 @@
 //! [`Worker`]: leases jobs, runs handlers by `job_type`, settles them, shuts down
 //! gracefully.
 //!
-//! The lease loop keeps at most `concurrency + prefetch` jobs in hand. It long-polls
-//! `Lease` for as many jobs as it has free slots, and hands each job to its own task
-//! (see `runner.rs`) that waits for one of the `concurrency` run slots, runs the
-//! handler and acks or nacks:
+//! The job loop keeps at most `concurrency + prefetch` jobs in hand ("hand slots") and
+//! hands each job to its own task (see `runner.rs`) that waits for one of the
+//! `concurrency` run slots, runs the handler and acks or nacks. How jobs come in is the
+//! [`Protocol`]: by default one `Work` session whose credits are the free hand slots
+//! (see `session.rs`); with [`Protocol::Poll`], the loop below, which long-polls
+//! `Lease` for as many jobs as it has free slots:
 //!
 //! ```text
 //!  Lease(queues, n = free hand slots, wait 20 s) ──> job task ──> run slot ──> handler
