@@ -17,8 +17,10 @@
 //! When the stream breaks, settles waiting for an answer, and any made before a new
 //! session is up, use the unary calls (a repeated Ack or Nack of the same lease answers
 //! as the first). The worker then resumes the session on the same node (the broker keeps
-//! its leases for a few seconds), naming the jobs it still holds; if that fails it opens
-//! a fresh session, on the next node after UNAVAILABLE, every second until one opens.
+//! its leases for 3 s), naming the jobs it still holds, trying for up to 2 s while the
+//! node cannot be reached; if that fails, or the node itself ended the session (it is
+//! shutting down), it opens a fresh session, on the next node after UNAVAILABLE, every
+//! second until one opens. Jobs in hand keep running throughout.
 //!
 //! On shutdown the worker sends `stop` (no more pushes), lets its jobs finish or go back
 //! as the poll protocol does, then closes its side: the broker gives back at once any job
@@ -32,6 +34,7 @@ use std::time::Duration;
 use taskraft_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tonic::{Code, Status};
 
 use crate::client::WorkConn;
@@ -40,6 +43,12 @@ use crate::worker::{take_free, LoopState, Worker};
 use crate::Error;
 
 use pb::work_request::Kind as Up;
+
+/// How long after a break the worker keeps trying to resume on the same node when it
+/// cannot reach it; the broker keeps a broken session's jobs for 3 s.
+const RESUME_FOR: Duration = Duration::from_secs(2);
+/// Pause between those tries.
+const RESUME_RETRY: Duration = Duration::from_millis(100);
 
 /// The live session as job tasks see it: where to send a request and who waits for
 /// which answer. Empty between sessions; then every call goes unary.
@@ -194,7 +203,8 @@ where
     S: std::future::Future<Output = ()> + Unpin,
 {
     let holding: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let mut resume: Option<(usize, String)> = None;
+    // The node, session id and how long a resume is worth trying.
+    let mut resume: Option<(usize, String, Instant)> = None;
     let mut generation = 0u64;
     loop {
         if w.max_jobs.is_some_and(|max| st.leased_total >= max) {
@@ -212,7 +222,8 @@ where
                 Vec::new()
             },
         };
-        let node = resume.take().map(|r| r.0);
+        let tried = resume.take();
+        let node = tried.as_ref().map(|r| r.0);
         let opened = tokio::select! {
             biased;
             _ = &mut *shutdown => { st.shutdown_asked = true; return None }
@@ -225,6 +236,19 @@ where
                 st.fatal = Some(e);
                 st.shutdown_asked = true;
                 return None;
+            }
+            // A connection that is not back yet may be soon: try again while the broker
+            // still keeps the session. NOT_FOUND (or any other answer) is final.
+            Err(e @ Error::Unavailable { .. })
+                if tried.as_ref().is_some_and(|r| Instant::now() < r.2) =>
+            {
+                tracing::debug!(error = %e, "resuming the work session failed; trying again");
+                tokio::select! {
+                    _ = &mut *shutdown => { st.shutdown_asked = true; return None }
+                    _ = tokio::time::sleep(RESUME_RETRY) => {}
+                }
+                resume = tried;
+                continue;
             }
             Err(e) if resuming => {
                 tracing::warn!(error = %e, "cannot resume the work session; opening a fresh one");
@@ -303,12 +327,17 @@ where
                         st.shutdown_asked = true;
                         return None;
                     }
+                    // The node said so itself (it is shutting down): nothing to resume
+                    // there, the jobs in hand are settled through the next session.
+                    Some(s) if s.code() == Code::Unavailable && !failed_locally(&s) => {
+                        tracing::warn!(error = %s, "work session ended by its node; opening one elsewhere");
+                    }
                     s => {
                         let why = s.map(|s| s.to_string()).unwrap_or_else(|| "ended".into());
                         tracing::warn!(error = %why, "work stream broke; resuming the session");
+                        resume = Some((node, opened.session_id, Instant::now() + RESUME_FOR));
                     }
                 }
-                resume = Some((node, opened.session_id));
             }
         }
     }
@@ -316,7 +345,7 @@ where
 
 /// A status the broker sent (not a connection failure) that no reconnect fixes.
 fn is_fatal(s: &Status) -> bool {
-    std::error::Error::source(s).is_none()
+    !failed_locally(s)
         && matches!(
             s.code(),
             Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument
@@ -369,4 +398,10 @@ async fn read(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// True when tonic made `s` up on this side (the connection failed); statuses the
+/// broker sent carry no source.
+fn failed_locally(s: &Status) -> bool {
+    std::error::Error::source(s).is_some()
 }
