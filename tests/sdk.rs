@@ -293,13 +293,18 @@ async fn cancelling_a_running_job_aborts_its_handler(protocol: Protocol) {
     let (started_tx, mut started) = mpsc::unbounded_channel::<String>();
     let finished = Arc::new(AtomicBool::new(false));
     let dropped = Arc::new(AtomicBool::new(false));
-    struct OnDrop(Arc<AtomicBool>);
+    let told = Arc::new(AtomicBool::new(false));
+    // Records that the handler was dropped, and whether its job had been told of the
+    // cancel by then (a cancel, not a lease merely lost: the broker's reason came
+    // through, on the stream as on a unary call).
+    struct OnDrop(Arc<AtomicBool>, Arc<AtomicBool>, Job);
     impl Drop for OnDrop {
         fn drop(&mut self) {
+            self.1.store(self.2.is_cancelled(), Ordering::SeqCst);
             self.0.store(true, Ordering::SeqCst);
         }
     }
-    let (f, d) = (finished.clone(), dropped.clone());
+    let (f, d, t) = (finished.clone(), dropped.clone(), told.clone());
     let worker = Worker::builder(client.clone())
         .protocol(protocol)
         .queue("cancel")
@@ -307,10 +312,10 @@ async fn cancelling_a_running_job_aborts_its_handler(protocol: Protocol) {
         // lease lets a heartbeat come 2 s late without the job being redelivered.
         .visibility_timeout(Duration::from_secs(3))
         .default_handler(move |job: Job| {
-            let (started_tx, f, d) = (started_tx.clone(), f.clone(), d.clone());
+            let (started_tx, f, d, t) = (started_tx.clone(), f.clone(), d.clone(), t.clone());
             async move {
-                let _guard = OnDrop(d);
                 started_tx.send(job.id().to_string()).unwrap();
+                let _guard = OnDrop(d, t, job);
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 f.store(true, Ordering::SeqCst);
                 Ok::<_, HandlerError>(())
@@ -333,6 +338,10 @@ async fn cancelling_a_running_job_aborts_its_handler(protocol: Protocol) {
     })
     .await;
     assert!(!finished.load(Ordering::SeqCst));
+    assert!(
+        told.load(Ordering::SeqCst),
+        "the job was not told it was cancelled"
+    );
     assert_eq!(
         client.get_job(&id).await.unwrap().state,
         JobState::Cancelled
