@@ -152,12 +152,15 @@ impl Link {
             return None;
         }
         let mut status = Status::new(code, a.message);
-        if let Ok(reason) = a.reason.parse() {
-            if !a.reason.is_empty() {
+        // The reason tells a cancelled job from a lost lease, as the unary call's
+        // metadata does.
+        match a.reason.parse() {
+            Ok(reason) if !a.reason.is_empty() => {
                 status
                     .metadata_mut()
                     .insert(crate::error::REASON_KEY, reason);
             }
+            _ => {}
         }
         Some(Err(Error::from_status(status)))
     }
