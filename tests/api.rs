@@ -612,6 +612,7 @@ async fn work_session_pushes_jobs_by_credit_and_gives_held_ones_back_when_it_end
         queues: vec!["ws".into()],
         worker_id: "stream-worker".into(),
         visibility_timeout_ms: 600_000,
+        ..Default::default()
     };
     tx.send(up(Up::Open(open), 0)).await.unwrap();
     tx.send(up(Up::Credit(3), 0)).await.unwrap();
@@ -621,6 +622,10 @@ async fn work_session_pushes_jobs_by_credit_and_gives_held_ones_back_when_it_end
         .await
         .unwrap()
         .into_inner();
+    let Down::Opened(opened) = next_push(&mut down).await else {
+        panic!("the first answer names the session")
+    };
+    assert!(!opened.session_id.is_empty());
     // Nothing is ready yet: the session waits, and a job enqueued now is pushed.
     c.broker.enqueue(job("ws", "j0")).await.unwrap();
     let Down::Job(first) = next_push(&mut down).await else {
@@ -664,7 +669,7 @@ async fn work_session_pushes_jobs_by_credit_and_gives_held_ones_back_when_it_end
             Down::Answer(a) => {
                 answers.insert(a.seq, a);
             }
-            Down::Job(j) => panic!("no credit left, yet {j:?} was pushed"),
+            other => panic!("no credit left, yet {other:?} was pushed"),
         }
     }
     assert_eq!(answers[&1].code, 0, "{:?}", answers[&1]);
@@ -674,14 +679,14 @@ async fn work_session_pushes_jobs_by_credit_and_gives_held_ones_back_when_it_end
         get_job(&mut c, &jobs[0].job_id).await.state,
         pb::JobState::Succeeded as i32
     );
-    // The worker goes away holding two jobs: they are ready again at once.
+    // The worker closes its side holding two jobs: they are ready again at once (the
+    // response stream ends once the session has given them back).
     drop(tx);
-    drop(down);
-    eventually("held jobs given back", SOON, || {
-        let mut c = c.clone();
-        async move { (stats(&mut c, "ws").await.ready == 5).then_some(()) }
-    })
-    .await;
+    let end = tokio::time::timeout(SOON, async {
+        while down.message().await.unwrap().is_some() {}
+    });
+    end.await.expect("the session ends after the half-close");
+    assert_eq!(stats(&mut c, "ws").await.ready, 5, "released at once");
     let back = get_job(&mut c, &jobs[1].job_id).await;
     assert_eq!((back.state, back.attempt), (pb::JobState::Ready as i32, 0));
     // A session must be opened first, on queues with valid names.
@@ -716,4 +721,199 @@ async fn next_push(down: &mut tonic::Streaming<pb::WorkResponse>) -> pb::work_re
         .expect("stream open")
         .kind
         .expect("a kind")
+}
+
+/// One `Work` session opened on `c` for `worker_id` on `queue`, granted `credits` and
+/// handed that many jobs (enqueued first); returns the up sender, the down stream, the
+/// session id and the jobs.
+async fn work_session_holding(
+    c: &mut Clients,
+    queue: &str,
+    worker_id: &str,
+    credits: u32,
+) -> (
+    tokio::sync::mpsc::Sender<pb::WorkRequest>,
+    tonic::Streaming<pb::WorkResponse>,
+    String,
+    Vec<pb::LeasedJob>,
+) {
+    use pb::work_request::Kind as Up;
+    use pb::work_response::Kind as Down;
+    for i in 0..credits {
+        c.broker
+            .enqueue(job(queue, &format!("{queue}-{i}")))
+            .await
+            .unwrap();
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let open = pb::WorkOpen {
+        queues: vec![queue.into()],
+        worker_id: worker_id.into(),
+        visibility_timeout_ms: 600_000,
+        ..Default::default()
+    };
+    for kind in [Up::Open(open), Up::Credit(credits)] {
+        let req = pb::WorkRequest {
+            kind: Some(kind),
+            seq: 0,
+        };
+        tx.send(req).await.unwrap();
+    }
+    let mut down = c
+        .broker
+        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let Down::Opened(opened) = next_push(&mut down).await else {
+        panic!("the first answer names the session")
+    };
+    let mut jobs = Vec::new();
+    while jobs.len() < credits as usize {
+        match next_push(&mut down).await {
+            Down::Job(j) => jobs.push(j),
+            other => panic!("want a job, got {other:?}"),
+        }
+    }
+    (tx, down, opened.session_id, jobs)
+}
+
+/// A `Work` stream that breaks (its connection cut, no half-close) keeps its leases
+/// for a grace: a resume on the same node adopts the jobs the worker still holds
+/// (acks on the new stream succeed, nothing is delivered twice) and gives back at once
+/// the one it never got; a session nobody resumes gives its jobs back once the grace
+/// is over, long before their 10-minute visibility timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_work_stream_is_parked_for_a_resume_then_given_back() {
+    use pb::work_request::Kind as Up;
+    use pb::work_response::Kind as Down;
+    let node = InProcNode::start().await;
+    let mut c = node.clients().await;
+    let (proxy_a, proxy_b) = (
+        CutProxy::start(node.addr()).await,
+        CutProxy::start(node.addr()).await,
+    );
+    let mut via_a = connect(proxy_a.addr()).await;
+    let mut via_b = connect(proxy_b.addr()).await;
+    let (_up_a, mut down_a, id_a, jobs_a) =
+        work_session_holding(&mut via_a, "rz-a", "rz-a-worker", 3).await;
+    let (_up_b, _down_b, _, jobs_b) =
+        work_session_holding(&mut via_b, "rz-b", "rz-b-worker", 2).await;
+
+    // Cut A's connection, then resume A directly with two of its three jobs (the
+    // third, say, was lost in flight).
+    proxy_a.cut();
+    let seen = tokio::time::timeout(SOON, down_a.message()).await;
+    assert!(
+        matches!(seen, Ok(Err(_))),
+        "the client sees the break: {seen:?}"
+    );
+    let refused = work_open(&mut c, "rz-a-worker", "no-such-session", vec![]).await;
+    let Err(e) = refused else {
+        panic!("resumed a session that never was")
+    };
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("not parked on this node"), "{e:?}");
+    let holding = vec![jobs_a[0].job_id.clone(), jobs_a[1].job_id.clone()];
+    let wrong_worker = work_open(&mut c, "someone-else", &id_a, holding.clone()).await;
+    assert_eq!(wrong_worker.err().map(|e| e.code()), Some(Code::NotFound));
+    let (up, mut down, opened) = work_open(&mut c, "rz-a-worker", &id_a, holding)
+        .await
+        .expect("the resume is accepted");
+    assert_eq!(opened.adopted, 2, "{opened:?}");
+    assert_ne!(opened.session_id, id_a);
+    // The job the worker never got is ready again at once, its attempt undone.
+    eventually("the lost push to be given back", SOON, || {
+        let (mut c, id) = (c.clone(), jobs_a[2].job_id.clone());
+        async move {
+            let j = get_job(&mut c, &id).await;
+            (j.state == pb::JobState::Ready as i32 && j.attempt == 0).then_some(())
+        }
+    })
+    .await;
+    // Resumed once, the session is no longer parked.
+    let again = work_open(&mut c, "rz-a-worker", &id_a, vec![]).await;
+    assert_eq!(again.err().map(|e| e.code()), Some(Code::NotFound));
+
+    // B breaks after A was resumed and nobody resumes it: its jobs come back after the
+    // grace (attempt undone, so given back rather than expired).
+    proxy_b.cut();
+    for j in &jobs_b {
+        eventually("B's jobs to be given back after the grace", SOON, || {
+            let (mut c, id) = (c.clone(), j.job_id.clone());
+            async move {
+                let j = get_job(&mut c, &id).await;
+                (j.state == pb::JobState::Ready as i32 && j.attempt == 0).then_some(())
+            }
+        })
+        .await;
+    }
+    // A's grace is over too, yet its adopted jobs are still held: acks on the new
+    // stream succeed, each job done on its first and only delivery.
+    for (seq, j) in jobs_a[..2].iter().enumerate() {
+        let ack = pb::AckRequest {
+            job_id: j.job_id.clone(),
+            lease_id: j.lease_id.clone(),
+            result: Default::default(),
+        };
+        let req = pb::WorkRequest {
+            kind: Some(Up::Ack(ack)),
+            seq: seq as u64 + 1,
+        };
+        up.send(req).await.unwrap();
+    }
+    for _ in 0..2 {
+        let Down::Answer(a) = next_push(&mut down).await else {
+            panic!("want an answer")
+        };
+        assert_eq!(a.code, 0, "{a:?}");
+    }
+    for j in &jobs_a[..2] {
+        let done = get_job(&mut c, &j.job_id).await;
+        assert_eq!(
+            (done.state, done.attempt, done.expirations),
+            (pb::JobState::Succeeded as i32, 1, 0),
+            "{done:?}"
+        );
+    }
+}
+
+/// Opens a `Work` session resuming `resume` (or a fresh one when empty) on queue
+/// `rz-a`, and reads its `WorkOpened`.
+async fn work_open(
+    c: &mut Clients,
+    worker_id: &str,
+    resume: &str,
+    holding: Vec<String>,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<pb::WorkRequest>,
+        tonic::Streaming<pb::WorkResponse>,
+        pb::WorkOpened,
+    ),
+    tonic::Status,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let open = pb::WorkOpen {
+        queues: vec!["rz-a".into()],
+        worker_id: worker_id.into(),
+        visibility_timeout_ms: 600_000,
+        resume: resume.into(),
+        holding,
+    };
+    let req = pb::WorkRequest {
+        kind: Some(pb::work_request::Kind::Open(open)),
+        seq: 0,
+    };
+    tx.send(req).await.unwrap();
+    let mut down = c
+        .broker
+        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let Some(pb::work_response::Kind::Opened(opened)) = down.message().await?.and_then(|m| m.kind)
+    else {
+        panic!("the first answer names the session")
+    };
+    Ok((tx, down, opened))
 }

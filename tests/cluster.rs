@@ -420,6 +420,7 @@ async fn work_session_on_a_follower_processes_every_job() {
         queues: vec!["wf".into()],
         worker_id: "follower-worker".into(),
         visibility_timeout_ms: 600_000,
+        ..Default::default()
     };
     tx.send(up(Up::Open(open), 0)).await.unwrap();
     tx.send(up(Up::Credit(20), 0)).await.unwrap();
@@ -452,6 +453,7 @@ async fn work_session_on_a_follower_processes_every_job() {
                 // Each push used a credit: grant one back per finished job.
                 tx.send(up(Up::Credit(1), 0)).await.unwrap();
             }
+            Down::Opened(_) => {}
         }
     }
     let s = stats(&mut l, "wf").await;

@@ -905,3 +905,70 @@ impl ProcessCluster {
             .map(|r| r.into_inner())
     }
 }
+
+/// A TCP proxy in front of a node whose connections can be cut at once, as a lost
+/// network would: both sides see their connection end without any gRPC goodbye (no
+/// half-close, no GOAWAY). New connections are accepted after a cut.
+pub struct CutProxy {
+    addr: SocketAddr,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accepted: Arc<AtomicU64>,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    /// Listens on a free local port and forwards every connection to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (c, a) = (conns.clone(), accepted.clone());
+        let acceptor = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let task = tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+                c.lock().unwrap().push(task);
+            }
+        });
+        Self {
+            addr,
+            conns,
+            accepted,
+            acceptor,
+        }
+    }
+
+    /// The address to connect to instead of the node's.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Drops every open connection, both ways.
+    pub fn cut(&self) {
+        for task in self.conns.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        self.cut();
+    }
+}

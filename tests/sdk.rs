@@ -8,13 +8,43 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use taskraft::{
-    BatcherOptions, Client, EnqueueOptions, Error, HandlerError, Job, JobState, NewJob, Report,
-    Worker,
+    BatcherOptions, Client, EnqueueOptions, Error, HandlerError, Job, JobState, NewJob, Protocol,
+    Report, Worker,
 };
 use taskraft_proto::v1 as pb;
 use taskraft_tests::*;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+/// Runs each named `async fn(Protocol)` once per worker protocol, as the tests
+/// `<name>::stream` and `<name>::poll`: what a job's life looks like must not depend on
+/// how the worker gets its jobs.
+macro_rules! both_protocols {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn stream() {
+                super::$name(taskraft::Protocol::Stream).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn poll() {
+                super::$name(taskraft::Protocol::Poll).await
+            }
+        }
+    )*};
+}
+
+both_protocols!(
+    thousand_jobs_over_three_workers_each_run_exactly_once,
+    handler_outliving_the_visibility_timeout_keeps_its_lease,
+    panicking_handler_is_nacked_and_the_worker_carries_on,
+    permanent_error_dead_letters_at_once_and_others_retry,
+    cancelling_a_running_job_aborts_its_handler,
+    progress_reported_by_a_handler_is_stored_on_the_job,
+    shutdown_finishes_jobs_in_flight,
+    shutdown_timeout_gives_unfinished_jobs_back_for_immediate_retry,
+    max_jobs_stops_the_worker_after_that_many,
+);
 
 async fn sdk_client(node: &InProcNode) -> Client {
     Client::connect([node.addr().to_string()])
@@ -40,8 +70,7 @@ async fn stop(tx: oneshot::Sender<()>, handle: JoinHandle<Result<Report, Error>>
         .expect("worker run")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousand_jobs_over_three_workers_each_run_exactly_once() {
+async fn thousand_jobs_over_three_workers_each_run_exactly_once(protocol: Protocol) {
     let node = InProcNode::start().await;
     let client = sdk_client(&node).await;
     let jobs: Vec<NewJob> = (0..1000)
@@ -63,6 +92,7 @@ async fn thousand_jobs_over_three_workers_each_run_exactly_once() {
     for w in 0..3 {
         let runs = runs.clone();
         let worker = Worker::builder(client.clone())
+            .protocol(protocol)
             .queue("bulk")
             .concurrency(8)
             .prefetch(4)
@@ -118,8 +148,7 @@ async fn thousand_jobs_over_three_workers_each_run_exactly_once() {
 /// handler runs until the test has seen (through GetJob) an extension granted after the
 /// lease's first deadline had passed, however long that takes on a loaded machine; the
 /// job then completes on its first lease.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handler_outliving_the_visibility_timeout_keeps_its_lease() {
+async fn handler_outliving_the_visibility_timeout_keeps_its_lease(protocol: Protocol) {
     let node = InProcNode::start().await;
     let client = sdk_client(&node).await;
     let id = client.enqueue("slow", "x").await.unwrap();
@@ -130,6 +159,7 @@ async fn handler_outliving_the_visibility_timeout_keeps_its_lease() {
     let release = Arc::new(tokio::sync::Notify::new());
     let released = release.clone();
     let worker = Worker::builder(client.clone())
+        .protocol(protocol)
         .queue("slow")
         .visibility_timeout(visibility)
         .default_handler(move |_job: Job| {
@@ -185,11 +215,11 @@ async fn handler_outliving_the_visibility_timeout_keeps_its_lease() {
     assert_eq!(stop(tx, h).await.succeeded, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn panicking_handler_is_nacked_and_the_worker_carries_on() {
+async fn panicking_handler_is_nacked_and_the_worker_carries_on(protocol: Protocol) {
     let node = InProcNode::start().await;
     let client = sdk_client(&node).await;
     let worker = Worker::builder(client.clone())
+        .protocol(protocol)
         .queue("panics")
         .concurrency(1)
         .default_handler(|job: Job| async move {
@@ -220,11 +250,11 @@ async fn panicking_handler_is_nacked_and_the_worker_carries_on() {
     assert_eq!((r.succeeded, r.failed), (1, 1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn permanent_error_dead_letters_at_once_and_others_retry() {
+async fn permanent_error_dead_letters_at_once_and_others_retry(protocol: Protocol) {
     let node = InProcNode::start().await;
     let client = sdk_client(&node).await;
     let worker = Worker::builder(client.clone())
+        .protocol(protocol)
         .queue("errs")
         .handler("perm", |_job: Job| async move {
             Err::<(), _>(HandlerError::permanent("bad input: no such user"))
@@ -257,30 +287,35 @@ async fn permanent_error_dead_letters_at_once_and_others_retry() {
     stop(tx, h).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelling_a_running_job_aborts_its_handler() {
+async fn cancelling_a_running_job_aborts_its_handler(protocol: Protocol) {
     let node = InProcNode::start().await;
     let client = sdk_client(&node).await;
     let (started_tx, mut started) = mpsc::unbounded_channel::<String>();
     let finished = Arc::new(AtomicBool::new(false));
     let dropped = Arc::new(AtomicBool::new(false));
-    struct OnDrop(Arc<AtomicBool>);
+    let told = Arc::new(AtomicBool::new(false));
+    // Records that the handler was dropped, and whether its job had been told of the
+    // cancel by then (a cancel, not a lease merely lost: the broker's reason came
+    // through, on the stream as on a unary call).
+    struct OnDrop(Arc<AtomicBool>, Arc<AtomicBool>, Job);
     impl Drop for OnDrop {
         fn drop(&mut self) {
+            self.1.store(self.2.is_cancelled(), Ordering::SeqCst);
             self.0.store(true, Ordering::SeqCst);
         }
     }
-    let (f, d) = (finished.clone(), dropped.clone());
+    let (f, d, t) = (finished.clone(), dropped.clone(), told.clone());
     let worker = Worker::builder(client.clone())
+        .protocol(protocol)
         .queue("cancel")
         // The worker learns of the cancel at its next extension, every second; a 3 s
         // lease lets a heartbeat come 2 s late without the job being redelivered.
         .visibility_timeout(Duration::from_secs(3))
         .default_handler(move |job: Job| {
-            let (started_tx, f, d) = (started_tx.clone(), f.clone(), d.clone());
+            let (started_tx, f, d, t) = (started_tx.clone(), f.clone(), d.clone(), t.clone());
             async move {
-                let _guard = OnDrop(d);
                 started_tx.send(job.id().to_string()).unwrap();
+                let _guard = OnDrop(d, t, job);
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 f.store(true, Ordering::SeqCst);
                 Ok::<_, HandlerError>(())
@@ -303,6 +338,10 @@ async fn cancelling_a_running_job_aborts_its_handler() {
     })
     .await;
     assert!(!finished.load(Ordering::SeqCst));
+    assert!(
+        told.load(Ordering::SeqCst),
+        "the job was not told it was cancelled"
+    );
     assert_eq!(
         client.get_job(&id).await.unwrap().state,
         JobState::Cancelled
@@ -311,13 +350,13 @@ async fn cancelling_a_running_job_aborts_its_handler() {
     assert_eq!((r.succeeded, r.abandoned), (0, 1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn progress_reported_by_a_handler_is_stored_on_the_job() {
+async fn progress_reported_by_a_handler_is_stored_on_the_job(protocol: Protocol) {
     let node = InProcNode::start().await;
     let client = sdk_client(&node).await;
     let (release_tx, release_rx) = mpsc::unbounded_channel::<()>();
     let release_rx = Arc::new(tokio::sync::Mutex::new(release_rx));
     let worker = Worker::builder(client.clone())
+        .protocol(protocol)
         .queue("progress")
         .default_handler(move |job: Job| {
             let release_rx = release_rx.clone();
@@ -345,12 +384,12 @@ async fn progress_reported_by_a_handler_is_stored_on_the_job() {
     stop(tx, h).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_finishes_jobs_in_flight() {
+async fn shutdown_finishes_jobs_in_flight(protocol: Protocol) {
     let node = InProcNode::start().await;
     let client = sdk_client(&node).await;
     let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
     let worker = Worker::builder(client.clone())
+        .protocol(protocol)
         .queue("drain")
         .concurrency(2)
         .default_handler(move |_job: Job| {
@@ -379,9 +418,10 @@ async fn shutdown_finishes_jobs_in_flight() {
         assert_eq!(j.state, JobState::Succeeded, "{j:?}");
     }
     // Nothing is leased after the worker stopped: its Lease call in flight was dropped
-    // (the broker ends it once the cancellation arrives) and no other follows, so no
-    // Lease call is left to take a job enqueued now.
-    eventually("the stopped worker's Lease call to end", SOON, || async {
+    // (the broker ends it once the cancellation arrives), or its session stopped
+    // leasing and was closed, and no other follows, so nothing is left to take a job
+    // enqueued now.
+    eventually("the stopped worker's lease look to end", SOON, || async {
         (node.lease_calls_on("drain") == 0).then_some(())
     })
     .await;
@@ -394,12 +434,12 @@ async fn shutdown_finishes_jobs_in_flight() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_timeout_gives_unfinished_jobs_back_for_immediate_retry() {
+async fn shutdown_timeout_gives_unfinished_jobs_back_for_immediate_retry(protocol: Protocol) {
     let node = InProcNode::start().await;
     let client = sdk_client(&node).await;
     let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
     let worker = Worker::builder(client.clone())
+        .protocol(protocol)
         .queue("stuck")
         .shutdown_timeout(Duration::from_millis(300))
         .default_handler(move |_job: Job| {
@@ -437,8 +477,7 @@ async fn shutdown_timeout_gives_unfinished_jobs_back_for_immediate_retry() {
     assert!(get_job(&mut c, &id).await.last_error.contains("shut down"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_jobs_stops_the_worker_after_that_many() {
+async fn max_jobs_stops_the_worker_after_that_many(protocol: Protocol) {
     let node = InProcNode::start().await;
     let client = sdk_client(&node).await;
     for i in 0..5 {
@@ -449,6 +488,7 @@ async fn max_jobs_stops_the_worker_after_that_many() {
     let report = tokio::time::timeout(
         SOON,
         Worker::builder(client.clone())
+            .protocol(protocol)
             .queue("limited")
             .concurrency(2)
             .max_jobs(3)
@@ -541,4 +581,143 @@ async fn client_rotates_past_a_dead_address_and_classifies_errors() {
         matches!(err, Error::Unavailable { .. }) && err.is_retryable(),
         "{err:?}"
     );
+}
+
+/// A stream-protocol worker whose connection is cut (no half-close, as a lost network
+/// would) resumes its session on the same node: the jobs in hand stay its own past the
+/// broker's grace (a session broken at the same time and not resumed has given its job
+/// back by then), each job runs once, and the worker opened exactly two sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_worker_resumes_its_session_after_a_cut_and_runs_each_job_once() {
+    use pb::work_request::Kind as Up;
+    use pb::work_response::Kind as Down;
+    let node = InProcNode::start().await;
+    let (proxy, canary_proxy) = (
+        CutProxy::start(node.addr()).await,
+        CutProxy::start(node.addr()).await,
+    );
+    let client = Client::connect([proxy.addr().to_string()]).await.unwrap();
+    let direct = sdk_client(&node).await;
+    let mut ids = HashSet::new();
+    for i in 0..6 {
+        ids.insert(direct.enqueue("cut", format!("{i}")).await.unwrap());
+    }
+    let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (started_tx, mut started) = mpsc::unbounded_channel::<String>();
+    let (r, g) = (runs.clone(), gate.clone());
+    let worker = Worker::builder(client)
+        .queue("cut")
+        .concurrency(4)
+        // No heartbeat during the test: only the session keeps the jobs.
+        .visibility_timeout(Duration::from_secs(600))
+        .default_handler(move |job: Job| {
+            let (runs, gate, started_tx) = (r.clone(), g.clone(), started_tx.clone());
+            async move {
+                *runs
+                    .lock()
+                    .unwrap()
+                    .entry(job.id().to_string())
+                    .or_default() += 1;
+                let _ = started_tx.send(job.id().to_string());
+                gate.acquire().await.expect("gate open").forget();
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .build()
+        .unwrap();
+    let (tx, h) = spawn_worker(worker);
+    let mut in_hand = Vec::new();
+    while in_hand.len() < 4 {
+        let id = tokio::time::timeout(SOON, started.recv())
+            .await
+            .expect("four handlers start in time")
+            .expect("started");
+        in_hand.push(id);
+    }
+
+    // The canary: a bare session holding one job, through its own proxy.
+    let mut canary = connect(canary_proxy.addr()).await;
+    let canary_job = direct.enqueue("cut-canary", "c").await.unwrap();
+    let (up, rx) = mpsc::channel(4);
+    let open = pb::WorkOpen {
+        queues: vec!["cut-canary".into()],
+        worker_id: "canary".into(),
+        visibility_timeout_ms: 600_000,
+        ..Default::default()
+    };
+    for kind in [Up::Open(open), Up::Credit(1)] {
+        up.send(pb::WorkRequest {
+            kind: Some(kind),
+            seq: 0,
+        })
+        .await
+        .unwrap();
+    }
+    let mut down = canary
+        .broker
+        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let msg = tokio::time::timeout(SOON, down.message())
+            .await
+            .expect("a push in time")
+            .unwrap()
+            .expect("open");
+        if let Some(Down::Job(j)) = msg.kind {
+            assert_eq!(j.job_id, canary_job);
+            break;
+        }
+    }
+
+    // Cut the worker's connection; once it has reconnected, cut the canary's.
+    let before = proxy.accepted();
+    proxy.cut();
+    eventually("the worker to reconnect", SOON, || {
+        std::future::ready((proxy.accepted() > before).then_some(()))
+    })
+    .await;
+    canary_proxy.cut();
+    let mut c = node.clients().await;
+    eventually(
+        "the canary's job to be given back after the grace",
+        SOON,
+        || {
+            let (mut c, id) = (c.clone(), canary_job.clone());
+            async move {
+                let j = get_job(&mut c, &id).await;
+                (j.state == pb::JobState::Ready as i32 && j.attempt == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    for id in &in_hand {
+        let j = get_job(&mut c, id).await;
+        assert_eq!(
+            (j.state, j.attempt),
+            (pb::JobState::Leased as i32, 1),
+            "a job in hand was given back: {j:?}"
+        );
+    }
+
+    gate.add_permits(100);
+    eventually_ok("all six jobs to succeed", SOON, || {
+        let mut c = c.clone();
+        async move {
+            let s = stats(&mut c, "cut").await;
+            if s.succeeded == 6 {
+                Ok(())
+            } else {
+                Err(format!("{s:?}"))
+            }
+        }
+    })
+    .await;
+    let r = stop(tx, h).await;
+    assert_eq!((r.succeeded, r.lease_calls), (6, 2), "{r:?}");
+    let runs = runs.lock().unwrap();
+    assert_eq!(runs.keys().cloned().collect::<HashSet<_>>(), ids);
+    assert!(runs.values().all(|n| *n == 1), "a job ran twice: {runs:?}");
 }

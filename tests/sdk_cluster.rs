@@ -5,12 +5,24 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use taskraft::{Client, EnqueueOptions, HandlerError, Job, NewJob, Worker};
+use taskraft::{Client, EnqueueOptions, HandlerError, Job, NewJob, Protocol, Worker};
 use taskraft_proto::v1 as pb;
 use taskraft_tests::*;
 
+/// Stream workers hold a `Work` session on the leader: stopping it ends the sessions
+/// (UNAVAILABLE), the workers open new ones on the survivors and settle the jobs in hand
+/// through them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_failover_during_processing_loses_no_job() {
+async fn leader_failover_during_processing_loses_no_job_stream() {
+    leader_failover_during_processing_loses_no_job(Protocol::Stream).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_during_processing_loses_no_job_poll() {
+    leader_failover_during_processing_loses_no_job(Protocol::Poll).await
+}
+
+async fn leader_failover_during_processing_loses_no_job(protocol: Protocol) {
     let mut cluster = InProcCluster::start(3, |_| {}).await;
     let leader = cluster.wait_leader().await;
     let addrs: Vec<String> = (1..=3)
@@ -37,6 +49,7 @@ async fn leader_failover_during_processing_loses_no_job() {
     for _ in 0..2 {
         let done = done.clone();
         let worker = Worker::builder(client.clone())
+            .protocol(protocol)
             .queue("fo-sdk")
             .concurrency(8)
             .visibility_timeout(Duration::from_secs(3))

@@ -1,6 +1,7 @@
 //! Worker processes built on the SDK (the `sdk-test-worker` helper binary) against an
-//! in-process node: SIGKILL mid-job means redelivery after the visibility timeout,
-//! SIGTERM means the job in hand finishes before the process exits.
+//! in-process node: SIGKILL mid-job means redelivery after the visibility timeout (poll
+//! protocol) or after the broker's resume grace (stream protocol: the broken session is
+//! given back), SIGTERM means the job in hand finishes before the process exits.
 
 use std::process::{ExitStatus, Stdio};
 
@@ -18,7 +19,19 @@ struct WorkerProcess {
 }
 
 impl WorkerProcess {
+    /// A worker on the default protocol (stream).
     fn spawn(server: &str, queue: &str, id: &str, visibility_ms: u64, handler_ms: u64) -> Self {
+        Self::spawn_on(server, queue, id, visibility_ms, handler_ms, "stream")
+    }
+
+    fn spawn_on(
+        server: &str,
+        queue: &str,
+        id: &str,
+        visibility_ms: u64,
+        handler_ms: u64,
+        protocol: &str,
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sdk-test-worker"))
             .args([
                 server,
@@ -26,6 +39,7 @@ impl WorkerProcess {
                 id,
                 &visibility_ms.to_string(),
                 &handler_ms.to_string(),
+                protocol,
             ])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -78,8 +92,9 @@ impl WorkerProcess {
     }
 }
 
+/// The poll protocol has nothing but the lease to tell that a worker died.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_of_a_sigkilled_worker_is_redelivered_to_another_after_the_visibility_timeout() {
+async fn job_of_a_sigkilled_poll_worker_is_redelivered_after_the_visibility_timeout() {
     let node = InProcNode::start().await;
     let server = node.addr().to_string();
     let client = Client::connect([server.clone()]).await.unwrap();
@@ -87,7 +102,7 @@ async fn job_of_a_sigkilled_worker_is_redelivered_to_another_after_the_visibilit
 
     // A 3 s lease, extended every second until the SIGKILL: a heartbeat may come 2 s
     // late on a loaded machine before the job would run out under the living worker.
-    let mut doomed = WorkerProcess::spawn(&server, "crash", "doomed", 3000, 600_000);
+    let mut doomed = WorkerProcess::spawn_on(&server, "crash", "doomed", 3000, 600_000, "poll");
     let line = doomed.expect_line("started").await;
     assert_eq!(line, format!("started {id} 1"));
     doomed.signal("-KILL");
@@ -114,6 +129,47 @@ async fn job_of_a_sigkilled_worker_is_redelivered_to_another_after_the_visibilit
         "finished at {} before the first lease ran out at {}",
         job.finished_at_ms,
         held.lease_deadline_ms
+    );
+    rescuer.signal("-TERM");
+    assert!(rescuer.wait().await.success());
+}
+
+/// A stream worker's session breaks with its process: the broker keeps the job for the
+/// resume grace (a few seconds), then gives it back, the attempt undone, long before
+/// its one-minute visibility timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_of_a_sigkilled_stream_worker_is_given_back_after_the_resume_grace() {
+    let node = InProcNode::start().await;
+    let server = node.addr().to_string();
+    let client = Client::connect([server.clone()]).await.unwrap();
+    let id = client.enqueue("crash-s", "important").await.unwrap();
+
+    let mut doomed = WorkerProcess::spawn(&server, "crash-s", "doomed", 60_000, 600_000);
+    assert_eq!(
+        doomed.expect_line("started").await,
+        format!("started {id} 1")
+    );
+    doomed.signal("-KILL");
+    assert!(!doomed.wait().await.success());
+    let mut c = node.clients().await;
+    let held = get_job(&mut c, &id).await;
+    eventually("the dead worker's job to be given back", SOON, || {
+        let (mut c, id) = (c.clone(), id.clone());
+        async move {
+            let j = get_job(&mut c, &id).await;
+            (j.state == pb::JobState::Ready as i32).then_some(j)
+        }
+    })
+    .await;
+    let mut rescuer = WorkerProcess::spawn(&server, "crash-s", "rescuer", 30_000, 0);
+    let line = rescuer.expect_line("started").await;
+    assert_eq!(line, format!("started {id} 1"), "the attempt was undone");
+    let job = client.wait_for_job(&id, SOON).await.unwrap();
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!((job.attempt, job.expirations), (1, 0), "{job:?}");
+    assert!(
+        job.finished_at_ms < held.lease_deadline_ms,
+        "given back at the visibility timeout, not after the grace: {job:?}"
     );
     rescuer.signal("-TERM");
     assert!(rescuer.wait().await.success());

@@ -55,6 +55,8 @@ pub struct Running {
     background: Vec<(&'static str, JoinHandle<()>)>,
     /// How long shutdown waits for open calls and connections.
     drain_limit: Duration,
+    /// `Work` sessions, ended first at shutdown (they would hold the drain open).
+    work_sessions: Arc<crate::api::work_stream::Sessions>,
 }
 
 /// Starts a node and returns once it is listening.
@@ -151,11 +153,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         node.observe_fsync(observer);
     }
     let max_msg = (64 * 1024 * 1024).max(config.api.max_payload * 2);
-    let broker = BrokerServer::new(
-        BrokerService::new(node.clone(), config.api.clone()).with_metrics(metrics.clone()),
-    )
-    .max_decoding_message_size(max_msg)
-    .max_encoding_message_size(max_msg);
+    let broker_service =
+        BrokerService::new(node.clone(), config.api.clone()).with_metrics(metrics.clone());
+    let work_sessions = broker_service.sessions().clone();
+    let broker = BrokerServer::new(broker_service)
+        .max_decoding_message_size(max_msg)
+        .max_encoding_message_size(max_msg);
     let admin = AdminServer::new(AdminService::new(node.clone(), config.token.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
@@ -282,6 +285,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         http,
         background,
         drain_limit: config.request_timeout + Duration::from_secs(5),
+        work_sessions,
     })
 }
 
@@ -291,6 +295,7 @@ impl Running {
     /// a rolling restart waits about one leader lease per leader instead of a lease
     /// plus an election timeout.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.work_sessions.close();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -2,19 +2,25 @@
 //! `started <job id> <attempt>` when a handler starts and `finished <job id>` when it
 //! returns, and stops gracefully on SIGINT/SIGTERM.
 //!
-//! Usage: `sdk-test-worker <server> <queue> <worker id> <visibility ms> <handler ms>`
+//! Usage: `sdk-test-worker <server> <queue> <worker id> <visibility ms> <handler ms>
+//! [stream|poll]` (the protocol; stream by default).
 
 use std::io::Write;
 use std::time::Duration;
 
-use taskraft::{Client, HandlerError, Job, Worker};
+use taskraft::{Client, HandlerError, Job, Protocol, Worker};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [server, queue, id, visibility_ms, handler_ms] = &args[..] else {
+    let (protocol, args) = match &args[..] {
+        [rest @ .., p] if p == "poll" => (Protocol::Poll, rest),
+        [rest @ .., p] if p == "stream" => (Protocol::Stream, rest),
+        rest => (Protocol::Stream, rest),
+    };
+    let [server, queue, id, visibility_ms, handler_ms] = args else {
         return Err(
-            "usage: sdk-test-worker <server> <queue> <worker id> <visibility ms> <handler ms>"
+            "usage: sdk-test-worker <server> <queue> <worker id> <visibility ms> <handler ms> [stream|poll]"
                 .into(),
         );
     };
@@ -24,6 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .queue(queue.as_str())
         .worker_id(id.as_str())
         .concurrency(1)
+        .protocol(protocol)
         .poll_wait(Duration::from_millis(500))
         .visibility_timeout(Duration::from_millis(visibility_ms.parse()?))
         .default_handler(move |job: Job| async move {

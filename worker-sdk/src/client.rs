@@ -181,6 +181,17 @@ impl ClientBuilder {
     }
 }
 
+/// A `Work` stream just opened (see [`Client::open_work`]).
+pub(crate) struct WorkConn {
+    /// The index of the node it runs on (a resume must come back to it).
+    pub node: usize,
+    /// Requests up the stream; dropping every sender half-closes it.
+    pub up: tokio::sync::mpsc::Sender<pb::WorkRequest>,
+    /// Pushes and answers, after the `WorkOpened` already read.
+    pub down: tonic::Streaming<pb::WorkResponse>,
+    pub opened: pb::WorkOpened,
+}
+
 /// A handle to a taskraft cluster. Cheap to clone; clones share connections.
 ///
 /// ```no_run
@@ -352,6 +363,79 @@ impl Client {
             )
         })
         .await
+    }
+
+    /// Opens a `Work` session on node `node`, or (None) on the node calls go to (the
+    /// leader when known), and waits for the session's name. A failure that another
+    /// node may not have (UNAVAILABLE, a broken connection) moves the client on to the
+    /// next node, as [`Client::call`] does; there is no retry here, the worker's
+    /// session loop retries.
+    pub(crate) async fn open_work(
+        &self,
+        node: Option<usize>,
+        open: pb::WorkOpen,
+    ) -> Result<WorkConn, Error> {
+        let inner = &self.inner;
+        let idx = match node {
+            Some(i) => i % inner.channels.len(),
+            None => {
+                if !inner.leader_known.swap(true, Ordering::Relaxed) {
+                    self.prefer_leader().await;
+                }
+                inner.current.load(Ordering::Relaxed) % inner.channels.len()
+            }
+        };
+        let (up, mut rx) = tokio::sync::mpsc::channel::<pb::WorkRequest>(1024);
+        up.try_send(pb::WorkRequest {
+            kind: Some(pb::work_request::Kind::Open(open)),
+            seq: 0,
+        })
+        .expect("a new channel has room");
+        let body = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let mut req = Request::new(body);
+        if let Some(t) = &inner.token {
+            req.metadata_mut().insert("authorization", t.clone());
+        }
+        let mut broker =
+            BrokerClient::new(inner.channels[idx].clone()).max_decoding_message_size(MAX_MESSAGE);
+        let attempt = async {
+            let mut down = broker.work(req).await?.into_inner();
+            match down.message().await? {
+                Some(pb::WorkResponse {
+                    kind: Some(pb::work_response::Kind::Opened(opened)),
+                }) => Ok((down, opened)),
+                other => Err(Status::internal(format!(
+                    "the session's first answer must name it, got {other:?}"
+                ))),
+            }
+        };
+        let wait = inner.call_timeout;
+        let status = match tokio::time::timeout(wait, attempt).await {
+            Ok(Ok((down, opened))) => {
+                return Ok(WorkConn {
+                    node: idx,
+                    up,
+                    down,
+                    opened,
+                })
+            }
+            Ok(Err(status)) => status,
+            Err(_) => Status::unavailable(format!("no answer to Work within {wait:?}")),
+        };
+        if status.code() != Code::Unavailable && !failed_locally(&status) {
+            return Err(Error::from_status(status));
+        }
+        inner.leader_known.store(false, Ordering::Relaxed);
+        let _ = inner.current.compare_exchange(
+            idx,
+            (idx + 1) % inner.channels.len(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        Err(Error::Unavailable {
+            addrs: inner.addrs.clone(),
+            message: status.message().to_string(),
+        })
     }
 
     async fn admin<M, T, F, Fut>(&self, msg: M, f: F) -> Result<T, Error>

@@ -28,13 +28,20 @@
 //! ```
 //!
 //! Delivery is at least once: a job whose worker dies, or whose ack is lost, runs
-//! again after its lease expires. Make handlers idempotent.
+//! again (after its lease expires, or a few seconds after a stream worker's session
+//! broke). Make handlers idempotent.
+//!
+//! A worker gets its jobs over one `Work` session by default ([`Protocol::Stream`]):
+//! pushed as slots free up, settled on the same stream, resumed on the same node after
+//! a broken connection so the jobs in hand stay the worker's. [`Protocol::Poll`] uses
+//! long-polling `Lease` calls instead.
 //!
 //! # Layout
 //! - [`client`](Client): connections, retries across nodes, producer and admin calls.
 //! - [`options`](EnqueueOptions): enqueue options, [`NewJob`], [`Enqueued`].
 //! - [`batcher`](Batcher): client-side batching of concurrent enqueues.
-//! - [`worker`](Worker): the lease loop and graceful shutdown.
+//! - [`worker`](Worker): the builder, the poll protocol's lease loop, graceful shutdown.
+//! - `session`: the stream protocol (one `Work` session, credits, resume).
 //! - `runner`: one job's life: heartbeat, handler task, ack/nack.
 //! - [`job`](Job): what handlers see and return.
 //! - [`info`](JobInfo): jobs as the broker reports them.
@@ -48,6 +55,7 @@ mod info;
 mod job;
 mod options;
 mod runner;
+mod session;
 mod shutdown;
 mod worker;
 
@@ -58,7 +66,7 @@ pub use info::{JobInfo, JobState};
 pub use job::{Job, JobOutput, Json, ProgressReporter};
 pub use options::{EnqueueOptions, Enqueued, NewJob};
 pub use shutdown::shutdown_signal;
-pub use worker::{Report, Worker, WorkerBuilder};
+pub use worker::{Protocol, Report, Worker, WorkerBuilder};
 
 /// The generated protobuf types, for admin answers returned as-is
 /// ([`Client::list_queues`], [`Client::cluster_status`], ...).

@@ -25,7 +25,9 @@ use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::job::{Job, ProgressReporter};
+use crate::session::Link;
 use crate::{Client, Error, HandlerError};
+use pb::work_request::Kind;
 
 /// A type-erased handler.
 pub(crate) type Handler =
@@ -67,6 +69,55 @@ pub(crate) struct Shared {
     pub run_slots: Arc<Semaphore>,
     pub phase: watch::Receiver<Phase>,
     pub counters: Counters,
+    /// The `Work` session settles go on first (stream protocol); None: unary calls.
+    pub link: Option<Arc<Link>>,
+}
+
+impl Shared {
+    /// Acks on the session when one is up, else (or when it broke meanwhile) unary.
+    async fn ack(&self, req: pb::AckRequest) -> Result<(), Error> {
+        let timeout = self.client.call_timeout();
+        if let Some(link) = &self.link {
+            if let Some(r) = link.call(Kind::Ack(req.clone()), timeout).await {
+                return r.map(drop);
+            }
+        }
+        self.client
+            .broker(req, timeout, |mut b, r| async move { b.ack(r).await })
+            .await
+            .map(drop)
+    }
+
+    /// Nacks on the session when one is up, else unary (see [`Shared::ack`]).
+    async fn nack(&self, req: pb::NackRequest) -> Result<(), Error> {
+        let timeout = self.client.call_timeout();
+        if let Some(link) = &self.link {
+            if let Some(r) = link.call(Kind::Nack(req.clone()), timeout).await {
+                return r.map(drop);
+            }
+        }
+        self.client
+            .broker(req, timeout, |mut b, r| async move { b.nack(r).await })
+            .await
+            .map(drop)
+    }
+
+    /// Extends on the session when one is up, else unary (see [`Shared::ack`]).
+    async fn extend(&self, req: pb::ExtendLeaseRequest, timeout: Duration) -> Result<(), Error> {
+        if let Some(link) = &self.link {
+            if let Some(r) = link.call(Kind::Extend(req.clone()), timeout).await {
+                return r.map(drop);
+            }
+        }
+        self.client
+            .broker(
+                req,
+                timeout,
+                |mut b, r| async move { b.extend_lease(r).await },
+            )
+            .await
+            .map(drop)
+    }
 }
 
 enum Outcome {
@@ -171,12 +222,7 @@ async fn settle(shared: &Shared, leased: &pb::LeasedJob, outcome: Outcome) {
                 lease_id: leased.lease_id.clone(),
                 result,
             };
-            let timeout = shared.client.call_timeout();
-            let r = shared
-                .client
-                .broker(req, timeout, |mut b, r| async move { b.ack(r).await })
-                .await;
-            match r {
+            match shared.ack(req).await {
                 Ok(_) => {
                     c.succeeded.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("acked");
@@ -220,12 +266,7 @@ async fn settle(shared: &Shared, leased: &pb::LeasedJob, outcome: Outcome) {
         ),
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    let timeout = shared.client.call_timeout();
-    if let Err(e) = shared
-        .client
-        .broker(req, timeout, |mut b, r| async move { b.nack(r).await })
-        .await
-    {
+    if let Err(e) = shared.nack(req).await {
         log_settle_error("nack", &e);
     }
 }
@@ -287,17 +328,13 @@ async fn heartbeat(
             progress_message: message,
         };
         last = Instant::now();
-        let call = shared.client.broker(
-            req,
-            every.max(Duration::from_secs(1)),
-            |mut b, r| async move { b.extend_lease(r).await },
-        );
+        let call = shared.extend(req, every.max(Duration::from_secs(1)));
         let r = tokio::select! {
             _ = &mut stop => return,
             r = tokio::time::timeout(shared.visibility, call) => r,
         };
         match r {
-            Ok(Ok(_)) => {}
+            Ok(Ok(())) => {}
             Ok(Err(Error::Cancelled(_))) => {
                 let _ = cancel_tx.send(true);
                 let _ = end_tx.send(Some(LeaseEnd::Cancelled));

@@ -1,10 +1,12 @@
 //! [`Worker`]: leases jobs, runs handlers by `job_type`, settles them, shuts down
 //! gracefully.
 //!
-//! The lease loop keeps at most `concurrency + prefetch` jobs in hand. It long-polls
-//! `Lease` for as many jobs as it has free slots, and hands each job to its own task
-//! (see `runner.rs`) that waits for one of the `concurrency` run slots, runs the
-//! handler and acks or nacks:
+//! The job loop keeps at most `concurrency + prefetch` jobs in hand ("hand slots") and
+//! hands each job to its own task (see `runner.rs`) that waits for one of the
+//! `concurrency` run slots, runs the handler and acks or nacks. How jobs come in is the
+//! [`Protocol`]: by default one `Work` session whose credits are the free hand slots
+//! (see `session.rs`); with [`Protocol::Poll`], the loop below, which long-polls
+//! `Lease` for as many jobs as it has free slots:
 //!
 //! ```text
 //!  Lease(queues, n = free hand slots, wait 20 s) ──> job task ──> run slot ──> handler
@@ -36,6 +38,7 @@ use tokio::task::JoinSet;
 
 use crate::job::{Job, JobOutput};
 use crate::runner::{self, Counters, Handler, Phase, Shared};
+use crate::session::{self, Link};
 use crate::{Client, Error, HandlerError};
 
 /// Builds a [`Worker`]; see [`Worker::builder`].
@@ -46,6 +49,7 @@ pub struct WorkerBuilder {
     prefetch: usize,
     visibility: Duration,
     max_jobs: Option<u64>,
+    protocol: Protocol,
     poll_wait: Duration,
     lease_linger: Duration,
     shutdown_timeout: Duration,
@@ -108,14 +112,21 @@ impl WorkerBuilder {
         self
     }
 
-    /// Long-poll wait of each `Lease` call (default 20 s).
+    /// How the worker gets jobs and settles them (default [`Protocol::Stream`]).
+    pub fn protocol(mut self, p: Protocol) -> Self {
+        self.protocol = p;
+        self
+    }
+
+    /// Long-poll wait of each `Lease` call (default 20 s; [`Protocol::Poll`] only).
     pub fn poll_wait(mut self, d: Duration) -> Self {
         self.poll_wait = d;
         self
     }
 
     /// How long the lease loop may wait for more free slots before leasing (default
-    /// 5 ms; zero: lease as soon as one slot is free).
+    /// 5 ms; zero: lease as soon as one slot is free; [`Protocol::Poll`] only: a
+    /// session needs no batching, each free slot is one credit on the open stream).
     ///
     /// A busy worker frees its slots one job at a time; leasing at once would bring one
     /// job per `Lease` call, i.e. one Raft log entry per job. Instead, while every
@@ -198,6 +209,7 @@ impl WorkerBuilder {
             concurrency: self.concurrency,
             visibility: self.visibility,
             max_jobs: self.max_jobs,
+            protocol: self.protocol,
             poll_wait: self.poll_wait,
             lease_linger: self.lease_linger,
             shutdown_timeout: self.shutdown_timeout,
@@ -234,6 +246,20 @@ fn default_worker_id() -> String {
     )
 }
 
+/// How a worker gets its jobs; see [`WorkerBuilder::protocol`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// One `Work` session (a bidirectional stream) on the node the client prefers: the
+    /// broker pushes jobs as credits allow, and acks, nacks and lease extensions go on
+    /// the same stream. A broken stream is resumed (its jobs kept) or replaced; see the
+    /// crate docs.
+    #[default]
+    Stream,
+    /// Long-polling `Lease` calls, and unary `Ack`, `Nack` and `ExtendLease`.
+    Poll,
+}
+
 /// What a worker did, returned when it stops.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -246,8 +272,10 @@ pub struct Report {
     pub abandoned: u64,
     /// Jobs leased.
     pub leased: u64,
-    /// `Lease` calls answered (with jobs or empty after the long poll);
-    /// `leased / lease_calls` shows how well [`WorkerBuilder::lease_linger`] batches.
+    /// [`Protocol::Poll`]: `Lease` calls answered (with jobs or empty after the long
+    /// poll); `leased / lease_calls` shows how well [`WorkerBuilder::lease_linger`]
+    /// batches. [`Protocol::Stream`]: `Work` sessions opened (1, plus one per resume or
+    /// reconnect).
     pub lease_calls: u64,
 }
 
@@ -270,16 +298,17 @@ pub struct Report {
 /// # Ok(()) }
 /// ```
 pub struct Worker {
-    client: Client,
-    queues: Vec<String>,
+    pub(crate) client: Client,
+    pub(crate) queues: Vec<String>,
     hand: usize,
     concurrency: usize,
-    visibility: Duration,
-    max_jobs: Option<u64>,
+    pub(crate) visibility: Duration,
+    pub(crate) max_jobs: Option<u64>,
+    protocol: Protocol,
     poll_wait: Duration,
     lease_linger: Duration,
     shutdown_timeout: Duration,
-    worker_id: String,
+    pub(crate) worker_id: String,
     handlers: HashMap<String, Handler>,
     fallback: Option<Handler>,
 }
@@ -304,6 +333,7 @@ impl Worker {
             prefetch: 0,
             visibility: Duration::from_secs(30),
             max_jobs: None,
+            protocol: Protocol::default(),
             poll_wait: Duration::from_secs(20),
             lease_linger: Duration::from_millis(5),
             shutdown_timeout: Duration::from_secs(30),
@@ -327,42 +357,104 @@ impl Worker {
     ///
     /// Returns an error only for problems retrying cannot fix: a refused token or an
     /// invalid queue name. An unreachable cluster is retried (and logged) forever.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<Report, Error> {
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<Report, Error> {
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+        let link = match self.protocol {
+            Protocol::Stream => Some(Arc::new(Link::default())),
+            Protocol::Poll => None,
+        };
         let shared = Arc::new(Shared {
             client: self.client.clone(),
             worker_id: self.worker_id.clone(),
-            handlers: self.handlers,
-            fallback: self.fallback,
+            handlers: std::mem::take(&mut self.handlers),
+            fallback: self.fallback.take(),
             visibility: self.visibility,
             run_slots: Arc::new(Semaphore::new(self.concurrency)),
             phase: phase_rx,
             counters: Counters::default(),
+            link: link.clone(),
         });
         let hand = Arc::new(Semaphore::new(self.hand));
-        let mut tasks = JoinSet::new();
-        let mut leased_total = 0u64;
-        let mut lease_calls = 0u64;
+        let mut st = LoopState::default();
         let mut shutdown = std::pin::pin!(shutdown.fuse());
-        let mut fatal = None;
-        let mut shutdown_asked = false;
-        tracing::info!(worker_id = %self.worker_id, queues = ?self.queues, "worker started");
+        tracing::info!(worker_id = %self.worker_id, queues = ?self.queues, protocol = ?self.protocol, "worker started");
 
+        let session = match &link {
+            Some(link) => session::run(&self, &shared, link, &hand, &mut st, &mut shutdown).await,
+            None => {
+                self.poll(&shared, &hand, &mut st, &mut shutdown).await;
+                None
+            }
+        };
+        let tasks = &mut st.tasks;
+        if !st.shutdown_asked {
+            // max_jobs reached: let every job finish, unless shutdown comes meanwhile.
+            tokio::select! {
+                _ = join_all(tasks) => {}
+                _ = &mut shutdown => {}
+            }
+        }
+        let _ = phase_tx.send(Phase::Draining);
+        if !tasks.is_empty() {
+            tracing::info!(
+                in_flight = tasks.len(),
+                "shutting down: finishing jobs in hand"
+            );
+            if tokio::time::timeout(self.shutdown_timeout, join_all(tasks))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    in_flight = tasks.len(),
+                    "shutdown timeout: aborting handlers and giving their jobs back"
+                );
+                let _ = phase_tx.send(Phase::Abort);
+                join_all(tasks).await;
+            }
+        }
+        if let Some(session) = session {
+            session.finish().await;
+        }
+        let c = &shared.counters;
+        let report = Report {
+            succeeded: c.succeeded.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            abandoned: c.abandoned.load(Ordering::Relaxed),
+            leased: st.leased_total,
+            lease_calls: st.lease_calls,
+        };
+        tracing::info!(?report, "worker stopped");
+        match st.fatal {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// The poll protocol's job loop: long-polling `Lease` calls for free hand slots.
+    async fn poll<S>(
+        &self,
+        shared: &Arc<Shared>,
+        hand: &Arc<Semaphore>,
+        st: &mut LoopState,
+        shutdown: &mut S,
+    ) where
+        S: Future<Output = ()> + Unpin,
+    {
         loop {
-            while tasks.try_join_next().is_some() {}
+            while st.tasks.try_join_next().is_some() {}
             let remaining = match self.max_jobs {
-                Some(max) if leased_total >= max => break,
-                Some(max) => (max - leased_total) as usize,
+                Some(max) if st.leased_total >= max => break,
+                Some(max) => (max - st.leased_total) as usize,
                 None => usize::MAX,
             };
             let first = tokio::select! {
                 biased;
-                _ = &mut shutdown => { shutdown_asked = true; break }
+                _ = &mut *shutdown => { st.shutdown_asked = true; break }
                 p = hand.clone().acquire_owned() => p.expect("hand slots are never closed"),
             };
             let want = remaining.min(self.hand);
             let mut permits = vec![first];
-            take_free(&hand, &mut permits, want);
+            take_free(hand, &mut permits, want);
             // Every handler busy (prefetched jobs wait for them): linger for more free
             // slots so one Lease brings several jobs. A free run slot means a handler
             // would idle, so then lease at once.
@@ -375,17 +467,17 @@ impl Worker {
                 while permits.len() < enough {
                     tokio::select! {
                         biased;
-                        _ = &mut shutdown => { shutdown_asked = true; break }
+                        _ = &mut *shutdown => { st.shutdown_asked = true; break }
                         _ = tokio::time::sleep_until(linger_end) => break,
                         // Fair semaphore: granted only when no job waits for a slot.
                         _ = shared.run_slots.acquire() => break,
                         p = hand.clone().acquire_owned() => {
                             permits.push(p.expect("hand slots are never closed"));
-                            take_free(&hand, &mut permits, want);
+                            take_free(hand, &mut permits, want);
                         }
                     }
                 }
-                if shutdown_asked {
+                if st.shutdown_asked {
                     break;
                 }
             }
@@ -404,77 +496,50 @@ impl Worker {
             // they run again once their lease expires.
             let res = tokio::select! {
                 biased;
-                _ = &mut shutdown => { shutdown_asked = true; break }
+                _ = &mut *shutdown => { st.shutdown_asked = true; break }
                 r = call => r,
             };
             match res {
                 Ok(resp) => {
-                    lease_calls += 1;
+                    st.lease_calls += 1;
                     for job in resp.jobs {
                         let permit = permits.pop().expect("never more jobs than asked for");
-                        leased_total += 1;
-                        tasks.spawn(runner::run(shared.clone(), job, permit));
+                        st.leased_total += 1;
+                        st.tasks.spawn(runner::run(shared.clone(), job, permit));
                     }
                 }
                 Err(e @ (Error::Unauthenticated(_) | Error::InvalidArgument(_))) => {
                     tracing::error!(error = %e, "worker cannot lease; stopping");
-                    fatal = Some(e);
-                    shutdown_asked = true;
+                    st.fatal = Some(e);
+                    st.shutdown_asked = true;
                     break;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "lease failed; retrying in 1s");
                     tokio::select! {
-                        _ = &mut shutdown => { shutdown_asked = true; break }
+                        _ = &mut *shutdown => { st.shutdown_asked = true; break }
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                 }
             }
         }
-
-        if !shutdown_asked {
-            // max_jobs reached: let every job finish, unless shutdown comes meanwhile.
-            tokio::select! {
-                _ = join_all(&mut tasks) => {}
-                _ = &mut shutdown => {}
-            }
-        }
-        let _ = phase_tx.send(Phase::Draining);
-        if !tasks.is_empty() {
-            tracing::info!(
-                in_flight = tasks.len(),
-                "shutting down: finishing jobs in hand"
-            );
-            if tokio::time::timeout(self.shutdown_timeout, join_all(&mut tasks))
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    in_flight = tasks.len(),
-                    "shutdown timeout: aborting handlers and giving their jobs back"
-                );
-                let _ = phase_tx.send(Phase::Abort);
-                join_all(&mut tasks).await;
-            }
-        }
-        let c = &shared.counters;
-        let report = Report {
-            succeeded: c.succeeded.load(Ordering::Relaxed),
-            failed: c.failed.load(Ordering::Relaxed),
-            abandoned: c.abandoned.load(Ordering::Relaxed),
-            leased: leased_total,
-            lease_calls,
-        };
-        tracing::info!(?report, "worker stopped");
-        match fatal {
-            Some(e) => Err(e),
-            None => Ok(report),
-        }
     }
 }
 
+/// What the job loop (either protocol) leaves to the drain and the report.
+#[derive(Default)]
+pub(crate) struct LoopState {
+    /// One task per job in hand.
+    pub tasks: JoinSet<()>,
+    pub leased_total: u64,
+    pub lease_calls: u64,
+    /// A refusal that stops the worker (bad token, bad queue name).
+    pub fatal: Option<Error>,
+    pub shutdown_asked: bool,
+}
+
 /// Adds free hand slots to `permits` without waiting, up to `want` in all.
-fn take_free(
+pub(crate) fn take_free(
     hand: &Arc<Semaphore>,
     permits: &mut Vec<tokio::sync::OwnedSemaphorePermit>,
     want: usize,

@@ -104,6 +104,7 @@ async fn streamed(
             queues: vec![queue.to_string()],
             worker_id: format!("bench-stream-worker-{i}"),
             visibility_timeout_ms: VISIBILITY_MS,
+            ..Default::default()
         };
         set.spawn(stream_worker(
             broker,
@@ -213,6 +214,7 @@ async fn stream_worker(
                     let _ = tx.send(up(Up::Credit(std::mem::take(&mut owed)), 0)).await;
                 }
             }
+            Some(Down::Opened(_)) => {}
             None => {}
         }
     }

@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use taskraft::{HandlerError, Job, Worker};
+use taskraft::{HandlerError, Job, Protocol, Worker};
 use taskraft_proto::v1 as pb;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
@@ -44,6 +44,9 @@ const LINGER_ENV: &str = "TASKRAFT_BENCH_LEASE_LINGER";
 /// Sets the workers' `prefetch` (default 0: at most `--lease-batch` jobs in hand, as in
 /// `lifecycle`).
 const PREFETCH_ENV: &str = "TASKRAFT_BENCH_PREFETCH";
+/// The workers' protocol: `poll` (unset: Lease calls, as the README's rows measured) or
+/// `stream` (one `Work` session per worker, the SDK's default).
+const PROTOCOL_ENV: &str = "TASKRAFT_BENCH_SDK_PROTOCOL";
 
 /// Runs `sdk-lifecycle` against `servers`; returns the preload row and the SDK row.
 pub async fn run(
@@ -69,6 +72,11 @@ pub async fn run(
         Ok(v) => Some(humantime::parse_duration(&v).with_context(|| format!("{LINGER_ENV}={v}"))?),
         Err(_) => None,
     };
+    let protocol = match std::env::var(PROTOCOL_ENV).as_deref() {
+        Err(_) | Ok("poll") => Protocol::Poll,
+        Ok("stream") => Protocol::Stream,
+        Ok(v) => anyhow::bail!("{PROTOCOL_ENV}={v}: want poll or stream"),
+    };
     let prefetch = match std::env::var(PREFETCH_ENV) {
         Ok(v) => v.parse().with_context(|| format!("{PREFETCH_ENV}={v}"))?,
         Err(_) => 0,
@@ -81,7 +89,7 @@ pub async fn run(
             b = b.token(t);
         }
         let client = b.connect().await.context("SDK client")?;
-        let mut worker = Worker::builder(client);
+        let mut worker = Worker::builder(client).protocol(protocol);
         if let Some(d) = linger {
             worker = worker.lease_linger(d);
         }

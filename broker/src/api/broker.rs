@@ -28,6 +28,8 @@ pub struct BrokerService {
     node: Arc<RaftNode>,
     settings: ApiSettings,
     metrics: Arc<crate::metrics::Metrics>,
+    /// This node's `Work` sessions (parked ones, shutdown signal).
+    sessions: Arc<super::work_stream::Sessions>,
 }
 
 impl BrokerService {
@@ -37,7 +39,13 @@ impl BrokerService {
             node,
             settings,
             metrics: crate::metrics::Metrics::disabled(),
+            sessions: Arc::default(),
         }
+    }
+
+    /// This node's `Work` sessions.
+    pub fn sessions(&self) -> &Arc<super::work_stream::Sessions> {
+        &self.sessions
     }
 
     /// The node served.
