@@ -781,10 +781,11 @@ async fn work_session_holding(
 /// A `Work` stream that breaks (its connection cut, no half-close) keeps its leases
 /// for a grace: a resume on the same node adopts the jobs the worker still holds
 /// (acks on the new stream succeed, nothing is delivered twice) and gives back at once
-/// the one it never got; a session nobody resumes gives its jobs back once the grace
-/// is over, long before their 10-minute visibility timeout.
+/// the one it never got; the leases of a session nobody resumes run out once the grace
+/// is over, long before their 10-minute visibility timeout, and the delivery counts as
+/// an attempt (the worker may have run them, or crashed on them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broken_work_stream_is_parked_for_a_resume_then_given_back() {
+async fn broken_work_stream_is_parked_for_a_resume_then_its_leases_run_out() {
     use pb::work_request::Kind as Up;
     use pb::work_response::Kind as Down;
     let node = InProcNode::start().await;
@@ -835,18 +836,21 @@ async fn broken_work_stream_is_parked_for_a_resume_then_given_back() {
     let again = work_open(&mut c, "rz-a-worker", &id_a, vec![]).await;
     assert_eq!(again.err().map(|e| e.code()), Some(Code::NotFound));
 
-    // B breaks after A was resumed and nobody resumes it: its jobs come back after the
-    // grace (attempt undone, so given back rather than expired).
+    // B breaks after A was resumed and nobody resumes it: its leases run out after the
+    // grace, as a dead poll worker's would at its visibility timeout (the attempt
+    // counts, the expiry is recorded).
     proxy_b.cut();
     for j in &jobs_b {
-        eventually("B's jobs to be given back after the grace", SOON, || {
+        let back = eventually("B's leases to run out after the grace", SOON, || {
             let (mut c, id) = (c.clone(), j.job_id.clone());
             async move {
                 let j = get_job(&mut c, &id).await;
-                (j.state == pb::JobState::Ready as i32 && j.attempt == 0).then_some(())
+                (j.state == pb::JobState::Ready as i32).then_some(j)
             }
         })
         .await;
+        assert_eq!((back.attempt, back.expirations), (1, 1), "{back:?}");
+        assert!(back.last_error.contains("lease expired"), "{back:?}");
     }
     // A's grace is over too, yet its adopted jobs are still held: acks on the new
     // stream succeed, each job done on its first and only delivery.

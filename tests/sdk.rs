@@ -585,8 +585,8 @@ async fn client_rotates_past_a_dead_address_and_classifies_errors() {
 
 /// A stream-protocol worker whose connection is cut (no half-close, as a lost network
 /// would) resumes its session on the same node: the jobs in hand stay its own past the
-/// broker's grace (a session broken at the same time and not resumed has given its job
-/// back by then), each job runs once, and the worker opened exactly two sessions.
+/// broker's grace (a session broken at the same time and not resumed has had its lease
+/// run out by then), each job runs once, and the worker opened exactly two sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_worker_resumes_its_session_after_a_cut_and_runs_each_job_once() {
     use pb::work_request::Kind as Up;
@@ -682,13 +682,13 @@ async fn stream_worker_resumes_its_session_after_a_cut_and_runs_each_job_once() 
     canary_proxy.cut();
     let mut c = node.clients().await;
     eventually(
-        "the canary's job to be given back after the grace",
+        "the canary's lease to run out after the grace",
         SOON,
         || {
             let (mut c, id) = (c.clone(), canary_job.clone());
             async move {
                 let j = get_job(&mut c, &id).await;
-                (j.state == pb::JobState::Ready as i32 && j.attempt == 0).then_some(())
+                (j.state == pb::JobState::Ready as i32 && j.expirations == 1).then_some(())
             }
         },
     )

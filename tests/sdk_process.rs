@@ -1,7 +1,7 @@
 //! Worker processes built on the SDK (the `sdk-test-worker` helper binary) against an
 //! in-process node: SIGKILL mid-job means redelivery after the visibility timeout (poll
-//! protocol) or after the broker's resume grace (stream protocol: the broken session is
-//! given back), SIGTERM means the job in hand finishes before the process exits.
+//! protocol) or after the broker's resume grace (stream protocol: the broken session's
+//! leases run out then), SIGTERM means the job in hand finishes before the process exits.
 
 use std::process::{ExitStatus, Stdio};
 
@@ -135,10 +135,37 @@ async fn job_of_a_sigkilled_poll_worker_is_redelivered_after_the_visibility_time
 }
 
 /// A stream worker's session breaks with its process: the broker keeps the job for the
-/// resume grace (a few seconds), then gives it back, the attempt undone, long before
-/// its one-minute visibility timeout.
+/// resume grace (a few seconds), then ends the lease, long before its one-minute
+/// visibility timeout. The delivery counts as an attempt, as an expired lease does, so
+/// a job that keeps killing its workers reaches the dead-letter queue.
+/// A poison job that kills every stream worker that takes it uses up its attempts and
+/// is dead-lettered, as with polling workers: a broken session's leases end as expired
+/// deliveries, not as jobs nobody started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_of_a_sigkilled_stream_worker_is_given_back_after_the_resume_grace() {
+async fn a_job_that_kills_its_stream_worker_is_dead_lettered_after_max_attempts() {
+    let node = InProcNode::start().await;
+    let server = node.addr().to_string();
+    let client = Client::connect([server.clone()]).await.unwrap();
+    let opts = taskraft::EnqueueOptions::new().max_attempts(1);
+    let id = client
+        .enqueue_with("poison-s", "boom", &opts)
+        .await
+        .unwrap()
+        .job_id;
+    let mut doomed = WorkerProcess::spawn(&server, "poison-s", "doomed", 60_000, 600_000);
+    assert_eq!(
+        doomed.expect_line("started").await,
+        format!("started {id} 1")
+    );
+    doomed.signal("-KILL");
+    assert!(!doomed.wait().await.success());
+    let job = client.wait_for_job(&id, SOON).await.unwrap();
+    assert_eq!(job.state, JobState::Dead, "{job:?}");
+    assert_eq!((job.attempt, job.expirations), (1, 1), "{job:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_of_a_sigkilled_stream_worker_comes_back_after_the_resume_grace() {
     let node = InProcNode::start().await;
     let server = node.addr().to_string();
     let client = Client::connect([server.clone()]).await.unwrap();
@@ -163,10 +190,14 @@ async fn job_of_a_sigkilled_stream_worker_is_given_back_after_the_resume_grace()
     .await;
     let mut rescuer = WorkerProcess::spawn(&server, "crash-s", "rescuer", 30_000, 0);
     let line = rescuer.expect_line("started").await;
-    assert_eq!(line, format!("started {id} 1"), "the attempt was undone");
+    assert_eq!(
+        line,
+        format!("started {id} 2"),
+        "the crashed delivery counts"
+    );
     let job = client.wait_for_job(&id, SOON).await.unwrap();
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
-    assert_eq!((job.attempt, job.expirations), (1, 0), "{job:?}");
+    assert_eq!((job.attempt, job.expirations), (2, 1), "{job:?}");
     assert!(
         job.finished_at_ms < held.lease_deadline_ms,
         "given back at the visibility timeout, not after the grace: {job:?}"

@@ -13,13 +13,14 @@
 //! ```text
 //!  worker half-closes ──────────────> Command::Release at once (ready again, attempt undone)
 //!  stream breaks (error) ──> parked ──> resumed within RESUME_GRACE: a new stream adopts them
-//!                                  └──> not resumed (or evicted by a newer one): Release
+//!                                  └──> not resumed (or evicted by a newer one): the leases
+//!                                       expire now (the attempt counts, see `expire`)
 //! ```
 //!
 //! A broken stream usually means a lost connection, not a dead worker: its handlers are
 //! still running and will settle. Releasing at once would run those jobs a second time
 //! elsewhere; keeping them to their visibility timeout would delay them when the worker
-//! is really gone. The grace is short ("given back within a heartbeat"), and the parked
+//! is really gone. The grace is short ("released within a heartbeat"), and the parked
 //! sessions are node-local and bounded ([`MAX_PARKED`]), so a resume must come back to
 //! the same node; elsewhere it gets NOT_FOUND and the worker opens a fresh session.
 //!
@@ -51,7 +52,7 @@ pub const MAX_CREDITS: u32 = 10_000;
 /// How long one lease look waits before looking again (the stream stays open).
 const LEASE_WAIT_MS: u64 = 20_000;
 /// How long the leases of a session whose stream broke wait for a resume before they
-/// are given back: long enough to reconnect, short enough that a worker that is really
+/// end (as expired): long enough to reconnect, short enough that a worker that is really
 /// gone delays its jobs by about one heartbeat, not a visibility timeout.
 pub const RESUME_GRACE: Duration = Duration::from_secs(3);
 /// Most broken sessions parked at once on a node; parking one more gives the oldest
@@ -215,7 +216,7 @@ async fn resume(
 ) -> Result<(Holdings, u32), Status> {
     let not_here = || {
         Status::not_found(format!(
-            "session {id} is not parked on this node (its leases were given back or it ran elsewhere)"
+            "session {id} is not parked on this node (its leases ended or it ran elsewhere)"
         ))
     };
     let live = lock(&service.sessions().live)
@@ -442,7 +443,7 @@ fn park(service: &BrokerService, id: String, lease: pb::LeaseRequest, holdings: 
         let service = service.clone();
         tokio::spawn(async move {
             let leases = std::mem::take(&mut *lock(&old.holdings.held));
-            release(
+            expire(
                 &service,
                 leases.into_iter().collect(),
                 "parked sessions full: oldest",
@@ -458,7 +459,7 @@ fn park(service: &BrokerService, id: String, lease: pb::LeaseRequest, holdings: 
                 return; // resumed (or evicted) meanwhile
             };
             let leases = std::mem::take(&mut *lock(&p.holdings.held));
-            release(
+            expire(
                 &service,
                 leases.into_iter().collect(),
                 "work session not resumed",
@@ -466,6 +467,41 @@ fn park(service: &BrokerService, id: String, lease: pb::LeaseRequest, holdings: 
             .await
         }
         .in_current_span(),
+    );
+}
+
+/// Ends the leases of a broken session that was not resumed as if their visibility
+/// timeout had run out now: each is extended to 1 ms from now and the ticker's next
+/// `Tick` expires it. Unlike [`release`], the delivery counts as an attempt: the worker
+/// may have run the job, and a job that kills its worker process (the stream breaks
+/// with it) must use up its attempts and reach the dead-letter queue, as it does when
+/// a polling worker's lease runs out. `why` goes to the log.
+async fn expire(service: &BrokerService, leases: Vec<(String, u64)>, why: &str) {
+    if leases.is_empty() {
+        return;
+    }
+    let n = leases.len();
+    let node = service.node();
+    let ends = leases.into_iter().map(|(job_id, lease_id)| {
+        node.propose(Command::Extend {
+            job_id,
+            lease_id,
+            visibility_timeout_ms: 1,
+            progress: None,
+            progress_message: None,
+        })
+    });
+    // A lease settled or expired meanwhile answers with an error: nothing to end.
+    let ended = futures::future::join_all(ends)
+        .await
+        .into_iter()
+        .filter(Result::is_ok)
+        .count();
+    tracing::info!(
+        jobs = n,
+        ended,
+        why,
+        "leases of a broken session end now (the attempt counts)"
     );
 }
 
