@@ -55,8 +55,8 @@ const LEASE_WAIT_MS: u64 = 20_000;
 /// end (as expired): long enough to reconnect, short enough that a worker that is really
 /// gone delays its jobs by about one heartbeat, not a visibility timeout.
 pub const RESUME_GRACE: Duration = Duration::from_secs(3);
-/// Most broken sessions parked at once on a node; parking one more gives the oldest
-/// back at once.
+/// Most broken sessions parked at once on a node; parking one more ends the oldest's
+/// leases at once.
 pub const MAX_PARKED: usize = 1024;
 
 /// The answer stream of a `Work` call.
@@ -408,8 +408,8 @@ async fn session(
     release(&service, leases, "work session ended").await;
 }
 
-/// Parks a broken session for [`RESUME_GRACE`], then gives its leases back unless a
-/// resume took it meanwhile.
+/// Parks a broken session for [`RESUME_GRACE`], then ends its leases as expired
+/// ([`expire`]) unless a resume took it meanwhile.
 fn park(service: &BrokerService, id: String, lease: pb::LeaseRequest, holdings: Holdings) {
     if service.sessions().is_closing() {
         return; // nobody can resume here; the worker settles through another node

@@ -163,5 +163,5 @@ async fn only_the_proposer_reads_payloads_into_lease_replies() {
     assert_eq!(own.len(), 1);
     assert_ne!(own[0].job_id, other[0].job_id);
     assert_eq!(own[0].payload.as_ref(), &[7u8; 100][..]);
-    assert_eq!(sm.read_side().read().state.job_count(), 2);
+    assert_eq!(jobs(&sm), 2);
 }
