@@ -609,3 +609,124 @@ async fn tokens_file_is_reloaded_on_sighup() {
         Code::Ok
     );
 }
+
+/// A broken `Work` session is resumed only by a token allowed every queue it worked:
+/// a worker's token scoped to other queues is refused (and the session stays parked),
+/// while the session's own token adopts its job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_work_session_is_resumed_only_by_a_token_allowed_its_queues() {
+    use pb::work_request::Kind as Up;
+    use pb::work_response::Kind as Down;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(
+        &file,
+        "prod-t produce\nemails-w work,read emails\nsms-w work sms.*\n",
+    )
+    .unwrap();
+    let node = InProcNode::start_with(|c| c.tokens_file = Some(file.clone())).await;
+    let mut c = node.clients().await;
+    let id = c
+        .broker
+        .enqueue(authed(job("emails", "x"), "prod-t"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+
+    // A session over a connection the test can cut, holding the job.
+    let proxy = CutProxy::start(node.addr()).await;
+    let mut via = connect(proxy.addr()).await;
+    let open = |queue: &str, resume: &str, holding: Vec<String>| pb::WorkRequest {
+        kind: Some(Up::Open(pb::WorkOpen {
+            queues: vec![queue.into()],
+            worker_id: "scoped-worker".into(),
+            visibility_timeout_ms: 600_000,
+            resume: resume.into(),
+            holding,
+        })),
+        seq: 0,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(open("emails", "", vec![])).await.unwrap();
+    tx.send(pb::WorkRequest {
+        kind: Some(Up::Credit(1)),
+        seq: 0,
+    })
+    .await
+    .unwrap();
+    let mut down = via
+        .broker
+        .work(authed(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            "emails-w",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    async fn next(down: &mut tonic::Streaming<pb::WorkResponse>) -> Down {
+        tokio::time::timeout(SOON, down.message())
+            .await
+            .expect("an answer in time")
+            .expect("the stream is up")
+            .and_then(|m| m.kind)
+            .expect("a message")
+    }
+    let Down::Opened(opened) = next(&mut down).await else {
+        panic!("the first answer names the session")
+    };
+    let Down::Job(pushed) = next(&mut down).await else {
+        panic!("the job is pushed")
+    };
+    assert_eq!(pushed.job_id, id);
+    proxy.cut();
+    let seen = tokio::time::timeout(SOON, down.message()).await;
+    assert!(
+        matches!(seen, Ok(Err(_))),
+        "the client sees the break: {seen:?}"
+    );
+
+    // Same worker id, a worker token for other queues: refused, naming the queue.
+    // The resuming streams stay open (a half-close would give the job back).
+    let resume = |queue: &str, token: &str| {
+        let req = open(queue, &opened.session_id, vec![id.clone()]);
+        let mut c = c.clone();
+        let token = token.to_string();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(req).await.unwrap();
+            let r = c
+                .broker
+                .work(authed(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                    &token,
+                ))
+                .await;
+            (tx, r)
+        }
+    };
+    let (_tx_refused, refused) = resume("sms.eu", "sms-w").await;
+    let Err(e) = refused else {
+        panic!("a token for other queues resumed the session")
+    };
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("\"emails\""), "{e:?}");
+    // The session is still parked: its own token adopts the job, still leased.
+    let (_tx_again, again) = resume("emails", "emails-w").await;
+    let mut again = again
+        .expect("the session's own token resumes it")
+        .into_inner();
+    let Down::Opened(resumed) = next(&mut again).await else {
+        panic!("the resumed session names itself")
+    };
+    assert_eq!(resumed.adopted, 1, "{resumed:?}");
+    let held = c
+        .broker
+        .get_job(authed(pb::GetJobRequest { job_id: id.clone() }, "emails-w"))
+        .await;
+    let held = held.map(|r| r.into_inner());
+    assert!(
+        matches!(&held, Ok(j) if j.state == pb::JobState::Leased as i32 && j.attempt == 1),
+        "{held:?}"
+    );
+}
