@@ -603,7 +603,6 @@ async fn work_session_pushes_jobs_by_credit_and_gives_held_ones_back_when_it_end
     use pb::work_response::Kind as Down;
     let node = InProcNode::start().await;
     let mut c = node.clients().await;
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
     let up = |kind: Up, seq: u64| pb::WorkRequest {
         kind: Some(kind),
         seq,
@@ -614,14 +613,7 @@ async fn work_session_pushes_jobs_by_credit_and_gives_held_ones_back_when_it_end
         visibility_timeout_ms: 600_000,
         ..Default::default()
     };
-    tx.send(up(Up::Open(open), 0)).await.unwrap();
-    tx.send(up(Up::Credit(3), 0)).await.unwrap();
-    let mut down = c
-        .broker
-        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut down) = open_work(&mut c, open, 3, None).await.unwrap();
     let Down::Opened(opened) = next_push(&mut down).await else {
         panic!("the first answer names the session")
     };
@@ -713,16 +705,6 @@ async fn work_session_pushes_jobs_by_credit_and_gives_held_ones_back_when_it_end
     assert_eq!(e.code(), Code::InvalidArgument);
 }
 
-async fn next_push(down: &mut tonic::Streaming<pb::WorkResponse>) -> pb::work_response::Kind {
-    tokio::time::timeout(SOON, down.message())
-        .await
-        .expect("a push in time")
-        .unwrap()
-        .expect("stream open")
-        .kind
-        .expect("a kind")
-}
-
 /// One `Work` session opened on `c` for `worker_id` on `queue`, granted `credits` and
 /// handed that many jobs (enqueued first); returns the up sender, the down stream, the
 /// session id and the jobs.
@@ -737,7 +719,6 @@ async fn work_session_holding(
     String,
     Vec<pb::LeasedJob>,
 ) {
-    use pb::work_request::Kind as Up;
     use pb::work_response::Kind as Down;
     for i in 0..credits {
         c.broker
@@ -745,26 +726,13 @@ async fn work_session_holding(
             .await
             .unwrap();
     }
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
     let open = pb::WorkOpen {
         queues: vec![queue.into()],
         worker_id: worker_id.into(),
         visibility_timeout_ms: 600_000,
         ..Default::default()
     };
-    for kind in [Up::Open(open), Up::Credit(credits)] {
-        let req = pb::WorkRequest {
-            kind: Some(kind),
-            seq: 0,
-        };
-        tx.send(req).await.unwrap();
-    }
-    let mut down = c
-        .broker
-        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut down) = open_work(c, open, credits, None).await.unwrap();
     let Down::Opened(opened) = next_push(&mut down).await else {
         panic!("the first answer names the session")
     };
@@ -897,7 +865,6 @@ async fn work_open(
     ),
     tonic::Status,
 > {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
     let open = pb::WorkOpen {
         queues: vec!["rz-a".into()],
         worker_id: worker_id.into(),
@@ -905,16 +872,7 @@ async fn work_open(
         resume: resume.into(),
         holding,
     };
-    let req = pb::WorkRequest {
-        kind: Some(pb::work_request::Kind::Open(open)),
-        seq: 0,
-    };
-    tx.send(req).await.unwrap();
-    let mut down = c
-        .broker
-        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let (tx, mut down) = open_work(c, open, 0, None).await?;
     let Some(pb::work_response::Kind::Opened(opened)) = down.message().await?.and_then(|m| m.kind)
     else {
         panic!("the first answer names the session")

@@ -411,7 +411,6 @@ async fn work_session_on_a_follower_processes_every_job() {
         l.broker.enqueue(job("wf", &format!("w{i}"))).await.unwrap();
     }
     let mut c = cluster.clients(follower).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(128);
     let up = |kind, seq| pb::WorkRequest {
         kind: Some(kind),
         seq,
@@ -422,22 +421,10 @@ async fn work_session_on_a_follower_processes_every_job() {
         visibility_timeout_ms: 600_000,
         ..Default::default()
     };
-    tx.send(up(Up::Open(open), 0)).await.unwrap();
-    tx.send(up(Up::Credit(20), 0)).await.unwrap();
-    let mut down = c
-        .broker
-        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut down) = open_work(&mut c, open, 20, None).await.unwrap();
     let (mut seq, mut acked) = (0, 0);
     while acked < 50 {
-        let msg = tokio::time::timeout(SOON, down.message())
-            .await
-            .expect("pushes keep coming")
-            .unwrap()
-            .expect("stream open");
-        match msg.kind.unwrap() {
+        match next_push(&mut down).await {
             Down::Job(j) => {
                 seq += 1;
                 let ack = pb::AckRequest {

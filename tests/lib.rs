@@ -635,6 +635,55 @@ pub async fn stats(c: &mut Clients, queue: &str) -> pb::QueueStats {
         .into_inner()
 }
 
+/// The two ends of a `Work` call a test drives by hand: requests go up the sender,
+/// answers come down the stream. Dropping the sender half-closes the call (the session
+/// then gives back what it holds).
+pub type WorkCall = (
+    tokio::sync::mpsc::Sender<pb::WorkRequest>,
+    tonic::Streaming<pb::WorkResponse>,
+);
+
+/// Opens a `Work` call on `c`: sends `open`, then `credits` (none when 0), as a bearer
+/// `token` when given. Returns the call's status when the node refuses it.
+pub async fn open_work(
+    c: &mut Clients,
+    open: pb::WorkOpen,
+    credits: u32,
+    token: Option<&str>,
+) -> Result<WorkCall, tonic::Status> {
+    use pb::work_request::Kind as Up;
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    let mut first = vec![Up::Open(open)];
+    if credits > 0 {
+        first.push(Up::Credit(credits));
+    }
+    for kind in first {
+        let req = pb::WorkRequest {
+            kind: Some(kind),
+            seq: 0,
+        };
+        tx.send(req).await.expect("the call takes requests");
+    }
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(token) = token {
+        let bearer = format!("Bearer {token}").parse().expect("a header value");
+        req.metadata_mut().insert("authorization", bearer);
+    }
+    let down = c.broker.work(req).await?.into_inner();
+    Ok((tx, down))
+}
+
+/// The next answer on a `Work` call, within [`SOON`].
+pub async fn next_push(down: &mut tonic::Streaming<pb::WorkResponse>) -> pb::work_response::Kind {
+    tokio::time::timeout(SOON, down.message())
+        .await
+        .expect("a push in time")
+        .expect("the stream is up")
+        .expect("stream open")
+        .kind
+        .expect("a kind")
+}
+
 /// The worker `worker_id` as `ListWorkers` reports it (panics if it is not listed).
 pub async fn listed_worker(c: &mut Clients, worker_id: &str) -> pb::Worker {
     let workers = c

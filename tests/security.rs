@@ -615,7 +615,6 @@ async fn tokens_file_is_reloaded_on_sighup() {
 /// while the session's own token adopts its job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_work_session_is_resumed_only_by_a_token_allowed_its_queues() {
-    use pb::work_request::Kind as Up;
     use pb::work_response::Kind as Down;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens");
@@ -637,45 +636,20 @@ async fn a_parked_work_session_is_resumed_only_by_a_token_allowed_its_queues() {
     // A session over a connection the test can cut, holding the job.
     let proxy = CutProxy::start(node.addr()).await;
     let mut via = connect(proxy.addr()).await;
-    let open = |queue: &str, resume: &str, holding: Vec<String>| pb::WorkRequest {
-        kind: Some(Up::Open(pb::WorkOpen {
-            queues: vec![queue.into()],
-            worker_id: "scoped-worker".into(),
-            visibility_timeout_ms: 600_000,
-            resume: resume.into(),
-            holding,
-        })),
-        seq: 0,
+    let open = |queue: &str, resume: &str, holding: Vec<String>| pb::WorkOpen {
+        queues: vec![queue.into()],
+        worker_id: "scoped-worker".into(),
+        visibility_timeout_ms: 600_000,
+        resume: resume.into(),
+        holding,
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(open("emails", "", vec![])).await.unwrap();
-    tx.send(pb::WorkRequest {
-        kind: Some(Up::Credit(1)),
-        seq: 0,
-    })
-    .await
-    .unwrap();
-    let mut down = via
-        .broker
-        .work(authed(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            "emails-w",
-        ))
+    let (_tx, mut down) = open_work(&mut via, open("emails", "", vec![]), 1, Some("emails-w"))
         .await
-        .unwrap()
-        .into_inner();
-    async fn next(down: &mut tonic::Streaming<pb::WorkResponse>) -> Down {
-        tokio::time::timeout(SOON, down.message())
-            .await
-            .expect("an answer in time")
-            .expect("the stream is up")
-            .and_then(|m| m.kind)
-            .expect("a message")
-    }
-    let Down::Opened(opened) = next(&mut down).await else {
+        .unwrap();
+    let Down::Opened(opened) = next_push(&mut down).await else {
         panic!("the first answer names the session")
     };
-    let Down::Job(pushed) = next(&mut down).await else {
+    let Down::Job(pushed) = next_push(&mut down).await else {
         panic!("the job is pushed")
     };
     assert_eq!(pushed.job_id, id);
@@ -687,36 +661,19 @@ async fn a_parked_work_session_is_resumed_only_by_a_token_allowed_its_queues() {
     );
 
     // Same worker id, a worker token for other queues: refused, naming the queue.
-    // The resuming streams stay open (a half-close would give the job back).
-    let resume = |queue: &str, token: &str| {
-        let req = open(queue, &opened.session_id, vec![id.clone()]);
-        let mut c = c.clone();
-        let token = token.to_string();
-        async move {
-            let (tx, rx) = tokio::sync::mpsc::channel(4);
-            tx.send(req).await.unwrap();
-            let r = c
-                .broker
-                .work(authed(
-                    tokio_stream::wrappers::ReceiverStream::new(rx),
-                    &token,
-                ))
-                .await;
-            (tx, r)
-        }
-    };
-    let (_tx_refused, refused) = resume("sms.eu", "sms-w").await;
+    let resume = |queue: &str| open(queue, &opened.session_id, vec![id.clone()]);
+    let refused = open_work(&mut c, resume("sms.eu"), 0, Some("sms-w")).await;
     let Err(e) = refused else {
         panic!("a token for other queues resumed the session")
     };
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("\"emails\""), "{e:?}");
-    // The session is still parked: its own token adopts the job, still leased.
-    let (_tx_again, again) = resume("emails", "emails-w").await;
-    let mut again = again
-        .expect("the session's own token resumes it")
-        .into_inner();
-    let Down::Opened(resumed) = next(&mut again).await else {
+    // The session is still parked: its own token adopts the job, still leased (the
+    // call stays open: a half-close would give the job back).
+    let (_tx_again, mut again) = open_work(&mut c, resume("emails"), 0, Some("emails-w"))
+        .await
+        .expect("the session's own token resumes it");
+    let Down::Opened(resumed) = next_push(&mut again).await else {
         panic!("the resumed session names itself")
     };
     assert_eq!(resumed.adopted, 1, "{resumed:?}");
