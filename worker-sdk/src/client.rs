@@ -217,6 +217,20 @@ struct Inner {
     retry_for: Duration,
 }
 
+impl Inner {
+    /// Node `idx` was unavailable: calls go to the next node (which is asked who leads);
+    /// another caller may have moved on already.
+    fn move_past(&self, idx: usize) {
+        self.leader_known.store(false, Ordering::Relaxed);
+        let _ = self.current.compare_exchange(
+            idx,
+            (idx + 1) % self.channels.len(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+}
+
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
@@ -283,15 +297,7 @@ impl Client {
             if status.code() != Code::Unavailable && !failed_locally(&status) {
                 return Err(Error::from_status(status));
             }
-            // Try the next node (and ask it who leads); another caller may have moved on
-            // already.
-            inner.leader_known.store(false, Ordering::Relaxed);
-            let _ = inner.current.compare_exchange(
-                idx,
-                (idx + 1) % inner.channels.len(),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+            inner.move_past(idx);
             // Keep trying for the whole window: the last pause is cut to what is left,
             // so the error comes no sooner than `retry_for` after the first attempt.
             let left = give_up.saturating_duration_since(Instant::now());
@@ -425,13 +431,7 @@ impl Client {
         if status.code() != Code::Unavailable && !failed_locally(&status) {
             return Err(Error::from_status(status));
         }
-        inner.leader_known.store(false, Ordering::Relaxed);
-        let _ = inner.current.compare_exchange(
-            idx,
-            (idx + 1) % inner.channels.len(),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        inner.move_past(idx);
         Err(Error::Unavailable {
             addrs: inner.addrs.clone(),
             message: status.message().to_string(),

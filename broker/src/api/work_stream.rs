@@ -75,6 +75,13 @@ struct Holdings {
     granted: Arc<AtomicU32>,
 }
 
+impl Holdings {
+    /// Empties the held leases and returns them as (job id, lease id).
+    fn take_held(&self) -> Vec<(String, u64)> {
+        std::mem::take(&mut *lock(&self.held)).into_iter().collect()
+    }
+}
+
 /// A session whose stream broke, waiting for a resume.
 struct ParkedSession {
     worker_id: String,
@@ -404,8 +411,7 @@ async fn session(
         park(&service, session_id.clone(), lease, holdings);
         return;
     }
-    let leases: Vec<(String, u64)> = std::mem::take(&mut *lock(&held)).into_iter().collect();
-    release(&service, leases, "work session ended").await;
+    release(&service, holdings.take_held(), "work session ended").await;
 }
 
 /// Parks a broken session for [`RESUME_GRACE`], then ends its leases as expired
@@ -442,13 +448,8 @@ fn park(service: &BrokerService, id: String, lease: pb::LeaseRequest, holdings: 
     if let Some(old) = evicted {
         let service = service.clone();
         tokio::spawn(async move {
-            let leases = std::mem::take(&mut *lock(&old.holdings.held));
-            expire(
-                &service,
-                leases.into_iter().collect(),
-                "parked sessions full: oldest",
-            )
-            .await
+            let leases = old.holdings.take_held();
+            expire(&service, leases, "parked sessions full: oldest").await
         });
     }
     let service = service.clone();
@@ -458,13 +459,8 @@ fn park(service: &BrokerService, id: String, lease: pb::LeaseRequest, holdings: 
             let Some(p) = lock(&registry.parked).remove(&id) else {
                 return; // resumed (or evicted) meanwhile
             };
-            let leases = std::mem::take(&mut *lock(&p.holdings.held));
-            expire(
-                &service,
-                leases.into_iter().collect(),
-                "work session not resumed",
-            )
-            .await
+            let leases = p.holdings.take_held();
+            expire(&service, leases, "work session not resumed").await
         }
         .in_current_span(),
     );
