@@ -88,9 +88,17 @@ pub struct Retention {
     pub failure_ttl_ms: u64,
 }
 
-/// A job's record: everything a replica needs to move it, without its payload and
-/// result (those live in their own tables, written once, so that moving a job between
-/// states never rewrites its blobs). Reads that answer callers use [`JobDetail`].
+/// Payloads and results up to this many bytes live inside the job's record
+/// ([`Job::inline_payload`], [`Job::inline_result`]) rather than in tables of their own:
+/// an enqueue then writes one B-tree entry fewer, a lease reads one fewer and a removal
+/// deletes two fewer, at the price of rewriting those bytes with the record at each
+/// move. Bigger blobs are written once to their own tables, so moving a job never
+/// rewrites them.
+pub const INLINE_BLOB_MAX: usize = 512;
+
+/// A job's record: everything a replica needs to move it, and its payload and result
+/// when they are small ([`INLINE_BLOB_MAX`]; bigger ones live in their own tables).
+/// Reads that answer callers use [`JobDetail`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     /// Internal order key: enqueue order across the cluster (FIFO within a priority).
@@ -138,6 +146,16 @@ pub struct Job {
     pub idempotency_key: String,
     /// Where success/death events are POSTed, if anywhere.
     pub webhook_url: String,
+    /// The payload, when it is kept in the record; `None`: in the payloads table (a
+    /// big payload, or a record written before format 3). Not among the serialized
+    /// fields: the disk store appends it after them (`storage/tables`), so records
+    /// of format 2 still decode.
+    #[serde(skip)]
+    pub inline_payload: Option<Bytes>,
+    /// The result, when it is kept in the record (empty until an ack); `None`: in the
+    /// results table, if anywhere. Stored like [`Job::inline_payload`].
+    #[serde(skip)]
+    pub inline_result: Option<Bytes>,
 }
 
 impl Job {

@@ -7,10 +7,10 @@
 use bytes::Bytes;
 
 use super::command::{Backoff, CoreError, LeasedJob, Outcome, Reply};
-use super::job::{Job, JobState, Lease};
+use super::job::{Job, JobState, Lease, INLINE_BLOB_MAX};
 use super::retry::backoff_delay_ms;
 use super::state::{check_lease, State};
-use super::tables::{Tables, Timer};
+use super::tables::Tables;
 use super::transition::TransitionKind;
 
 impl<T: Tables> State<T> {
@@ -29,6 +29,8 @@ impl<T: Tables> State<T> {
         self.save_worker(worker_id, old.as_ref(), &worker);
 
         let mut out = Vec::new();
+        let mut seqs = Vec::new();
+        let deadline_ms = now.saturating_add(visibility_timeout_ms);
         for name in queues {
             let want = (max_jobs as usize).saturating_sub(out.len());
             if want == 0 || self.t.queue(name).is_none_or(|q| q.paused) {
@@ -39,7 +41,7 @@ impl<T: Tables> State<T> {
             for seq in self.t.ready_first(name, want) {
                 let lease_id = self.c.next_lease_id;
                 self.c.next_lease_id += 1;
-                let deadline_ms = now.saturating_add(visibility_timeout_ms);
+                seqs.push(seq);
                 let mut job = self.record(seq);
                 job.attempt += 1;
                 job.progress = 0;
@@ -62,7 +64,7 @@ impl<T: Tables> State<T> {
                 );
                 out.push(LeasedJob {
                     payload: if self.reply_payloads {
-                        self.t.payload(seq)
+                        self.payload_of(&job)
                     } else {
                         Bytes::new()
                     },
@@ -80,7 +82,9 @@ impl<T: Tables> State<T> {
                 });
             }
         }
-        if !out.is_empty() {
+        if let Some(first) = out.first() {
+            self.t
+                .lease_deadline_insert(deadline_ms, first.lease_id, &seqs);
             if let Some(old) = self.t.worker(worker_id) {
                 let mut w = old.clone();
                 w.leased_total += out.len() as u64;
@@ -105,8 +109,16 @@ impl<T: Tables> State<T> {
             return Ok(Outcome::Acked);
         }
         check_lease(&job, lease_id)?;
-        if !result.is_empty() {
+        if result.len() <= INLINE_BLOB_MAX {
+            if job.inline_result.is_none() {
+                // A result of an earlier run may be in the table; the record's wins
+                // from now on, so the table's must not outlive it.
+                self.t.delete_result(job.seq);
+            }
+            job.inline_result = Some(result.clone());
+        } else {
             self.t.put_result(job.seq, result);
+            job.inline_result = None;
         }
         job.progress = 100;
         self.end_lease(&mut job, JobState::Succeeded);
@@ -189,8 +201,11 @@ impl<T: Tables> State<T> {
         let old = lease.deadline_ms;
         lease.deadline_ms = now.saturating_add(visibility_timeout_ms);
         let deadline_ms = lease.deadline_ms;
-        self.t.timer_remove(Timer::Lease, old, job.seq);
-        self.t.timer_insert(Timer::Lease, deadline_ms, job.seq);
+        if deadline_ms != old {
+            // The entry under the old deadline stays and finds the job extended.
+            self.t
+                .lease_deadline_insert(deadline_ms, lease_id, &[job.seq]);
+        }
         self.t.put_job(&job);
         Ok(Outcome::Extended { deadline_ms })
     }
@@ -217,9 +232,34 @@ impl<T: Tables> State<T> {
         Ok(Outcome::Released(released))
     }
 
+    /// Expires the leases whose deadline has passed, reading at most `budget` jobs
+    /// (whole deadline entries; their jobs may have been acked or extended since).
+    pub(crate) fn expire_leases(&mut self, budget: usize) {
+        let now = self.c.now_ms;
+        let mut read = 0;
+        while read < budget {
+            let due = self.t.lease_deadlines_due(now, 64);
+            if due.is_empty() {
+                return;
+            }
+            for (at, key, seqs) in due {
+                read += seqs.len().max(1);
+                for seq in seqs {
+                    let Some(job) = self.t.job(seq) else { continue };
+                    if job.held_lease().is_some_and(|l| l.deadline_ms <= now) {
+                        self.expire_lease(job);
+                    }
+                }
+                self.t.lease_deadline_remove(at, key);
+                if read >= budget {
+                    return;
+                }
+            }
+        }
+    }
+
     /// A lease ran out: the delivery counts as an attempt that ended by timeout.
-    pub(crate) fn expire_lease(&mut self, seq: u64) {
-        let mut job = self.record(seq);
+    fn expire_lease(&mut self, mut job: Job) {
         let lease_id = job.lease.as_ref().map_or(0, |l| l.id);
         job.expirations += 1;
         job.last_error = format!(

@@ -45,11 +45,13 @@ pub use command::{
     format_lease_id, Backoff, Command, CoreError, Due, Enqueued, Envelope, LeasedJob, NewJob,
     Outcome, Reply,
 };
-pub use job::{Job, JobDetail, JobState, Lease, Retention};
+pub use job::{Job, JobDetail, JobState, Lease, Retention, INLINE_BLOB_MAX};
 pub use lease::parse_lease_id;
 pub use outbox::{WebhookEvent, WebhookKind};
 pub use state::State;
 pub use stats::QueueStats;
-pub use tables::{Counters, DedupEntry, MemTables, QueueInfo, Tables, TablesRead, Timer};
+pub use tables::{
+    merge_seqs, Counters, DedupEntry, MemTables, QueueInfo, Tables, TablesRead, Timer,
+};
 pub use transition::{Transition, TransitionKind};
 pub use worker::WorkerInfo;

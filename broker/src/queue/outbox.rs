@@ -88,7 +88,7 @@ impl<T: Tables> State<T> {
             queue: job.queue.clone(),
             attempt: job.attempt,
             result: if kind == WebhookKind::Succeeded {
-                self.t.result(job.seq)
+                self.result_of(job)
             } else {
                 Bytes::new()
             },

@@ -18,12 +18,7 @@ impl<T: Tables> State<T> {
             let mut job = self.record(seq);
             self.set_state(&mut job, JobState::Ready);
         }
-        for (_, seq) in self
-            .t
-            .timers_due(Timer::Lease, now, MAX_TIME_MOVES_PER_ENTRY)
-        {
-            self.expire_lease(seq);
-        }
+        self.expire_leases(MAX_TIME_MOVES_PER_ENTRY);
         self.sweep_retention(MAX_TIME_MOVES_PER_ENTRY);
     }
 }

@@ -13,8 +13,10 @@
 //! in a timer index. [`State::set_state`] is the only code that moves a job between
 //! these, so the indexes cannot disagree with the job.
 
+use bytes::Bytes;
+
 use super::command::{Command, CoreError, Enqueued, Envelope, NewJob, Outcome, Reply};
-use super::job::{Job, JobDetail, JobState};
+use super::job::{Job, JobDetail, JobState, INLINE_BLOB_MAX};
 use super::stats::QueueStats;
 use super::tables::{Counters, DedupEntry, MemTables, QueueInfo, Tables, TablesRead, Timer};
 use super::transition::{Transition, TransitionKind};
@@ -100,9 +102,25 @@ impl<T: TablesRead> State<T> {
 
     pub(crate) fn detail(&self, job: Job) -> JobDetail {
         JobDetail {
-            payload: self.t.payload(job.seq),
-            result: self.t.result(job.seq),
+            payload: self.payload_of(&job),
+            result: self.result_of(&job),
             job,
+        }
+    }
+
+    /// A job's payload, from its record when it is kept there.
+    pub(crate) fn payload_of(&self, job: &Job) -> Bytes {
+        match &job.inline_payload {
+            Some(p) => p.clone(),
+            None => self.t.payload(job.seq),
+        }
+    }
+
+    /// A job's result, from its record when it is kept there.
+    pub(crate) fn result_of(&self, job: &Job) -> Bytes {
+        match &job.inline_result {
+            Some(r) => r.clone(),
+            None => self.t.result(job.seq),
         }
     }
 
@@ -145,10 +163,7 @@ impl<T: TablesRead> State<T> {
             .t
             .timer_first(Timer::Scheduled)
             .is_some_and(|(t, _)| t <= now)
-            || self
-                .t
-                .timer_first(Timer::Lease)
-                .is_some_and(|(t, _)| t <= now)
+            || self.t.lease_deadline_first().is_some_and(|t| t <= now)
     }
 
     /// Jobs of a queue (optionally of one state) in enqueue order, after seq `after`.
@@ -227,7 +242,7 @@ impl<T: TablesRead> State<T> {
     pub fn next_wakeup_ms(&self) -> Option<u64> {
         [
             self.t.timer_first(Timer::Scheduled).map(|k| k.0),
-            self.t.timer_first(Timer::Lease).map(|k| k.0),
+            self.t.lease_deadline_first(),
             self.t.timer_first(Timer::Expiring).map(|k| k.0),
             self.t.dedup_expiry_first().map(|k| k.0),
             // Workers holding jobs are never forgotten, so they wake nothing.
@@ -363,7 +378,7 @@ impl<T: Tables> State<T> {
         } else {
             JobState::Ready
         };
-        let job = Job {
+        let mut job = Job {
             seq,
             id: new.id.clone(),
             queue: new.queue.clone(),
@@ -385,9 +400,15 @@ impl<T: Tables> State<T> {
             retention: new.retention,
             idempotency_key: new.idempotency_key.clone(),
             webhook_url: new.webhook_url.clone(),
+            inline_payload: None,
+            inline_result: Some(Bytes::new()),
         };
+        if new.payload.len() <= INLINE_BLOB_MAX {
+            job.inline_payload = Some(new.payload.clone());
+        } else {
+            self.t.put_payload(seq, &new.payload);
+        }
         self.t.put_id(&job.id, seq);
-        self.t.put_payload(seq, &new.payload);
         self.t.listed_insert(&job.queue, seq);
         self.file(&job);
         self.count(&job.queue, None, Some(target));
@@ -406,8 +427,9 @@ impl<T: Tables> State<T> {
             JobState::Ready => self.t.ready_insert(&job.queue, job.priority, seq),
             JobState::Scheduled => self.t.timer_insert(Timer::Scheduled, job.run_at_ms, seq),
             JobState::Leased => {
+                // Its deadline entry is written by the lease call, one for all the jobs
+                // it takes (`Tables::lease_deadline_insert`).
                 let lease = job.lease.as_ref().expect("lease set before Leased");
-                self.t.timer_insert(Timer::Lease, lease.deadline_ms, seq);
                 self.worker_holds(&lease.worker_id, 1);
             }
             JobState::Succeeded | JobState::Dead | JobState::Cancelled => {
@@ -426,8 +448,8 @@ impl<T: Tables> State<T> {
             JobState::Ready => self.t.ready_remove(&job.queue, job.priority, seq),
             JobState::Scheduled => self.t.timer_remove(Timer::Scheduled, job.run_at_ms, seq),
             JobState::Leased => {
+                // Its deadline entry stays; it is checked against the record when due.
                 if let Some(lease) = &job.lease {
-                    self.t.timer_remove(Timer::Lease, lease.deadline_ms, seq);
                     self.worker_holds(&lease.worker_id, -1);
                 }
             }
@@ -506,7 +528,7 @@ impl<T: Tables> State<T> {
         self.count(&job.queue, Some(job.state), None);
         self.t.delete_id(&job.id);
         self.t.listed_remove(&job.queue, seq);
-        self.t.delete_job(seq);
+        self.t.delete_job(&job);
         self.c.jobs = self.c.jobs.saturating_sub(1);
         self.report(&job, TransitionKind::Removed);
     }

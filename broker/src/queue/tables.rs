@@ -10,7 +10,8 @@
 //!   ready     (queue, priority desc, seq)      leasable jobs in serving order
 //!   by_state  (queue, seq) of every job        listings, in enqueue order
 //!             (queue, Dead, seq)               the dead-letter listing and redrive
-//!   timers    (kind, time, seq)                scheduled, leases, retention, webhooks
+//!   timers    (kind, time, seq)                scheduled, retention, webhooks
+//!   leases    (deadline, first lease id) -> seqs  a lease call's jobs, by deadline
 //!   dedup     (queue, key) -> DedupEntry, with (expiry, queue, key) in its own index
 //!   workers   id -> WorkerInfo, with (forget_at, id) for workers holding nothing
 //!   outbox    event id -> WebhookEvent
@@ -77,8 +78,8 @@ pub struct DedupEntry {
 pub enum Timer {
     /// (run_at_ms, seq) of scheduled jobs.
     Scheduled = 0,
-    /// (deadline_ms, seq) of leased jobs.
-    Lease = 1,
+    // 1 was a (deadline_ms, seq) entry per leased job, up to format 2; lease deadlines
+    // have their own entries now, one per lease call (`Tables::lease_deadline_insert`).
     /// (expires_at_ms, seq) of finished jobs.
     Expiring = 2,
     /// (next_attempt_ms, event id) of undelivered webhook events.
@@ -112,6 +113,11 @@ pub trait TablesRead {
     fn timer_first(&self, timer: Timer) -> Option<(u64, u64)>;
     /// Entries of a timer index due at `now`, earliest first, at most `limit`.
     fn timers_due(&self, timer: Timer, now: u64, limit: usize) -> Vec<(u64, u64)>;
+    /// The earliest lease deadline entry's time.
+    fn lease_deadline_first(&self) -> Option<u64>;
+    /// Lease deadline entries due at `now`, earliest first, at most `limit`:
+    /// (deadline, key, seqs).
+    fn lease_deadlines_due(&self, now: u64, limit: usize) -> Vec<(u64, u64, Vec<u64>)>;
     /// An idempotency key's record.
     fn dedup(&self, queue: &str, key: &str) -> Option<DedupEntry>;
     /// The earliest dedup expiry.
@@ -132,12 +138,15 @@ pub trait Tables: TablesRead {
     fn set_counters(&mut self, c: Counters);
     /// Inserts or replaces a job's record.
     fn put_job(&mut self, job: &Job);
-    /// Removes a job's record, payload and result.
-    fn delete_job(&mut self, seq: u64);
+    /// Removes a job's record, payload and result (the tables' payload and result
+    /// only where the record does not hold them).
+    fn delete_job(&mut self, job: &Job);
     /// Stores a job's payload.
     fn put_payload(&mut self, seq: u64, payload: &Bytes);
     /// Stores a job's result.
     fn put_result(&mut self, seq: u64, result: &Bytes);
+    /// Forgets a job's result in the results table.
+    fn delete_result(&mut self, seq: u64);
     /// Maps a public job id to its seq.
     fn put_id(&mut self, job_id: &str, seq: u64);
     /// Forgets a public job id.
@@ -164,6 +173,15 @@ pub trait Tables: TablesRead {
     fn timer_insert(&mut self, timer: Timer, at: u64, seq: u64);
     /// Removes a timer entry.
     fn timer_remove(&mut self, timer: Timer, at: u64, seq: u64);
+    /// Files jobs under a lease deadline, in the entry `(at, key)` (merged with what
+    /// it holds already). A lease call files all its jobs in one entry, keyed by its
+    /// first lease id: one write per call instead of one per job. Entries are not
+    /// updated when a job is acked, nacked or extended (an extension files the job
+    /// again under its new deadline): whoever reads a due entry checks each job's own
+    /// deadline, and removes the entry.
+    fn lease_deadline_insert(&mut self, at: u64, key: u64, seqs: &[u64]);
+    /// Removes a lease deadline entry.
+    fn lease_deadline_remove(&mut self, at: u64, key: u64);
     /// Records an idempotency key (and its expiry index entry).
     fn put_dedup(&mut self, queue: &str, key: &str, entry: &DedupEntry);
     /// Forgets an idempotency key (and its expiry index entry).
@@ -180,6 +198,15 @@ pub trait Tables: TablesRead {
     fn put_webhook(&mut self, event: &WebhookEvent);
     /// Forgets a webhook event.
     fn delete_webhook(&mut self, id: u64);
+}
+
+/// Adds to `entry` the seqs it does not hold yet, in order of arrival.
+pub fn merge_seqs(entry: &mut Vec<u64>, seqs: &[u64]) {
+    for &seq in seqs {
+        if !entry.contains(&seq) {
+            entry.push(seq);
+        }
+    }
 }
 
 /// Ready key in serving order: higher priority first, then lower seq.
@@ -201,6 +228,7 @@ pub struct MemTables {
     pub(crate) listed: BTreeSet<(String, u64)>,
     pub(crate) dead: BTreeSet<(String, u64)>,
     pub(crate) timers: BTreeSet<(Timer, u64, u64)>,
+    pub(crate) lease_deadlines: BTreeMap<(u64, u64), Vec<u64>>,
     pub(crate) dedup: BTreeMap<(String, String), DedupEntry>,
     pub(crate) dedup_expiry: BTreeSet<(u64, String, String)>,
     pub(crate) workers: BTreeMap<String, WorkerInfo>,
@@ -280,6 +308,17 @@ impl TablesRead for MemTables {
             .map(|(_, at, seq)| (*at, *seq))
             .collect()
     }
+    fn lease_deadline_first(&self) -> Option<u64> {
+        self.lease_deadlines.keys().next().map(|(at, _)| *at)
+    }
+    fn lease_deadlines_due(&self, now: u64, limit: usize) -> Vec<(u64, u64, Vec<u64>)> {
+        self.lease_deadlines
+            .iter()
+            .take_while(|((at, _), _)| *at <= now)
+            .take(limit)
+            .map(|((at, key), seqs)| (*at, *key, seqs.clone()))
+            .collect()
+    }
     fn dedup(&self, queue: &str, key: &str) -> Option<DedupEntry> {
         self.dedup
             .get(&(queue.to_string(), key.to_string()))
@@ -312,16 +351,19 @@ impl Tables for MemTables {
     fn put_job(&mut self, job: &Job) {
         self.jobs.insert(job.seq, job.clone());
     }
-    fn delete_job(&mut self, seq: u64) {
-        self.jobs.remove(&seq);
-        self.payloads.remove(&seq);
-        self.results.remove(&seq);
+    fn delete_job(&mut self, job: &Job) {
+        self.jobs.remove(&job.seq);
+        self.payloads.remove(&job.seq);
+        self.results.remove(&job.seq);
     }
     fn put_payload(&mut self, seq: u64, payload: &Bytes) {
         self.payloads.insert(seq, payload.clone());
     }
     fn put_result(&mut self, seq: u64, result: &Bytes) {
         self.results.insert(seq, result.clone());
+    }
+    fn delete_result(&mut self, seq: u64) {
+        self.results.remove(&seq);
     }
     fn put_id(&mut self, job_id: &str, seq: u64) {
         self.ids.insert(job_id.to_string(), seq);
@@ -360,6 +402,13 @@ impl Tables for MemTables {
     }
     fn timer_remove(&mut self, timer: Timer, at: u64, seq: u64) {
         self.timers.remove(&(timer, at, seq));
+    }
+    fn lease_deadline_insert(&mut self, at: u64, key: u64, seqs: &[u64]) {
+        let entry = self.lease_deadlines.entry((at, key)).or_default();
+        merge_seqs(entry, seqs);
+    }
+    fn lease_deadline_remove(&mut self, at: u64, key: u64) {
+        self.lease_deadlines.remove(&(at, key));
     }
     fn put_dedup(&mut self, queue: &str, key: &str, entry: &DedupEntry) {
         self.dedup_expiry

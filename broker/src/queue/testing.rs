@@ -109,7 +109,12 @@ impl Driver {
                     id: id.clone(),
                     queue: queue(q),
                     job_type: "t".into(),
-                    payload: bytes::Bytes::from(format!("payload-{id}")),
+                    // Every fourth payload is too big to live in the record.
+                    payload: bytes::Bytes::from(if self.n.is_multiple_of(4) {
+                        format!("payload-{id}-{}", "p".repeat(INLINE_BLOB_MAX))
+                    } else {
+                        format!("payload-{id}")
+                    }),
                     headers: BTreeMap::from([("h".to_string(), id)]),
                     priority: priority.into(),
                     due: Due::After(delay.into()),
@@ -138,7 +143,12 @@ impl Driver {
                 Command::Ack {
                     job_id: l.job_id.clone(),
                     lease_id: l.lease_id + u64::from(stale),
-                    result: "r".into(),
+                    // Every third result is too big to live in the record.
+                    result: if pick.is_multiple_of(3) {
+                        bytes::Bytes::from(format!("r{pick}-{}", "r".repeat(INLINE_BLOB_MAX)))
+                    } else {
+                        format!("r{pick}").into()
+                    },
                 }
             }
             Op::Nack {

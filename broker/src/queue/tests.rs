@@ -491,6 +491,64 @@ fn time_never_runs_backwards() {
     assert_eq!(s.job("a").unwrap().created_at_ms, 1_000);
 }
 
+/// A lease call files its jobs under their deadline once; the entry stays when a job is
+/// acked or extended, and when it comes due only the jobs still held past their own
+/// deadline expire: an extended one waits for its new deadline.
+#[test]
+fn one_deadline_entry_per_lease_call_expires_only_what_is_still_due() {
+    let mut s = State::new();
+    let jobs = ["a", "b", "c"].map(|id| new_job(id, "q", 0)).to_vec();
+    s.apply(&at(1, Command::Enqueue(jobs))).unwrap();
+    let got = leased(s.apply(&at(10, lease_cmd(&["q"], 3, 1_000))));
+    let entries: Vec<_> = s.tables().lease_deadlines.clone().into_iter().collect();
+    assert_eq!(
+        entries,
+        vec![((1_010, got[0].lease_id), vec![0, 1, 2])],
+        "one entry for the call"
+    );
+    s.apply(&at(
+        20,
+        Command::Ack {
+            job_id: "a".into(),
+            lease_id: got[0].lease_id,
+            result: bytes::Bytes::new(),
+        },
+    ))
+    .unwrap();
+    s.apply(&at(
+        30,
+        Command::Extend {
+            job_id: "b".into(),
+            lease_id: got[1].lease_id,
+            visibility_timeout_ms: 5_000,
+            progress: None,
+            progress_message: None,
+        },
+    ))
+    .unwrap();
+    assert_eq!(
+        s.tables().lease_deadlines.len(),
+        2,
+        "b filed again at 5,030"
+    );
+    assert_eq!(s.next_wakeup_ms(), Some(1_010));
+    s.apply(&at(1_010, Command::Tick)).unwrap();
+    let state = |s: &State<MemTables>, id: &str| s.job(id).expect(id).state;
+    assert_eq!(state(&s, "a"), JobState::Succeeded);
+    assert_eq!(state(&s, "b"), JobState::Leased, "extended past 1,010");
+    assert_eq!(state(&s, "c"), JobState::Ready, "expired");
+    assert_eq!(s.job("c").unwrap().expirations, 1);
+    let left: Vec<_> = s.tables().lease_deadlines.keys().copied().collect();
+    assert_eq!(left, vec![(5_030, got[1].lease_id)]);
+    s.apply(&at(5_030, Command::Tick)).unwrap();
+    assert_eq!(state(&s, "b"), JobState::Ready);
+    assert!(s.tables().lease_deadlines.is_empty());
+    assert!(
+        s.next_wakeup_ms().unwrap_or(u64::MAX) > 5_030,
+        "no lease left due"
+    );
+}
+
 // ---------------- property test ----------------
 
 use super::testing::{op, Driver};
@@ -536,7 +594,12 @@ fn check_invariants(s: &State<MemTables>) {
         }
         if let Some(l) = job.held_lease() {
             assert!(lease_ids.insert(l.id), "lease id reused while held");
-            assert!(t.timers.contains(&(Timer::Lease, l.deadline_ms, job.seq)));
+            assert!(
+                t.lease_deadlines
+                    .iter()
+                    .any(|((at, _), seqs)| *at == l.deadline_ms && seqs.contains(&job.seq)),
+                "a held lease is filed under its deadline: {job:?}"
+            );
         }
         match job.state {
             JobState::Scheduled => {
@@ -556,17 +619,30 @@ fn check_invariants(s: &State<MemTables>) {
             _ => {}
         }
         assert_eq!(t.ids.get(&job.id), Some(&job.seq));
-        assert!(t.payloads.contains_key(&job.seq), "payload of {}", job.id);
+        // A blob is in the record or in its table, never both, never neither.
+        assert_eq!(
+            job.inline_payload.is_some(),
+            !t.payloads.contains_key(&job.seq),
+            "payload of {}",
+            job.id
+        );
+        assert_eq!(
+            job.inline_result.is_some(),
+            !t.results.contains_key(&job.seq),
+            "result of {}",
+            job.id
+        );
     }
     let job_timers = t
         .timers
         .iter()
         .filter(|(k, _, _)| *k != Timer::Webhook)
         .count();
+    let held = t.jobs.values().filter(|j| j.held_lease().is_some()).count();
     assert_eq!(
-        job_timers + t.ready.len(),
+        job_timers + t.ready.len() + held,
         t.jobs.len(),
-        "each job in one index, no job leased twice at once"
+        "each job in one index, or leased"
     );
     assert_eq!(t.ids.len(), t.jobs.len());
     assert_eq!(s.job_count(), t.jobs.len() as u64);

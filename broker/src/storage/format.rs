@@ -7,7 +7,7 @@
 //! | file            | format | what it is                                           |
 //! |-----------------|--------|------------------------------------------------------|
 //! | `raft-log.redb` | 1      | postcard-encoded openraft 0.9 entries of `Envelope`  |
-//! | `state.redb`    | 2      | the tables of `storage/tables.rs`; 1 had a state index entry per job, converted at open (`raft/state_machine.rs::check_format`) |
+//! | `state.redb`    | 3      | the tables of `storage/tables`; 1 had a state index entry per job, 2 a lease deadline entry per leased job and no blobs inside job records; both are converted at open (`raft/state_machine/open.rs::check_format`) |
 //! | snapshot stream | 1      | magic `TRSNAP01` (`raft/snapshot.rs`); also backups  |
 //!
 //! Rule for changes: a new `queue::Command` variant goes at the end of the enum and an
@@ -21,7 +21,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 pub const LOG_FORMAT: u32 = 1;
 /// Format of `state.redb` this build writes. The state machine checks it at open
 /// (`raft/state_machine.rs::check_format`, which also converts format 1).
-pub const STATE_FORMAT: u32 = 2;
+pub const STATE_FORMAT: u32 = 3;
 
 const KEY: &str = "format";
 

@@ -69,7 +69,8 @@ pub const APPLIED_KEY: &[u8] = b"applied";
 /// `sm_meta` key of the store's format, [`FORMAT`].
 const FORMAT_KEY: &[u8] = b"format";
 /// Layout of the state tables (`storage/format.rs`). 2: jobs are listed once per queue
-/// (`by_state` marker 0xff) and only dead jobs have a state index.
+/// (`by_state` marker 0xff) and only dead jobs have a state index. 3: small payloads and
+/// results live in the job record, and a lease call files its jobs' deadline once.
 const FORMAT: u32 = crate::storage::format::STATE_FORMAT;
 const MEMBERSHIP_KEY: &[u8] = b"membership";
 

@@ -15,7 +15,8 @@ pub(super) fn open_store(path: &Path, verify: bool) -> anyhow::Result<Database> 
 }
 
 /// Stamps a new store with [`FORMAT`], converts a store of format 1 (written before
-/// the stamp, with a state index entry for every job), and refuses a newer one. The
+/// the stamp, with a state index entry for every job) or 2 (a lease deadline entry per
+/// leased job), and refuses a newer one. The
 /// stamp is a little-endian u32 under `sm_meta` "format"; snapshot streams carry it.
 pub(super) fn check_format(db: &Database, path: &Path) -> anyhow::Result<()> {
     use redb::ReadableTable;
@@ -40,12 +41,18 @@ pub(super) fn check_format(db: &Database, path: &Path) -> anyhow::Result<()> {
     );
     if format < FORMAT {
         let started = Instant::now();
-        let jobs = crate::storage::tables::relist_jobs(&txn)?;
+        let jobs = if format < 2 {
+            crate::storage::tables::relist_jobs(&txn)?
+        } else {
+            0
+        };
+        let leases = crate::storage::tables::regroup_leases(&txn)?;
         tracing::info!(
             path = %path.display(),
             from = format,
             to = FORMAT,
             jobs,
+            leases,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "converted the state store"
         );

@@ -113,6 +113,84 @@ async fn a_format_1_store_is_converted_at_open() {
     assert_eq!(stamp, FORMAT.to_le_bytes());
 }
 
+fn entry(index: u64, now_ms: u64, cmd: Command) -> Entry {
+    RaftEntry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Envelope { now_ms, cmd }),
+    }
+}
+
+/// A store of format 2 (blobs in their own tables, a lease deadline entry per leased
+/// job) is converted at open: payloads read back, and the leases still expire.
+#[tokio::test]
+async fn a_format_2_store_is_converted_at_open() {
+    use crate::queue::{Job, JobState};
+    use crate::storage::tables::{JOBS, PAYLOADS, SM_META, TIMERS};
+    use redb::ReadableTable;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = store_with(dir.path(), 4).await;
+    let lease = Command::Lease {
+        queues: vec!["q".into()],
+        worker_id: "w".into(),
+        max_jobs: 2,
+        visibility_timeout_ms: 1_000,
+    };
+    sm.apply([entry(5, 5, lease)]).await.unwrap();
+    sm.commit_applied().unwrap();
+    drop(sm);
+    {
+        let db = open_store_unchecked(&dir.path().join("state.redb"));
+        let txn = db.begin_write().unwrap();
+        {
+            let mut jobs = txn.open_table(JOBS).unwrap();
+            let mut payloads = txn.open_table(PAYLOADS).unwrap();
+            let mut timers = txn.open_table(TIMERS).unwrap();
+            let records: Vec<(Vec<u8>, Job)> = jobs
+                .iter()
+                .unwrap()
+                .map(|r| {
+                    let (k, v) = r.unwrap();
+                    let (job, _) = postcard::take_from_bytes::<Job>(v.value()).unwrap();
+                    (k.value().to_vec(), job)
+                })
+                .collect();
+            for (k, job) in records {
+                jobs.insert(k.as_slice(), postcard::to_stdvec(&job).unwrap().as_slice())
+                    .unwrap();
+                payloads
+                    .insert(k.as_slice(), [7u8; 100].as_slice())
+                    .unwrap();
+                if let Some(l) = job.held_lease() {
+                    let mut old = vec![1u8];
+                    old.extend_from_slice(&l.deadline_ms.to_be_bytes());
+                    old.extend_from_slice(&job.seq.to_be_bytes());
+                    timers.insert(old.as_slice(), b"".as_slice()).unwrap();
+                }
+            }
+            timers.retain(|k, _| k[0] != 4).unwrap();
+            txn.open_table(SM_META)
+                .unwrap()
+                .insert(FORMAT_KEY, 2u32.to_le_bytes().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let mut sm = StateMachineStore::open(dir.path()).unwrap();
+    {
+        let view = sm.read_side().read();
+        let job = view.state.job("job-1").unwrap();
+        assert_eq!(job.payload.as_ref(), [7u8; 100]);
+        assert_eq!(view.state.next_wakeup_ms(), Some(1_005));
+    }
+    sm.apply([entry(6, 1_005, Command::Tick)]).await.unwrap();
+    sm.commit_applied().unwrap();
+    let view = sm.read_side().read();
+    for id in ["job-1", "job-2"] {
+        let job = view.state.job(id).unwrap();
+        assert_eq!((job.state, job.expirations), (JobState::Ready, 1), "{id}");
+    }
+}
+
 fn open_store_unchecked(path: &Path) -> Database {
     redb::Database::create(path).unwrap()
 }

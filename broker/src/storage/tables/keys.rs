@@ -34,11 +34,34 @@ pub(super) fn state_key(queue: &str, marker: u8, seq: u64) -> Vec<u8> {
 }
 
 pub(super) fn timer_key(timer: Timer, at: u64, seq: u64) -> [u8; 17] {
+    timer_key_raw(timer as u8, at, seq)
+}
+
+/// A `timers` key: kind, time, then a seq (or an id).
+pub(super) fn timer_key_raw(kind: u8, at: u64, seq: u64) -> [u8; 17] {
     let mut k = [0u8; 17];
-    k[0] = timer as u8;
+    k[0] = kind;
     k[1..9].copy_from_slice(&at.to_be_bytes());
     k[9..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// `timers` kind byte of lease deadline entries (1 held one entry per leased job, up
+/// to format 2).
+pub(super) const LEASES: u8 = 4;
+/// `timers` kind byte of format 2's per-job lease deadlines (converted at open).
+pub(super) const LEASE_PER_JOB: u8 = 1;
+
+pub(super) fn lease_key(at: u64, key: u64) -> [u8; 17] {
+    timer_key_raw(LEASES, at, key)
+}
+
+/// A lease deadline entry's seqs: u64be each.
+pub(super) fn seqs_of(value: &[u8]) -> Vec<u64> {
+    value
+        .chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+        .collect()
 }
 
 pub(super) fn dedup_key(queue: &str, key: &str) -> Vec<u8> {

@@ -6,9 +6,9 @@
 //!
 //! ```text
 //!   table         key                                   value
-//!   jobs          seq u64be                             Job (postcard)
-//!   payloads      seq                                   payload bytes
-//!   results       seq                                   result bytes
+//!   jobs          seq u64be                             Job (postcard), small blobs (`record.rs`)
+//!   payloads      seq                                   payload bytes (big ones)
+//!   results       seq                                   result bytes (big ones)
 //!   ids           job id                                seq
 //!   queues        name                                  QueueInfo
 //!   ready         qkey . !(priority ^ sign) u32be . seq  -
@@ -97,6 +97,38 @@ pub fn relist_jobs(txn: &redb::WriteTransaction) -> Result<u64, anyhow::Error> {
     Ok(n)
 }
 
+/// Format 2 to 3: turns the lease deadline entry of each leased job (`timers` kind 1,
+/// keyed by seq) into an entry of its own (kind 4, keyed by the job's lease id; a lease
+/// call of format 3 files all its jobs in one). Returns the leases converted. Job
+/// records need no conversion: one without inline blobs (`record.rs`) is format 2's.
+pub fn regroup_leases(txn: &redb::WriteTransaction) -> Result<u64, anyhow::Error> {
+    let jobs = txn.open_table(JOBS)?;
+    let mut timers = txn.open_table(TIMERS)?;
+    let start = [LEASE_PER_JOB];
+    let old: Vec<(u64, u64)> = timers
+        .range::<&[u8]>(start.as_slice()..)?
+        .map(|item| item.map(|(k, _)| k.value().to_vec()))
+        .take_while(|k| k.as_ref().map_or(true, |k| k[0] == LEASE_PER_JOB))
+        .map(|k| k.map(|k| (u64_at(&k, 1), u64_at(&k, 9))))
+        .collect::<Result<_, _>>()?;
+    let mut n = 0;
+    for (at, seq) in old {
+        timers.remove(timer_key_raw(LEASE_PER_JOB, at, seq).as_slice())?;
+        let Some(v) = jobs.get(seq.to_be_bytes().as_slice())? else {
+            continue;
+        };
+        let job = decode_job(v.value()).map_err(anyhow::Error::msg)?;
+        if let Some(lease) = job.held_lease() {
+            timers.insert(
+                lease_key(at, lease.id).as_slice(),
+                seq.to_be_bytes().as_slice(),
+            )?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// A new store file at `path` with every table (tests).
 #[cfg(test)]
 pub fn test_store(path: &std::path::Path) -> redb::Database {
@@ -107,12 +139,14 @@ pub fn test_store(path: &std::path::Path) -> redb::Database {
 
 mod keys;
 mod read;
+mod record;
 #[cfg(test)]
 mod tests;
 mod write;
 
 pub use keys::COUNTERS_KEY;
 use keys::*;
+use record::{decode_job, encode_job};
 
 /// Records of a name-keyed table changed in one transaction (`None`: deleted).
 type WriteBack<V> = std::collections::HashMap<String, Option<V>>;

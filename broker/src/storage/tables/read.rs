@@ -136,7 +136,20 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> TablesRead for DiskTables<T
             .unwrap_or_default()
     }
     fn job(&self, seq: u64) -> Option<Job> {
-        self.get(&self.h.jobs, &seq.to_be_bytes(), "jobs")
+        let guard = match self.h.jobs.get(seq.to_be_bytes().as_slice()) {
+            Ok(v) => v?,
+            Err(e) => {
+                self.fail("jobs", e);
+                return None;
+            }
+        };
+        match decode_job(guard.value()) {
+            Ok(job) => Some(job),
+            Err(e) => {
+                self.fail("jobs", format!("undecodable record: {e}"));
+                None
+            }
+        }
     }
     fn payload(&self, seq: u64) -> Bytes {
         self.get_raw(&self.h.payloads, &seq.to_be_bytes(), "payloads")
@@ -190,6 +203,22 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> TablesRead for DiskTables<T
         })
         .into_iter()
         .map(|(k, _)| (u64_at(&k, 1), u64_at(&k, 9)))
+        .collect()
+    }
+    fn lease_deadline_first(&self) -> Option<u64> {
+        let start = lease_key(0, 0);
+        let (k, _) = self
+            .scan(&self.h.timers, &start, 1, "timers", |k| k[0] == LEASES)
+            .pop()?;
+        Some(u64_at(&k, 1))
+    }
+    fn lease_deadlines_due(&self, now: u64, limit: usize) -> Vec<(u64, u64, Vec<u64>)> {
+        let start = lease_key(0, 0);
+        self.scan(&self.h.timers, &start, limit, "timers", |k| {
+            k[0] == LEASES && u64_at(k, 1) <= now
+        })
+        .into_iter()
+        .map(|(k, v)| (u64_at(&k, 1), u64_at(&k, 9), seqs_of(&v)))
         .collect()
     }
     fn dedup(&self, queue: &str, key: &str) -> Option<DedupEntry> {

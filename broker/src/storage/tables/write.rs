@@ -80,19 +80,34 @@ impl<'txn> Tables for DiskTables<W<'txn>> {
         self.put(|h| &mut h.meta, COUNTERS_KEY, &c, "counters");
     }
     fn put_job(&mut self, job: &Job) {
-        self.put(|h| &mut h.jobs, &job.seq.to_be_bytes(), job, "jobs");
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        match encode_job(job, buf) {
+            Ok(bytes) => {
+                self.put_raw(|h| &mut h.jobs, &job.seq.to_be_bytes(), &bytes, "jobs");
+                self.scratch = bytes;
+            }
+            Err(e) => self.fail("jobs", e),
+        }
     }
-    fn delete_job(&mut self, seq: u64) {
-        let k = seq.to_be_bytes();
+    fn delete_job(&mut self, job: &Job) {
+        let k = job.seq.to_be_bytes();
         self.del_raw(|h| &mut h.jobs, &k, "jobs");
-        self.del_raw(|h| &mut h.payloads, &k, "payloads");
-        self.del_raw(|h| &mut h.results, &k, "results");
+        if job.inline_payload.is_none() {
+            self.del_raw(|h| &mut h.payloads, &k, "payloads");
+        }
+        if job.inline_result.is_none() {
+            self.del_raw(|h| &mut h.results, &k, "results");
+        }
     }
     fn put_payload(&mut self, seq: u64, payload: &Bytes) {
         self.put_raw(|h| &mut h.payloads, &seq.to_be_bytes(), payload, "payloads");
     }
     fn put_result(&mut self, seq: u64, result: &Bytes) {
         self.put_raw(|h| &mut h.results, &seq.to_be_bytes(), result, "results");
+    }
+    fn delete_result(&mut self, seq: u64) {
+        self.del_raw(|h| &mut h.results, &seq.to_be_bytes(), "results");
     }
     fn put_id(&mut self, job_id: &str, seq: u64) {
         self.put_raw(|h| &mut h.ids, job_id.as_bytes(), &seq.to_be_bytes(), "ids");
@@ -144,6 +159,23 @@ impl<'txn> Tables for DiskTables<W<'txn>> {
     }
     fn timer_remove(&mut self, timer: Timer, at: u64, seq: u64) {
         self.del_raw(|h| &mut h.timers, &timer_key(timer, at, seq), "timers");
+    }
+    fn lease_deadline_insert(&mut self, at: u64, key: u64, seqs: &[u64]) {
+        let k = lease_key(at, key);
+        let held = match self.h.timers.get(k.as_slice()) {
+            Ok(v) => v.map(|g| seqs_of(g.value())),
+            Err(e) => {
+                self.fail("timers", e);
+                return;
+            }
+        };
+        let mut all = held.unwrap_or_default();
+        crate::queue::merge_seqs(&mut all, seqs);
+        let value: Vec<u8> = all.iter().flat_map(|s| s.to_be_bytes()).collect();
+        self.put_raw(|h| &mut h.timers, &k, &value, "timers");
+    }
+    fn lease_deadline_remove(&mut self, at: u64, key: u64) {
+        self.del_raw(|h| &mut h.timers, &lease_key(at, key), "timers");
     }
     fn put_dedup(&mut self, queue: &str, key: &str, entry: &DedupEntry) {
         let k = dedup_key(queue, key);
