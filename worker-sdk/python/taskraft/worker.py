@@ -1,13 +1,20 @@
-""":class:`Worker`: leases jobs, runs handlers by ``job_type``, settles them, and
+""":class:`Worker`: gets jobs, runs handlers by ``job_type``, settles them, and
 shuts down gracefully.
 
 The worker is one asyncio task tree (:meth:`Worker.run` starts an event loop,
 :meth:`Worker.run_async` uses the caller's). ``async def`` handlers run as tasks
-on that loop; plain functions run in a thread pool of ``concurrency`` threads::
+on that loop; plain functions run in a thread pool of ``concurrency`` threads.
 
-    lease loop: Lease(queues, n = free hand slots, wait 20 s) ──> one task per job
-                      ^                                               │
-                      └──────── hand slot released on settle <────────┘
+Jobs come one of two ways (``protocol=``)::
+
+    "stream" (default): one Work session (see taskraft._session)
+        free hand slot ──> credit ──> broker pushes a job ──> one task per job
+              ^                                                    │
+              └────────── hand slot freed (credit again) on settle <┘
+    "poll":   Lease(queues, n = free hand slots, wait 20 s) ──> one task per job
+                   ^                                                    │
+                   └──────── hand slot released on settle <─────────────┘
+
     job task:   wait for a run slot ──> handler ──> return  ──> Ack (result)
                   │                               raise     ──> Nack (dead_letter
                   │                                             for PermanentError)
@@ -16,17 +23,25 @@ on that loop; plain functions run in a thread pool of ``concurrency`` threads::
                        │    async handler cancelled; nothing to settle
                        └─ lease lost ──> the same, reason "lease-lost"
 
-The worker holds at most ``concurrency + prefetch`` jobs (hand slots) and runs at
-most ``concurrency`` handlers (run slots). With ``prefetch``, while every handler
-is busy the loop waits up to ``lease_linger`` for half of its hand slots to free
-up, so one ``Lease`` (one Raft log entry) brings several jobs.
+On the stream, Ack, Nack and ExtendLease go up the session by seq and their answers
+raise the same errors as the unary calls, so a job's life does not depend on the
+protocol; a settle caught by a broken stream is resent as the unary call. A broken
+stream is resumed on the same node with the jobs still held (tried for up to 2 s),
+else a fresh session is opened (on the next node after UNAVAILABLE).
 
-Shutdown (:meth:`Worker.stop`, SIGINT or SIGTERM) stops leasing, gives back the
-jobs that have not started (``Nack`` with a 1 ms retry delay, so another worker
-takes them at once), and waits up to ``shutdown_timeout`` for running handlers;
-then it sets their cancel tokens, cancels async ones and gives those jobs back
-too. A second signal skips the wait. A sync handler cannot be killed: one that
-ignores its token keeps its thread until it returns, its result discarded.
+The worker holds at most ``concurrency + prefetch`` jobs (hand slots) and runs at
+most ``concurrency`` handlers (run slots). With ``prefetch`` on the poll protocol,
+while every handler is busy the loop waits up to ``lease_linger`` for half of its
+hand slots to free up, so one ``Lease`` (one Raft log entry) brings several jobs.
+
+Shutdown (:meth:`Worker.stop`, SIGINT or SIGTERM) stops taking jobs (the stream
+sends ``WorkStop``), gives back the jobs that have not started (``Nack`` with a 1 ms
+retry delay, so another worker takes them at once), and waits up to
+``shutdown_timeout`` for running handlers; then it sets their cancel tokens, cancels
+async ones and gives those jobs back too. A second signal skips the wait. A sync
+handler cannot be killed: one that ignores its token keeps its thread until it
+returns, its result discarded. Last, the stream is half-closed (the broker gives back
+at once any job it pushed after the stop).
 """
 
 from __future__ import annotations
