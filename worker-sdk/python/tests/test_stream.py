@@ -10,6 +10,7 @@ a stream worker opens ``Work`` sessions and makes no ``Lease``, ``Ack``, ``Nack`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import socket
@@ -319,3 +320,52 @@ def test_jobs_survive_a_broker_restart_under_a_stream_worker(
     # The restarted node's counters: the worker came back on a Work session.
     calls = rpc_calls(node)
     assert calls.get(WORK, 0) >= 1 and calls.get("Lease", 0) == 0, calls
+
+
+def test_stream_answers_raise_the_unary_calls_errors() -> None:
+    """The session's answer codes map to the exceptions the unary calls raise (the
+    worker's cancel / lost-lease / retry handling relies on it); UNAVAILABLE, a
+    session that ends before answering, and no session at all give ``None`` (resend
+    unary)."""
+    from taskraft import _session
+    from taskraft._rpc import pb
+
+    async def main() -> None:
+        link = _session.Link()
+        ack = pb.WorkRequest(ack=pb.AckRequest(job_id="j", lease_id="l"))
+        assert await link.call(ack, 1.0) is None  # no session
+        requests = _session.Requests(pb.WorkRequest(open=pb.WorkOpen(queues=["q"])))
+        link.set(1, requests)
+        sent = requests.iterate()
+        assert (await anext(sent)).WhichOneof("kind") == "open"
+
+        async def answered(a: pb.WorkAnswer) -> pb.WorkAnswer | None:
+            call = asyncio.ensure_future(link.call(pb.WorkRequest(ack=pb.AckRequest()), 5.0))
+            req = await anext(sent)
+            assert req.seq > 0
+            a.seq = req.seq
+            link.answer(1, a)
+            return await call
+
+        ok = await answered(pb.WorkAnswer(code=0))
+        assert ok is not None and ok.code == 0
+        with pytest.raises(taskraft.JobCancelledError):
+            await answered(pb.WorkAnswer(code=9, message="cancelled", reason="cancelled"))
+        with pytest.raises(taskraft.LeaseLostError):
+            await answered(pb.WorkAnswer(code=9, message="stale", reason="stale-lease"))
+        with pytest.raises(taskraft.FailedPreconditionError) as e:
+            await answered(pb.WorkAnswer(code=9, message="done", reason="wrong-state"))
+        assert e.value.reason == "wrong-state"
+        with pytest.raises(taskraft.NotFoundError):
+            await answered(pb.WorkAnswer(code=5, message="no such job"))
+        with pytest.raises(taskraft.InvalidArgumentError):
+            await answered(pb.WorkAnswer(code=3, message="bad"))
+        assert await answered(pb.WorkAnswer(code=14, message="no leader")) is None
+        # The stream breaks with a settle waiting: it gets None.
+        waiting = asyncio.ensure_future(link.call(pb.WorkRequest(ack=pb.AckRequest()), 5.0))
+        await anext(sent)
+        link.clear(1)
+        assert await waiting is None
+        assert not link.up and await link.call(ack, 1.0) is None
+
+    asyncio.run(main())
