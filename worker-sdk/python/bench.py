@@ -57,9 +57,11 @@ def _start_broker(binary: str, data: Path) -> tuple[subprocess.Popen[bytes], str
     raise SystemExit("the broker did not become ready within 30 s")
 
 
-def _worker(addr: str, queue: str, concurrency: int, prefetch: int, sync: bool) -> None:
+def _worker(addr: str, queue: str, concurrency: int, prefetch: int, sync: bool,
+            protocol: taskraft.Protocol) -> None:
     worker = taskraft.Worker(taskraft.Client([addr]), queue, concurrency=concurrency,
-                             prefetch=prefetch, poll_wait=1.0, lease_linger=0.005)
+                             prefetch=prefetch, poll_wait=1.0, lease_linger=0.005,
+                             protocol=protocol)
     if sync:
         worker.add_handler("noop", lambda job: None)
     else:
@@ -78,6 +80,8 @@ def main() -> None:
     ap.add_argument("--prefetch", type=int, default=64)
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--sync", action="store_true", help="a sync (thread pool) no-op handler instead of async")
+    ap.add_argument("--protocol", choices=["stream", "poll"], default="stream",
+                    help="the workers' protocol (default: one Work stream each)")
     args = ap.parse_args()
 
     broker: subprocess.Popen[bytes] | None = None
@@ -101,7 +105,8 @@ def main() -> None:
             print(f"enqueued {args.jobs} jobs in {enq:.2f}s ({args.jobs / enq:,.0f} jobs/s, batches of {args.batch})")
 
             ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=_worker, args=(addr, queue, args.concurrency, args.prefetch, args.sync))
+            procs = [ctx.Process(target=_worker, args=(addr, queue, args.concurrency, args.prefetch, args.sync,
+                                                          args.protocol))
                      for _ in range(args.workers)]
             t0 = time.monotonic()
             for p in procs:

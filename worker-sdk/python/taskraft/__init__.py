@@ -5,8 +5,10 @@ Layout:
 - :mod:`taskraft.aio`: :class:`AsyncClient` and :class:`ClientConfig`: leader
   discovery, retries of UNAVAILABLE across nodes, deadlines, token and TLS.
 - :mod:`taskraft.client`: :class:`Client`, the blocking front of ``AsyncClient``.
-- :mod:`taskraft.worker`: :class:`Worker`: lease loop, heartbeats, handlers (sync
-  in threads, ``async def`` on the loop), graceful shutdown.
+- :mod:`taskraft.worker`: :class:`Worker`: a ``Work`` session (or, with
+  ``protocol="poll"``, a lease loop), heartbeats, handlers (sync in threads,
+  ``async def`` on the loop), graceful shutdown; ``taskraft._session`` holds the
+  stream protocol's plumbing.
 - :mod:`taskraft.job`: :class:`Job` (what a handler gets) and :class:`CancelToken`.
 - :mod:`taskraft.models`: data in and out (:class:`NewJob`, :class:`JobInfo`, ...).
 - :mod:`taskraft.errors`: exceptions mapped from gRPC status codes, and the
@@ -49,7 +51,7 @@ from taskraft.models import (
     QueueStats,
     WorkerInfo,
 )
-from taskraft.worker import Report, Worker
+from taskraft.worker import Protocol, Report, Worker
 
 __version__ = "0.1.0"
 
@@ -78,6 +80,7 @@ __all__ = [
     "NotFoundError",
     "PermanentError",
     "PermissionDeniedError",
+    "Protocol",
     "Report",
     "ResourceExhaustedError",
     "RetryableError",

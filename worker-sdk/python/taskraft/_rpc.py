@@ -18,6 +18,7 @@ from taskraft.v1 import taskraft_pb2_grpc as pb_grpc
 __all__ = ["pb", "BrokerApi", "AdminApi", "broker_stub", "admin_stub"]
 
 _U = grpc.aio.UnaryUnaryMultiCallable
+_SS = grpc.aio.StreamStreamMultiCallable
 
 
 class BrokerApi(Protocol):
@@ -29,6 +30,7 @@ class BrokerApi(Protocol):
     Ack: _U[pb.AckRequest, pb.AckResponse]
     Nack: _U[pb.NackRequest, pb.NackResponse]
     ExtendLease: _U[pb.ExtendLeaseRequest, pb.ExtendLeaseResponse]
+    Work: _SS[pb.WorkRequest, pb.WorkResponse]
     GetJob: _U[pb.GetJobRequest, pb.Job]
     CancelJob: _U[pb.CancelJobRequest, pb.Job]
 

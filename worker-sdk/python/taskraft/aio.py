@@ -34,7 +34,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, Unpack
@@ -205,6 +205,19 @@ class _Node:
         self._channel = self._broker = self._admin = None
 
 
+@dataclass
+class WorkConn:
+    """A ``Work`` stream just opened (see :meth:`AsyncClient.open_work`)."""
+
+    #: Index of the node it runs on (a resume must come back to it).
+    node: int
+    #: The call: read pushes and answers from it; requests come from the iterator
+    #: given to ``open_work`` (its end half-closes the stream).
+    call: grpc.aio.StreamStreamCall[pb.WorkRequest, pb.WorkResponse]
+    #: The session's first answer.
+    opened: pb.WorkOpened
+
+
 def _trailing(e: grpc.aio.AioRpcError) -> dict[str, str]:
     out: dict[str, str] = {}
     md = e.trailing_metadata()
@@ -325,11 +338,8 @@ class AsyncClient:
                 if code != grpc.StatusCode.UNAVAILABLE:
                     raise from_status(code, e.details() or "", _trailing(e)) from None
                 why = e.details() or "unavailable"
-            # Try the next node (and ask it who leads); another caller may have moved
-            # on already.
-            self._leader_known = len(self._nodes) < 2
-            if self._current == idx:
-                self._current = (idx + 1) % len(self._nodes)
+            # Try the next node (and ask it who leads).
+            self._move_past(idx)
             # Keep trying for the whole window: the last pause is cut to what is left,
             # so the error comes no sooner than ``retry_for`` after the first attempt.
             left = give_up - time.monotonic()
@@ -549,7 +559,7 @@ class AsyncClient:
     ) -> None:
         """Completes a leased job, storing ``result``. :class:`LeaseLostError` if
         the lease is no longer ours, :class:`JobCancelledError` if it was cancelled."""
-        req = pb.AckRequest(job_id=job_id, lease_id=lease_id, result=to_bytes(result))
+        req = ack_request(job_id, lease_id, to_bytes(result))
         await self._call(lambda n: n.broker.Ack, req, timeout)
 
     async def nack(
@@ -565,14 +575,7 @@ class AsyncClient:
         """Fails a leased job: it runs again after ``retry_after`` seconds (None:
         the broker's exponential backoff), or dies when its attempts are used up or
         ``dead_letter`` is set."""
-        retry_ms = 0 if retry_after is None else max(1, _ms(retry_after))
-        req = pb.NackRequest(
-            job_id=job_id,
-            lease_id=lease_id,
-            error=error,
-            retry_after_ms=retry_ms,
-            dead_letter=dead_letter,
-        )
+        req = nack_request(job_id, lease_id, error, retry_after=retry_after, dead_letter=dead_letter)
         r = await self._call(lambda n: n.broker.Nack, req, timeout)
         return NackResult(state=JobState.of(r.state), run_at_ms=r.run_at_ms)
 
@@ -589,14 +592,110 @@ class AsyncClient:
         """Pushes the lease deadline out (and reports progress 0-100); returns the
         new deadline in Unix ms. :class:`JobCancelledError` once the job was
         cancelled, :class:`LeaseLostError` if the lease is no longer ours."""
-        req = pb.ExtendLeaseRequest(
-            job_id=job_id,
-            lease_id=lease_id,
-            visibility_timeout_ms=_ms(visibility_timeout),
-            progress=max(0, min(100, progress)),
+        req = extend_request(
+            job_id,
+            lease_id,
+            visibility_timeout=visibility_timeout,
+            progress=progress,
             progress_message=progress_message,
         )
         return (await self._call(lambda n: n.broker.ExtendLease, req, timeout)).lease_deadline_ms
+
+    async def open_work(
+        self, requests: AsyncIterator[pb.WorkRequest], *, node: int | None = None
+    ) -> WorkConn:
+        """Opens a ``Work`` session (what :class:`taskraft.Worker` uses by default).
+
+        ``requests`` yields the requests, the ``WorkOpen`` first; when it ends the
+        stream is half-closed. ``node``: the index of the node to open it on (a
+        resume must go back to the node of the session), else the current one (the
+        leader once known). Waits up to ``call_timeout`` for ``WorkOpened``. One
+        attempt: UNAVAILABLE, a connection failure or no answer in time raise
+        :class:`UnavailableError` and move later calls to the next node; any other
+        status raises its error (:class:`NotFoundError` for a resume the node does
+        not know)."""
+        if node is None:
+            if not self._leader_known:
+                self._leader_known = True
+                await self._prefer_leader()
+            idx = self._current
+        else:
+            idx = node % len(self._nodes)
+        call = self._nodes[idx].broker.Work(requests, metadata=self._metadata)
+        wait = self.config.call_timeout
+        why: str
+        try:
+            first = await asyncio.wait_for(call.read(), wait)
+        except grpc.aio.AioRpcError as e:
+            code = e.code()
+            if code != grpc.StatusCode.UNAVAILABLE:
+                raise from_status(code, e.details() or "", _trailing(e)) from None
+            why = e.details() or "unavailable"
+        except asyncio.TimeoutError:
+            call.cancel()
+            why = f"no answer to Work within {wait}s"
+        except BaseException:
+            call.cancel()
+            raise
+        else:
+            if isinstance(first, pb.WorkResponse) and first.WhichOneof("kind") == "opened":
+                return WorkConn(node=idx, call=call, opened=first.opened)
+            call.cancel()
+            raise from_status(
+                grpc.StatusCode.INTERNAL, f"the session's first answer must name it, got {first!r}"
+            )
+        self._move_past(idx)
+        raise UnavailableError(why, self._nodes[idx].addr)
+
+    def _move_past(self, idx: int) -> None:
+        """Node ``idx`` was unavailable: calls go to the next node (which is asked who
+        leads); another caller may have moved on already."""
+        self._leader_known = len(self._nodes) < 2
+        if self._current == idx:
+            self._current = (idx + 1) % len(self._nodes)
+
+
+def ack_request(job_id: str, lease_id: str, result: bytes = b"") -> pb.AckRequest:
+    """The ``AckRequest`` of :meth:`AsyncClient.ack` (also sent on a ``Work`` stream)."""
+    return pb.AckRequest(job_id=job_id, lease_id=lease_id, result=result)
+
+
+def nack_request(
+    job_id: str,
+    lease_id: str,
+    error: str = "",
+    *,
+    retry_after: float | None = None,
+    dead_letter: bool = False,
+) -> pb.NackRequest:
+    """The ``NackRequest`` of :meth:`AsyncClient.nack` (also sent on a ``Work`` stream)."""
+    retry_ms = 0 if retry_after is None else max(1, _ms(retry_after))
+    return pb.NackRequest(
+        job_id=job_id,
+        lease_id=lease_id,
+        error=error,
+        retry_after_ms=retry_ms,
+        dead_letter=dead_letter,
+    )
+
+
+def extend_request(
+    job_id: str,
+    lease_id: str,
+    *,
+    visibility_timeout: float | None = None,
+    progress: int = 0,
+    progress_message: str = "",
+) -> pb.ExtendLeaseRequest:
+    """The ``ExtendLeaseRequest`` of :meth:`AsyncClient.extend_lease` (also sent on a
+    ``Work`` stream)."""
+    return pb.ExtendLeaseRequest(
+        job_id=job_id,
+        lease_id=lease_id,
+        visibility_timeout_ms=_ms(visibility_timeout),
+        progress=max(0, min(100, progress)),
+        progress_message=progress_message,
+    )
 
 
 def _ms(seconds: float | None) -> int:
@@ -605,4 +704,4 @@ def _ms(seconds: float | None) -> int:
     return max(0, int(round(seconds * 1000)))
 
 
-__all__ = ["AsyncClient", "ClientConfig"]
+__all__ = ["AsyncClient", "ClientConfig", "WorkConn"]

@@ -1,13 +1,20 @@
-""":class:`Worker`: leases jobs, runs handlers by ``job_type``, settles them, and
+""":class:`Worker`: gets jobs, runs handlers by ``job_type``, settles them, and
 shuts down gracefully.
 
 The worker is one asyncio task tree (:meth:`Worker.run` starts an event loop,
 :meth:`Worker.run_async` uses the caller's). ``async def`` handlers run as tasks
-on that loop; plain functions run in a thread pool of ``concurrency`` threads::
+on that loop; plain functions run in a thread pool of ``concurrency`` threads.
 
-    lease loop: Lease(queues, n = free hand slots, wait 20 s) ──> one task per job
-                      ^                                               │
-                      └──────── hand slot released on settle <────────┘
+Jobs come one of two ways (``protocol=``)::
+
+    "stream" (default): one Work session (see taskraft._session)
+        free hand slot ──> credit ──> broker pushes a job ──> one task per job
+              ^                                                    │
+              └────────── hand slot freed (credit again) on settle <┘
+    "poll":   Lease(queues, n = free hand slots, wait 20 s) ──> one task per job
+                   ^                                                    │
+                   └──────── hand slot released on settle <─────────────┘
+
     job task:   wait for a run slot ──> handler ──> return  ──> Ack (result)
                   │                               raise     ──> Nack (dead_letter
                   │                                             for PermanentError)
@@ -16,22 +23,31 @@ on that loop; plain functions run in a thread pool of ``concurrency`` threads::
                        │    async handler cancelled; nothing to settle
                        └─ lease lost ──> the same, reason "lease-lost"
 
-The worker holds at most ``concurrency + prefetch`` jobs (hand slots) and runs at
-most ``concurrency`` handlers (run slots). With ``prefetch``, while every handler
-is busy the loop waits up to ``lease_linger`` for half of its hand slots to free
-up, so one ``Lease`` (one Raft log entry) brings several jobs.
+On the stream, Ack, Nack and ExtendLease go up the session by seq and their answers
+raise the same errors as the unary calls, so a job's life does not depend on the
+protocol; a settle caught by a broken stream is resent as the unary call. A broken
+stream is resumed on the same node with the jobs still held (tried for up to 2 s),
+else a fresh session is opened (on the next node after UNAVAILABLE).
 
-Shutdown (:meth:`Worker.stop`, SIGINT or SIGTERM) stops leasing, gives back the
-jobs that have not started (``Nack`` with a 1 ms retry delay, so another worker
-takes them at once), and waits up to ``shutdown_timeout`` for running handlers;
-then it sets their cancel tokens, cancels async ones and gives those jobs back
-too. A second signal skips the wait. A sync handler cannot be killed: one that
-ignores its token keeps its thread until it returns, its result discarded.
+The worker holds at most ``concurrency + prefetch`` jobs (hand slots) and runs at
+most ``concurrency`` handlers (run slots). With ``prefetch`` on the poll protocol,
+while every handler is busy the loop waits up to ``lease_linger`` for half of its
+hand slots to free up, so one ``Lease`` (one Raft log entry) brings several jobs.
+
+Shutdown (:meth:`Worker.stop`, SIGINT or SIGTERM) stops taking jobs (the stream
+sends ``WorkStop``), gives back the jobs that have not started (``Nack`` with a 1 ms
+retry delay, so another worker takes them at once), and waits up to
+``shutdown_timeout`` for running handlers; then it sets their cancel tokens, cancels
+async ones and gives those jobs back too. A second signal skips the wait. A sync
+handler cannot be killed: one that ignores its token keeps its thread until it
+returns, its result discarded. Last, the stream is half-closed (the broker gives back
+at once any job it pushed after the stop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
@@ -40,12 +56,22 @@ import random
 import signal
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from taskraft.aio import AsyncClient, ClientConfig
+from taskraft import _session
+from taskraft._rpc import pb
+from taskraft.aio import (
+    AsyncClient,
+    ClientConfig,
+    _trailing,
+    ack_request,
+    extend_request,
+    nack_request,
+)
 from taskraft.client import Client
 from taskraft.errors import (
     ConfigError,
@@ -59,6 +85,8 @@ from taskraft.errors import (
     PermissionDeniedError,
     TaskraftError,
     UnauthenticatedError,
+    UnavailableError,
+    from_status,
 )
 from taskraft.job import CancelToken, Job
 from taskraft.models import LeasedJob
@@ -73,6 +101,10 @@ _H = TypeVar("_H", bound=Handler)
 #: Longest error text sent with a Nack (the broker takes up to 64 KiB).
 _MAX_ERROR = 16 * 1024
 
+#: How a worker gets jobs and settles them: ``"stream"`` (one ``Work`` session, the
+#: default) or ``"poll"`` (long-polling ``Lease`` calls and unary settles).
+Protocol = Literal["stream", "poll"]
+
 
 @dataclass
 class Report:
@@ -86,7 +118,9 @@ class Report:
     abandoned: int = 0
     #: Jobs leased.
     leased: int = 0
-    #: ``Lease`` calls answered; ``leased / lease_calls`` shows lease batching.
+    #: ``protocol="poll"``: ``Lease`` calls answered (``leased / lease_calls`` shows
+    #: lease batching). ``protocol="stream"``: ``Work`` sessions opened (1, plus one
+    #: per resume or reconnect).
     lease_calls: int = 0
 
 
@@ -202,6 +236,7 @@ class Worker:
         worker_id: str | None = None,
         handlers: Mapping[str, Handler] | None = None,
         default_handler: Handler | None = None,
+        protocol: Protocol = "stream",
     ) -> None:
         """
         ``client``: a :class:`Client` or :class:`ClientConfig` (the worker opens its
@@ -214,8 +249,14 @@ class Worker:
         extended every third of it while a handler runs, so it bounds how soon a
         crashed worker's jobs run again, not how long a handler may take.
         ``max_jobs``: stop after leasing (and finishing) this many jobs.
-        ``poll_wait``: long-poll wait of each ``Lease``. ``shutdown_timeout``: how
-        long shutdown waits for running handlers.
+        ``poll_wait``: long-poll wait of each ``Lease`` (``protocol="poll"`` only).
+        ``lease_linger``: how long a poll waits for more free slots while every
+        handler is busy (``protocol="poll"`` only). ``shutdown_timeout``: how long
+        shutdown waits for running handlers.
+        ``protocol``: ``"stream"`` (default): one ``Work`` session whose credits are
+        the free slots; the broker pushes jobs as they become ready, and acks, nacks
+        and lease extensions go up the same stream. ``"poll"``: long-polling
+        ``Lease`` calls and unary ``Ack`` / ``Nack`` / ``ExtendLease``.
         """
         if isinstance(queues, str):
             queues = [queues]
@@ -234,6 +275,9 @@ class Worker:
             raise ConfigError("max_jobs must not be negative")
         if poll_wait < 0 or lease_linger < 0 or shutdown_timeout < 0:
             raise ConfigError("poll_wait, lease_linger and shutdown_timeout must not be negative")
+        if protocol not in ("stream", "poll"):
+            raise ConfigError(f"protocol must be 'stream' or 'poll', not {protocol!r}")
+        self.protocol: Protocol = protocol
         self._client_arg = client
         self.concurrency = concurrency
         self.prefetch = prefetch
@@ -251,6 +295,7 @@ class Worker:
         self._abort_asked = False
         self._running = False
         self._fatal: TaskraftError | None = None
+        self._link: _session.Link | None = None
 
     # -- registration -----------------------------------------------------------
 
@@ -366,6 +411,48 @@ class Worker:
         hand = _Slots(self.concurrency + self.prefetch)
         tasks: set[asyncio.Task[None]] = set()
         stop = self._stop.fut
+        tail: _session.Tail | None = None
+        self._link = None
+        if self.protocol == "stream":
+            self._link = _session.Link()
+            tail = await self._stream(self._link, hand, tasks)
+        else:
+            await self._poll(hand, tasks)
+        if not self._stop.is_set() and tasks:
+            # max_jobs reached: let every job finish, unless shutdown comes meanwhile.
+            await _first(asyncio.wait(set(tasks)), stop)
+        self._draining.set()
+        pending = [t for t in tasks if not t.done()]
+        if pending:
+            log.info("shutting down: finishing %d job(s) in hand", len(pending))
+            await _first(asyncio.wait(pending, timeout=self.shutdown_timeout), self._abort.fut)
+            still = [t for t in pending if not t.done()]
+            if still:
+                log.warning(
+                    "shutdown %s: giving %d running job(s) back",
+                    "asked not to wait" if self._abort.is_set() else "timeout",
+                    len(still),
+                )
+                self._abort.set()
+                await asyncio.wait(still)
+        if tail is not None:
+            # Every job is settled: close our side; the broker gives back at once
+            # anything it pushed after the stop.
+            await tail.finish()
+
+    def _spawn(self, tasks: set[asyncio.Task[None]], job: LeasedJob, hand: _Slots) -> asyncio.Task[None]:
+        if self._stop.is_set():
+            # Leased as shutdown began: straight back.
+            t = asyncio.ensure_future(self._give_back(job, hand))
+        else:
+            t = asyncio.ensure_future(self._run_job(job, hand))
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+        return t
+
+    async def _poll(self, hand: _Slots, tasks: set[asyncio.Task[None]]) -> None:
+        """The poll protocol's loop: ``Lease`` calls for the free hand slots."""
+        stop = self._stop.fut
         r = self._report
         while not self._stop.is_set():
             remaining = None if self.max_jobs is None else self.max_jobs - r.leased
@@ -385,32 +472,159 @@ class Worker:
             hand.release(got - len(leased))
             for job in leased:
                 r.leased += 1
-                if self._stop.is_set():
-                    # Leased as shutdown began: straight back.
-                    t = asyncio.ensure_future(self._give_back(job, hand))
-                else:
-                    t = asyncio.ensure_future(self._run_job(job, hand))
-                tasks.add(t)
-                t.add_done_callback(tasks.discard)
+                self._spawn(tasks, job, hand)
             if self._fatal is not None:
                 break
-        if not self._stop.is_set() and tasks:
-            # max_jobs reached: let every job finish, unless shutdown comes meanwhile.
-            await _first(asyncio.wait(set(tasks)), stop)
-        self._draining.set()
-        pending = [t for t in tasks if not t.done()]
-        if pending:
-            log.info("shutting down: finishing %d job(s) in hand", len(pending))
-            await _first(asyncio.wait(pending, timeout=self.shutdown_timeout), self._abort.fut)
-            still = [t for t in pending if not t.done()]
-            if still:
-                log.warning(
-                    "shutdown %s: giving %d running job(s) back",
-                    "asked not to wait" if self._abort.is_set() else "timeout",
-                    len(still),
+
+    async def _stream(
+        self, link: _session.Link, hand: _Slots, tasks: set[asyncio.Task[None]]
+    ) -> _session.Tail | None:
+        """The stream protocol's loop (see :mod:`taskraft._session`): one ``Work``
+        session whose credits are the free hand slots. When the stream breaks, the
+        session is resumed on the same node with the jobs still held (for up to
+        ``RESUME_FOR`` while the node cannot be reached), else a fresh one is opened
+        (on the next node after UNAVAILABLE); jobs in hand keep running meanwhile and
+        settle unary. Returns the session to close after the drain, if one is open."""
+        stop = self._stop.fut
+        r = self._report
+        holding: set[str] = set()
+        # The node, session id and until when a resume is worth trying.
+        resume: tuple[int, str, float] | None = None
+        generation = 0
+        while True:
+            if self._stop.is_set() or (self.max_jobs is not None and r.leased >= self.max_jobs):
+                return None
+            tried, resume = resume, None
+            first = pb.WorkRequest(
+                open=pb.WorkOpen(
+                    queues=self.queues,
+                    worker_id=self.id,
+                    visibility_timeout_ms=max(1, int(round(self.visibility_timeout * 1000))),
+                    resume=tried[1] if tried else "",
+                    holding=sorted(holding) if tried else [],
                 )
-                self._abort.set()
-                await asyncio.wait(still)
+            )
+            requests = _session.Requests(first)
+            opening = asyncio.ensure_future(
+                self._client.open_work(requests.iterate(), node=tried[0] if tried else None)
+            )
+            if not await _first(opening, stop):
+                return None
+            try:
+                conn = opening.result()
+            except (UnauthenticatedError, PermissionDeniedError, InvalidArgumentError) as e:
+                if tried is not None:
+                    log.warning("cannot resume the work session; opening a fresh one: %s", e)
+                    continue
+                log.error("worker %s cannot open a work session, stopping: %s", self.id, e)
+                self._fatal = e
+                self._stop.set()
+                return None
+            except UnavailableError as e:
+                if tried is not None and time.monotonic() < tried[2]:
+                    # The connection may be back soon: the broker keeps the session's
+                    # jobs for 3 s.
+                    log.debug("resuming the work session failed; trying again: %s", e)
+                    if not await _first(asyncio.sleep(_session.RESUME_RETRY), stop):
+                        return None
+                    resume = tried
+                    continue
+                if tried is not None:
+                    log.warning("cannot resume the work session; opening a fresh one: %s", e)
+                    continue
+                log.warning("opening a work session failed, retrying in 1 s: %s", e)
+                if not await _first(asyncio.sleep(1.0), stop):
+                    return None
+                continue
+            except TaskraftError as e:
+                # NOT_FOUND for a resume: its leases ended, or it ran elsewhere.
+                if tried is not None:
+                    log.warning("cannot resume the work session; opening a fresh one: %s", e)
+                    continue
+                log.warning("opening a work session failed, retrying in 1 s: %s", e)
+                if not await _first(asyncio.sleep(1.0), stop):
+                    return None
+                continue
+            r.lease_calls += 1
+            generation += 1
+            log.info(
+                "work session %s open on %s (adopted %d)",
+                conn.opened.session_id, self._client.config.addrs[conn.node], conn.opened.adopted,
+            )
+            link.set(generation, requests)
+            jobs: asyncio.Queue[pb.LeasedJob | None] = asyncio.Queue()
+            reader = asyncio.ensure_future(_session.read(conn, link, generation, jobs))
+            reserved = 0
+            get: asyncio.Future[pb.LeasedJob | None] | None = None
+            broken = False
+            while True:
+                left = None if self.max_jobs is None else self.max_jobs - r.leased
+                if left is not None and left <= 0:
+                    break
+                # How many more credits may be granted (max_jobs counts pushes to come).
+                room = self.concurrency + self.prefetch if left is None else left - reserved
+                if room > 0 and hand.free > 0:
+                    n = hand.take(room)
+                    reserved += n
+                    # A failed send means the stream broke: the reader ends it soon.
+                    link.send(pb.WorkRequest(credit=n))
+                    continue
+                if get is None:
+                    get = asyncio.ensure_future(jobs.get())
+                waits: set[asyncio.Future[Any]] = {get, stop}
+                freed: asyncio.Future[None] | None = None
+                if room > 0:
+                    freed = asyncio.ensure_future(hand.wait_free())
+                    waits.add(freed)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if freed is not None and not freed.done():
+                    freed.cancel()
+                if stop.done():
+                    break
+                if not get.done():
+                    continue
+                pushed = get.result()
+                get = None
+                if pushed is None:
+                    broken = True
+                    break
+                if reserved == 0:
+                    log.warning(
+                        "job %s pushed beyond the credits granted; the session gives it "
+                        "back at the close", pushed.job_id,
+                    )
+                    continue
+                reserved -= 1
+                r.leased += 1
+                job_id = pushed.job_id
+                holding.add(job_id)
+                t = self._spawn(tasks, LeasedJob.from_proto(pushed), hand)
+                t.add_done_callback(functools.partial(_forget, holding, job_id))
+            if get is not None:
+                get.cancel()
+            # Credits not used: the slots are free again (granted anew to the next
+            # session; a stopped session forgets them).
+            hand.release(reserved)
+            if not broken:
+                # Shutdown or max_jobs: no more pushes; acks, nacks and extensions go on
+                # until the drain is over and the tail closes the stream.
+                link.send(pb.WorkRequest(stop=pb.WorkStop()))
+                return _session.Tail(link, reader, self._client.config.call_timeout)
+            err = await reader
+            if err is not None and _session.is_fatal(err):
+                fatal = from_status(err.code(), err.details() or "", _trailing(err))
+                log.error("the work session was refused, stopping: %s", fatal)
+                self._fatal = fatal
+                self._stop.set()
+                return None
+            why = "ended" if err is None else f"{err.code().name}: {err.details()}"
+            if _session.ended_by_node(err):
+                # Nothing to resume there: the jobs in hand settle through the next
+                # session (or unary meanwhile).
+                log.warning("work session ended by its node (%s); opening a new one", why)
+            else:
+                log.warning("work stream broke (%s); resuming the session", why)
+                resume = (conn.node, conn.opened.session_id, time.monotonic() + _session.RESUME_FOR)
 
     async def _linger(self, hand: _Slots, most: int, enough: int, stop: asyncio.Future[Any]) -> int:
         """While every handler is busy, waits up to ``lease_linger`` for ``enough``
@@ -462,6 +676,53 @@ class Worker:
             return []
         self._report.lease_calls += 1
         return jobs
+
+    # -- settles: on the Work session when one is up, else (or when it broke
+    # -- meanwhile) the unary call, which raises the same errors ------------------
+
+    async def _ack(self, job: Job, result: bytes) -> None:
+        if self._link is not None:
+            req = pb.WorkRequest(ack=ack_request(job.id, job.lease_id, result))
+            if await self._link.call(req, self._client.config.call_timeout) is not None:
+                return
+        await self._client.ack(job.id, job.lease_id, result)
+
+    async def _nack(
+        self, job: Job, error: str, *, retry_after: float | None, dead_letter: bool = False
+    ) -> None:
+        if self._link is not None:
+            req = pb.WorkRequest(
+                nack=nack_request(
+                    job.id, job.lease_id, error, retry_after=retry_after, dead_letter=dead_letter
+                )
+            )
+            if await self._link.call(req, self._client.config.call_timeout) is not None:
+                return
+        await self._client.nack(
+            job.id, job.lease_id, error, retry_after=retry_after, dead_letter=dead_letter
+        )
+
+    async def _extend(self, job: Job, percent: int, message: str, timeout: float) -> None:
+        if self._link is not None:
+            req = pb.WorkRequest(
+                extend=extend_request(
+                    job.id,
+                    job.lease_id,
+                    visibility_timeout=self.visibility_timeout,
+                    progress=percent,
+                    progress_message=message,
+                )
+            )
+            if await self._link.call(req, timeout) is not None:
+                return
+        await self._client.extend_lease(
+            job.id,
+            job.lease_id,
+            visibility_timeout=self.visibility_timeout,
+            progress=percent,
+            progress_message=message,
+            timeout=timeout,
+        )
 
     async def _give_back(self, leased: LeasedJob, hand: _Slots) -> None:
         try:
@@ -561,14 +822,7 @@ class Worker:
             last = loop.time()
             try:
                 await asyncio.wait_for(
-                    self._client.extend_lease(
-                        job.id,
-                        job.lease_id,
-                        visibility_timeout=self.visibility_timeout,
-                        progress=percent,
-                        progress_message=message,
-                        timeout=max(every, 1.0),
-                    ),
+                    self._extend(job, percent, message, max(every, 1.0)),
                     self.visibility_timeout,
                 )
             except JobCancelledError:
@@ -594,13 +848,12 @@ class Worker:
         r = self._report
         try:
             if outcome.kind == "done":
-                await self._client.ack(job.id, job.lease_id, outcome.result)
+                await self._ack(job, outcome.result)
                 r.succeeded += 1
             elif outcome.kind == "failed":
                 r.failed += 1
-                await self._client.nack(
-                    job.id,
-                    job.lease_id,
+                await self._nack(
+                    job,
                     _truncate(outcome.error),
                     retry_after=outcome.retry_after,
                     dead_letter=outcome.permanent,
@@ -608,9 +861,8 @@ class Worker:
             elif outcome.kind == "interrupted":
                 r.abandoned += 1
                 # 1 ms, not None: None would mean the broker's exponential backoff.
-                await self._client.nack(
-                    job.id, job.lease_id, "worker shut down before the job finished",
-                    retry_after=0.001,
+                await self._nack(
+                    job, "worker shut down before the job finished", retry_after=0.001
                 )
             else:
                 r.abandoned += 1
@@ -677,6 +929,11 @@ class _Lease:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _forget(holding: set[str], job_id: str, _task: asyncio.Task[None]) -> None:
+    """A job task ended: the job is no longer held (nothing to name in a resume)."""
+    holding.discard(job_id)
 
 
 def _is_async(fn: Handler) -> bool:
