@@ -10,7 +10,7 @@ use super::command::{Backoff, CoreError, LeasedJob, Outcome, Reply};
 use super::job::{Job, JobState, Lease, INLINE_BLOB_MAX};
 use super::retry::backoff_delay_ms;
 use super::state::{check_lease, State};
-use super::tables::Tables;
+use super::tables::{Group, Tables};
 use super::transition::TransitionKind;
 
 impl<T: Tables> State<T> {
@@ -84,7 +84,7 @@ impl<T: Tables> State<T> {
         }
         if let Some(first) = out.first() {
             self.t
-                .lease_deadline_insert(deadline_ms, first.lease_id, &seqs);
+                .group_insert(Group::Lease, deadline_ms, first.lease_id, &seqs);
             if let Some(old) = self.t.worker(worker_id) {
                 let mut w = old.clone();
                 w.leased_total += out.len() as u64;
@@ -204,7 +204,7 @@ impl<T: Tables> State<T> {
         if deadline_ms != old {
             // The entry under the old deadline stays and finds the job extended.
             self.t
-                .lease_deadline_insert(deadline_ms, lease_id, &[job.seq]);
+                .group_insert(Group::Lease, deadline_ms, lease_id, &[job.seq]);
         }
         self.t.put_job(&job);
         Ok(Outcome::Extended { deadline_ms })
@@ -238,7 +238,7 @@ impl<T: Tables> State<T> {
         let now = self.c.now_ms;
         let mut read = 0;
         while read < budget {
-            let due = self.t.lease_deadlines_due(now, 64);
+            let due = self.t.groups_due(Group::Lease, now, 64);
             if due.is_empty() {
                 return;
             }
@@ -250,7 +250,7 @@ impl<T: Tables> State<T> {
                         self.expire_lease(job);
                     }
                 }
-                self.t.lease_deadline_remove(at, key);
+                self.t.group_remove(Group::Lease, at, key);
                 if read >= budget {
                     return;
                 }

@@ -51,7 +51,7 @@ pub use outbox::{WebhookEvent, WebhookKind};
 pub use state::State;
 pub use stats::QueueStats;
 pub use tables::{
-    merge_seqs, Counters, DedupEntry, MemTables, QueueInfo, Tables, TablesRead, Timer,
+    merge_seqs, Counters, DedupEntry, Group, MemTables, QueueInfo, Tables, TablesRead, Timer,
 };
 pub use transition::{Transition, TransitionKind};
 pub use worker::WorkerInfo;

@@ -13,12 +13,14 @@
 //! in a timer index. [`State::set_state`] is the only code that moves a job between
 //! these, so the indexes cannot disagree with the job.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 
 use super::command::{Command, CoreError, Enqueued, Envelope, NewJob, Outcome, Reply};
 use super::job::{Job, JobDetail, JobState, INLINE_BLOB_MAX};
 use super::stats::QueueStats;
-use super::tables::{Counters, DedupEntry, MemTables, QueueInfo, Tables, TablesRead, Timer};
+use super::tables::{Counters, DedupEntry, Group, MemTables, QueueInfo, Tables, TablesRead, Timer};
 use super::transition::{Transition, TransitionKind};
 use super::worker::WorkerInfo;
 
@@ -40,6 +42,9 @@ pub struct State<T> {
     pub(crate) transitions: Option<Vec<Transition>>,
     /// Whether replies carry leased jobs' payloads (see [`Self::set_reply_payloads`]).
     pub(crate) reply_payloads: bool,
+    /// Jobs that finished in the entry being applied, by expiry: filed as one
+    /// [`Group::Expiring`] entry per expiry when the entry is done.
+    pub(crate) finished: BTreeMap<u64, Vec<u64>>,
 }
 
 impl State<MemTables> {
@@ -64,6 +69,7 @@ impl<T: TablesRead> State<T> {
             c,
             transitions: None,
             reply_payloads: true,
+            finished: BTreeMap::new(),
         }
     }
 
@@ -163,7 +169,7 @@ impl<T: TablesRead> State<T> {
             .t
             .timer_first(Timer::Scheduled)
             .is_some_and(|(t, _)| t <= now)
-            || self.t.lease_deadline_first().is_some_and(|t| t <= now)
+            || self.t.group_first(Group::Lease).is_some_and(|t| t <= now)
     }
 
     /// Jobs of a queue (optionally of one state) in enqueue order, after seq `after`.
@@ -242,8 +248,8 @@ impl<T: TablesRead> State<T> {
     pub fn next_wakeup_ms(&self) -> Option<u64> {
         [
             self.t.timer_first(Timer::Scheduled).map(|k| k.0),
-            self.t.lease_deadline_first(),
-            self.t.timer_first(Timer::Expiring).map(|k| k.0),
+            self.t.group_first(Group::Lease),
+            self.t.group_first(Group::Expiring),
             self.t.dedup_expiry_first().map(|k| k.0),
             // Workers holding jobs are never forgotten, so they wake nothing.
             self.t.idle_worker_first().map(|k| k.0),
@@ -265,6 +271,9 @@ impl<T: Tables> State<T> {
         self.c.now_ms = self.c.now_ms.max(env.now_ms);
         self.advance();
         let reply = self.execute(&env.cmd);
+        for (at, seqs) in std::mem::take(&mut self.finished) {
+            self.t.group_insert(Group::Expiring, at, seqs[0], &seqs);
+        }
         self.t.set_counters(self.c);
         reply
     }
@@ -428,7 +437,7 @@ impl<T: Tables> State<T> {
             JobState::Scheduled => self.t.timer_insert(Timer::Scheduled, job.run_at_ms, seq),
             JobState::Leased => {
                 // Its deadline entry is written by the lease call, one for all the jobs
-                // it takes (`Tables::lease_deadline_insert`).
+                // it takes ([`Group::Lease`]).
                 let lease = job.lease.as_ref().expect("lease set before Leased");
                 self.worker_holds(&lease.worker_id, 1);
             }
@@ -436,7 +445,12 @@ impl<T: Tables> State<T> {
                 if job.state == JobState::Dead {
                     self.t.dead_insert(&job.queue, seq);
                 }
-                self.t.timer_insert(Timer::Expiring, job.expires_at_ms, seq)
+                // Filed at the end of the entry, with every job that finished in it
+                // with the same expiry ([`Group::Expiring`]).
+                self.finished
+                    .entry(job.expires_at_ms)
+                    .or_default()
+                    .push(seq);
             }
         }
     }
@@ -454,10 +468,10 @@ impl<T: Tables> State<T> {
                 }
             }
             JobState::Succeeded | JobState::Dead | JobState::Cancelled => {
+                // Its expiry entry stays; it is checked against the record when due.
                 if job.state == JobState::Dead {
                     self.t.dead_remove(&job.queue, seq);
                 }
-                self.t.timer_remove(Timer::Expiring, job.expires_at_ms, seq)
             }
         }
     }
@@ -519,10 +533,8 @@ impl<T: Tables> State<T> {
     }
 
     /// Removes a finished job entirely (retention).
-    pub(crate) fn remove(&mut self, seq: u64) {
-        let Some(job) = self.t.job(seq) else {
-            return;
-        };
+    pub(crate) fn remove(&mut self, job: Job) {
+        let seq = job.seq;
         debug_assert!(job.state.is_terminal());
         self.unfile(&job);
         self.count(&job.queue, Some(job.state), None);

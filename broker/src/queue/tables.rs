@@ -10,8 +10,9 @@
 //!   ready     (queue, priority desc, seq)      leasable jobs in serving order
 //!   by_state  (queue, seq) of every job        listings, in enqueue order
 //!             (queue, Dead, seq)               the dead-letter listing and redrive
-//!   timers    (kind, time, seq)                scheduled, retention, webhooks
-//!   leases    (deadline, first lease id) -> seqs  a lease call's jobs, by deadline
+//!   timers    (kind, time, seq)                scheduled, webhooks
+//!   groups    (kind, time, key) -> seqs        lease deadlines (one per lease call),
+//!                                              retention (one per entry and expiry)
 //!   dedup     (queue, key) -> DedupEntry, with (expiry, queue, key) in its own index
 //!   workers   id -> WorkerInfo, with (forget_at, id) for workers holding nothing
 //!   outbox    event id -> WebhookEvent
@@ -78,12 +79,24 @@ pub struct DedupEntry {
 pub enum Timer {
     /// (run_at_ms, seq) of scheduled jobs.
     Scheduled = 0,
-    // 1 was a (deadline_ms, seq) entry per leased job, up to format 2; lease deadlines
-    // have their own entries now, one per lease call (`Tables::lease_deadline_insert`).
-    /// (expires_at_ms, seq) of finished jobs.
-    Expiring = 2,
+    // 1 and 2 were a (deadline_ms, seq) entry per leased job and an (expires_at_ms,
+    // seq) entry per finished job, up to format 2; both are [`Group`]s now.
     /// (next_attempt_ms, event id) of undelivered webhook events.
     Webhook = 3,
+}
+
+/// Time-ordered indexes whose entries hold many jobs: an entry is written once for
+/// many jobs and never updated when one of them moves on. Whoever reads a due entry
+/// checks each job's own record (its lease deadline, its expiry) and removes the entry.
+/// That saves a B-tree write per job and move, which is what an on-disk store pays for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Group {
+    /// (deadline_ms, first lease id) -> the jobs one lease call took; an extension
+    /// files its job again under the new deadline, keyed by its lease id.
+    Lease = 4,
+    /// (expires_at_ms, first seq) -> the jobs that finished in one entry with that
+    /// expiry.
+    Expiring = 5,
 }
 
 /// Read access to the tables.
@@ -113,11 +126,11 @@ pub trait TablesRead {
     fn timer_first(&self, timer: Timer) -> Option<(u64, u64)>;
     /// Entries of a timer index due at `now`, earliest first, at most `limit`.
     fn timers_due(&self, timer: Timer, now: u64, limit: usize) -> Vec<(u64, u64)>;
-    /// The earliest lease deadline entry's time.
-    fn lease_deadline_first(&self) -> Option<u64>;
-    /// Lease deadline entries due at `now`, earliest first, at most `limit`:
-    /// (deadline, key, seqs).
-    fn lease_deadlines_due(&self, now: u64, limit: usize) -> Vec<(u64, u64, Vec<u64>)>;
+    /// The earliest entry's time in a [`Group`].
+    fn group_first(&self, group: Group) -> Option<u64>;
+    /// Entries of a [`Group`] due at `now`, earliest first, at most `limit`:
+    /// (time, key, seqs).
+    fn groups_due(&self, group: Group, now: u64, limit: usize) -> Vec<(u64, u64, Vec<u64>)>;
     /// An idempotency key's record.
     fn dedup(&self, queue: &str, key: &str) -> Option<DedupEntry>;
     /// The earliest dedup expiry.
@@ -173,15 +186,10 @@ pub trait Tables: TablesRead {
     fn timer_insert(&mut self, timer: Timer, at: u64, seq: u64);
     /// Removes a timer entry.
     fn timer_remove(&mut self, timer: Timer, at: u64, seq: u64);
-    /// Files jobs under a lease deadline, in the entry `(at, key)` (merged with what
-    /// it holds already). A lease call files all its jobs in one entry, keyed by its
-    /// first lease id: one write per call instead of one per job. Entries are not
-    /// updated when a job is acked, nacked or extended (an extension files the job
-    /// again under its new deadline): whoever reads a due entry checks each job's own
-    /// deadline, and removes the entry.
-    fn lease_deadline_insert(&mut self, at: u64, key: u64, seqs: &[u64]);
-    /// Removes a lease deadline entry.
-    fn lease_deadline_remove(&mut self, at: u64, key: u64);
+    /// Files jobs in the [`Group`] entry `(at, key)`, merged with what it holds.
+    fn group_insert(&mut self, group: Group, at: u64, key: u64, seqs: &[u64]);
+    /// Removes a [`Group`] entry.
+    fn group_remove(&mut self, group: Group, at: u64, key: u64);
     /// Records an idempotency key (and its expiry index entry).
     fn put_dedup(&mut self, queue: &str, key: &str, entry: &DedupEntry);
     /// Forgets an idempotency key (and its expiry index entry).
@@ -228,7 +236,7 @@ pub struct MemTables {
     pub(crate) listed: BTreeSet<(String, u64)>,
     pub(crate) dead: BTreeSet<(String, u64)>,
     pub(crate) timers: BTreeSet<(Timer, u64, u64)>,
-    pub(crate) lease_deadlines: BTreeMap<(u64, u64), Vec<u64>>,
+    pub(crate) groups: BTreeMap<(Group, u64, u64), Vec<u64>>,
     pub(crate) dedup: BTreeMap<(String, String), DedupEntry>,
     pub(crate) dedup_expiry: BTreeSet<(u64, String, String)>,
     pub(crate) workers: BTreeMap<String, WorkerInfo>,
@@ -308,15 +316,15 @@ impl TablesRead for MemTables {
             .map(|(_, at, seq)| (*at, *seq))
             .collect()
     }
-    fn lease_deadline_first(&self) -> Option<u64> {
-        self.lease_deadlines.keys().next().map(|(at, _)| *at)
+    fn group_first(&self, group: Group) -> Option<u64> {
+        self.groups_due(group, u64::MAX, 1).first().map(|e| e.0)
     }
-    fn lease_deadlines_due(&self, now: u64, limit: usize) -> Vec<(u64, u64, Vec<u64>)> {
-        self.lease_deadlines
-            .iter()
-            .take_while(|((at, _), _)| *at <= now)
+    fn groups_due(&self, group: Group, now: u64, limit: usize) -> Vec<(u64, u64, Vec<u64>)> {
+        self.groups
+            .range((group, 0, 0)..)
+            .take_while(|((g, at, _), _)| *g == group && *at <= now)
             .take(limit)
-            .map(|((at, key), seqs)| (*at, *key, seqs.clone()))
+            .map(|((_, at, key), seqs)| (*at, *key, seqs.clone()))
             .collect()
     }
     fn dedup(&self, queue: &str, key: &str) -> Option<DedupEntry> {
@@ -403,12 +411,12 @@ impl Tables for MemTables {
     fn timer_remove(&mut self, timer: Timer, at: u64, seq: u64) {
         self.timers.remove(&(timer, at, seq));
     }
-    fn lease_deadline_insert(&mut self, at: u64, key: u64, seqs: &[u64]) {
-        let entry = self.lease_deadlines.entry((at, key)).or_default();
+    fn group_insert(&mut self, group: Group, at: u64, key: u64, seqs: &[u64]) {
+        let entry = self.groups.entry((group, at, key)).or_default();
         merge_seqs(entry, seqs);
     }
-    fn lease_deadline_remove(&mut self, at: u64, key: u64) {
-        self.lease_deadlines.remove(&(at, key));
+    fn group_remove(&mut self, group: Group, at: u64, key: u64) {
+        self.groups.remove(&(group, at, key));
     }
     fn put_dedup(&mut self, queue: &str, key: &str, entry: &DedupEntry) {
         self.dedup_expiry

@@ -496,14 +496,16 @@ fn time_never_runs_backwards() {
 /// deadline expire: an extended one waits for its new deadline.
 #[test]
 fn one_deadline_entry_per_lease_call_expires_only_what_is_still_due() {
+    fn grouped(t: &MemTables, group: Group) -> Vec<(u64, u64, Vec<u64>)> {
+        t.groups_due(group, u64::MAX, usize::MAX)
+    }
     let mut s = State::new();
     let jobs = ["a", "b", "c"].map(|id| new_job(id, "q", 0)).to_vec();
     s.apply(&at(1, Command::Enqueue(jobs))).unwrap();
     let got = leased(s.apply(&at(10, lease_cmd(&["q"], 3, 1_000))));
-    let entries: Vec<_> = s.tables().lease_deadlines.clone().into_iter().collect();
     assert_eq!(
-        entries,
-        vec![((1_010, got[0].lease_id), vec![0, 1, 2])],
+        grouped(s.tables(), Group::Lease),
+        vec![(1_010, got[0].lease_id, vec![0, 1, 2])],
         "one entry for the call"
     );
     s.apply(&at(
@@ -527,9 +529,14 @@ fn one_deadline_entry_per_lease_call_expires_only_what_is_still_due() {
     ))
     .unwrap();
     assert_eq!(
-        s.tables().lease_deadlines.len(),
+        grouped(s.tables(), Group::Lease).len(),
         2,
         "b filed again at 5,030"
+    );
+    assert_eq!(
+        grouped(s.tables(), Group::Expiring),
+        vec![(20 + 86_400_000, 0, vec![0])],
+        "a filed under its expiry"
     );
     assert_eq!(s.next_wakeup_ms(), Some(1_010));
     s.apply(&at(1_010, Command::Tick)).unwrap();
@@ -538,11 +545,13 @@ fn one_deadline_entry_per_lease_call_expires_only_what_is_still_due() {
     assert_eq!(state(&s, "b"), JobState::Leased, "extended past 1,010");
     assert_eq!(state(&s, "c"), JobState::Ready, "expired");
     assert_eq!(s.job("c").unwrap().expirations, 1);
-    let left: Vec<_> = s.tables().lease_deadlines.keys().copied().collect();
-    assert_eq!(left, vec![(5_030, got[1].lease_id)]);
+    assert_eq!(
+        grouped(s.tables(), Group::Lease),
+        vec![(5_030, got[1].lease_id, vec![1])]
+    );
     s.apply(&at(5_030, Command::Tick)).unwrap();
     assert_eq!(state(&s, "b"), JobState::Ready);
-    assert!(s.tables().lease_deadlines.is_empty());
+    assert!(grouped(s.tables(), Group::Lease).is_empty());
     assert!(
         s.next_wakeup_ms().unwrap_or(u64::MAX) > 5_030,
         "no lease left due"
@@ -583,6 +592,11 @@ fn check_invariants(s: &State<MemTables>) {
         }
         assert!(!q.is_empty(), "empty queue {name} kept");
     }
+    let filed = |g: Group, at: u64, seq: u64| {
+        t.groups
+            .iter()
+            .any(|((k, a, _), seqs)| *k == g && *a == at && seqs.contains(&seq))
+    };
     let mut lease_ids = BTreeSet::new();
     for job in t.jobs.values() {
         assert!(
@@ -595,9 +609,7 @@ fn check_invariants(s: &State<MemTables>) {
         if let Some(l) = job.held_lease() {
             assert!(lease_ids.insert(l.id), "lease id reused while held");
             assert!(
-                t.lease_deadlines
-                    .iter()
-                    .any(|((at, _), seqs)| *at == l.deadline_ms && seqs.contains(&job.seq)),
+                filed(Group::Lease, l.deadline_ms, job.seq),
                 "a held lease is filed under its deadline: {job:?}"
             );
         }
@@ -611,11 +623,10 @@ fn check_invariants(s: &State<MemTables>) {
                 job.queue.clone(),
                 tables::ready_order(job.priority, job.seq)
             ))),
-            s if s.is_terminal() => {
-                assert!(t
-                    .timers
-                    .contains(&(Timer::Expiring, job.expires_at_ms, job.seq)))
-            }
+            s if s.is_terminal() => assert!(
+                filed(Group::Expiring, job.expires_at_ms, job.seq),
+                "a finished job is filed under its expiry: {job:?}"
+            ),
             _ => {}
         }
         assert_eq!(t.ids.get(&job.id), Some(&job.seq));
@@ -638,11 +649,15 @@ fn check_invariants(s: &State<MemTables>) {
         .iter()
         .filter(|(k, _, _)| *k != Timer::Webhook)
         .count();
-    let held = t.jobs.values().filter(|j| j.held_lease().is_some()).count();
+    let grouped = t
+        .jobs
+        .values()
+        .filter(|j| j.held_lease().is_some() || j.state.is_terminal())
+        .count();
     assert_eq!(
-        job_timers + t.ready.len() + held,
+        job_timers + t.ready.len() + grouped,
         t.jobs.len(),
-        "each job in one index, or leased"
+        "each job in one index, or leased, or finished"
     );
     assert_eq!(t.ids.len(), t.jobs.len());
     assert_eq!(s.job_count(), t.jobs.len() as u64);

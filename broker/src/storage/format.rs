@@ -7,7 +7,7 @@
 //! | file            | format | what it is                                           |
 //! |-----------------|--------|------------------------------------------------------|
 //! | `raft-log.redb` | 1      | postcard-encoded openraft 0.9 entries of `Envelope`  |
-//! | `state.redb`    | 3      | the tables of `storage/tables`; 1 had a state index entry per job, 2 a lease deadline entry per leased job and no blobs inside job records; both are converted at open (`raft/state_machine/open.rs::check_format`) |
+//! | `state.redb`    | 3      | the tables of `storage/tables`; 1 had a state index entry per job, 2 a lease deadline or expiry entry per job and no blobs inside job records; both are converted at open (`raft/state_machine/open.rs::check_format`) |
 //! | snapshot stream | 1      | magic `TRSNAP01` (`raft/snapshot.rs`); also backups  |
 //!
 //! Rule for changes: a new `queue::Command` variant goes at the end of the enum and an

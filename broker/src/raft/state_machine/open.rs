@@ -15,8 +15,8 @@ pub(super) fn open_store(path: &Path, verify: bool) -> anyhow::Result<Database> 
 }
 
 /// Stamps a new store with [`FORMAT`], converts a store of format 1 (written before
-/// the stamp, with a state index entry for every job) or 2 (a lease deadline entry per
-/// leased job), and refuses a newer one. The
+/// the stamp, with a state index entry for every job) or 2 (a lease deadline and an
+/// expiry entry per job), and refuses a newer one. The
 /// stamp is a little-endian u32 under `sm_meta` "format"; snapshot streams carry it.
 pub(super) fn check_format(db: &Database, path: &Path) -> anyhow::Result<()> {
     use redb::ReadableTable;
@@ -46,13 +46,13 @@ pub(super) fn check_format(db: &Database, path: &Path) -> anyhow::Result<()> {
         } else {
             0
         };
-        let leases = crate::storage::tables::regroup_leases(&txn)?;
+        let timers = crate::storage::tables::regroup_timers(&txn)?;
         tracing::info!(
             path = %path.display(),
             from = format,
             to = FORMAT,
             jobs,
-            leases,
+            timers,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "converted the state store"
         );

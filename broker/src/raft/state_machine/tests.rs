@@ -120,12 +120,13 @@ fn entry(index: u64, now_ms: u64, cmd: Command) -> Entry {
     }
 }
 
-/// A store of format 2 (blobs in their own tables, a lease deadline entry per leased
-/// job) is converted at open: payloads read back, and the leases still expire.
+/// A store of format 2 (blobs in their own tables, a lease deadline or expiry entry
+/// per job) is converted at open: payloads read back, leases still expire and
+/// finished jobs are still removed.
 #[tokio::test]
 async fn a_format_2_store_is_converted_at_open() {
     use crate::queue::{Job, JobState};
-    use crate::storage::tables::{JOBS, PAYLOADS, SM_META, TIMERS};
+    use crate::storage::tables::{JOBS, PAYLOADS, RESULTS, SM_META, TIMERS};
     use redb::ReadableTable;
     let dir = tempfile::tempdir().unwrap();
     let mut sm = store_with(dir.path(), 4).await;
@@ -137,6 +138,18 @@ async fn a_format_2_store_is_converted_at_open() {
     };
     sm.apply([entry(5, 5, lease)]).await.unwrap();
     sm.commit_applied().unwrap();
+    let lease_id = {
+        let view = sm.read_side().read();
+        let job = view.state.job("job-1").unwrap();
+        job.held_lease().unwrap().id
+    };
+    let ack = Command::Ack {
+        job_id: "job-1".into(),
+        lease_id,
+        result: bytes::Bytes::from_static(b"done"),
+    };
+    sm.apply([entry(6, 6, ack)]).await.unwrap();
+    sm.commit_applied().unwrap();
     drop(sm);
     {
         let db = open_store_unchecked(&dir.path().join("state.redb"));
@@ -144,6 +157,7 @@ async fn a_format_2_store_is_converted_at_open() {
         {
             let mut jobs = txn.open_table(JOBS).unwrap();
             let mut payloads = txn.open_table(PAYLOADS).unwrap();
+            let mut results = txn.open_table(RESULTS).unwrap();
             let mut timers = txn.open_table(TIMERS).unwrap();
             let records: Vec<(Vec<u8>, Job)> = jobs
                 .iter()
@@ -160,14 +174,22 @@ async fn a_format_2_store_is_converted_at_open() {
                 payloads
                     .insert(k.as_slice(), [7u8; 100].as_slice())
                     .unwrap();
-                if let Some(l) = job.held_lease() {
-                    let mut old = vec![1u8];
-                    old.extend_from_slice(&l.deadline_ms.to_be_bytes());
-                    old.extend_from_slice(&job.seq.to_be_bytes());
-                    timers.insert(old.as_slice(), b"".as_slice()).unwrap();
+                let old = match (job.held_lease(), job.state.is_terminal()) {
+                    (Some(l), _) => Some((1u8, l.deadline_ms)),
+                    (None, true) => {
+                        results.insert(k.as_slice(), b"done".as_slice()).unwrap();
+                        Some((2u8, job.expires_at_ms))
+                    }
+                    _ => None,
+                };
+                if let Some((kind, at)) = old {
+                    let mut k = vec![kind];
+                    k.extend_from_slice(&at.to_be_bytes());
+                    k.extend_from_slice(&job.seq.to_be_bytes());
+                    timers.insert(k.as_slice(), b"".as_slice()).unwrap();
                 }
             }
-            timers.retain(|k, _| k[0] != 4).unwrap();
+            timers.retain(|k, _| k[0] < 4).unwrap();
             txn.open_table(SM_META)
                 .unwrap()
                 .insert(FORMAT_KEY, 2u32.to_le_bytes().as_slice())
@@ -182,13 +204,24 @@ async fn a_format_2_store_is_converted_at_open() {
         assert_eq!(job.payload.as_ref(), [7u8; 100]);
         assert_eq!(view.state.next_wakeup_ms(), Some(1_005));
     }
-    sm.apply([entry(6, 1_005, Command::Tick)]).await.unwrap();
+    sm.apply([entry(7, 1_005, Command::Tick)]).await.unwrap();
+    sm.commit_applied().unwrap();
+    {
+        let view = sm.read_side().read();
+        let job = view.state.job("job-2").unwrap();
+        assert_eq!((job.state, job.expirations), (JobState::Ready, 1));
+        let job = view.state.job("job-1").unwrap();
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.result.as_ref(), b"done");
+        assert_eq!(view.state.next_wakeup_ms(), Some(6 + 60_000));
+    }
+    sm.apply([entry(8, 6 + 60_000, Command::Tick)])
+        .await
+        .unwrap();
     sm.commit_applied().unwrap();
     let view = sm.read_side().read();
-    for id in ["job-1", "job-2"] {
-        let job = view.state.job(id).unwrap();
-        assert_eq!((job.state, job.expirations), (JobState::Ready, 1), "{id}");
-    }
+    assert!(view.state.job("job-1").is_none(), "removed by retention");
+    assert_eq!(view.state.job_count(), 3);
 }
 
 fn open_store_unchecked(path: &Path) -> Database {

@@ -46,17 +46,17 @@ pub(super) fn timer_key_raw(kind: u8, at: u64, seq: u64) -> [u8; 17] {
     k
 }
 
-/// `timers` kind byte of lease deadline entries (1 held one entry per leased job, up
-/// to format 2).
-pub(super) const LEASES: u8 = 4;
-/// `timers` kind byte of format 2's per-job lease deadlines (converted at open).
+/// `timers` kind bytes of format 2's per-job lease deadlines and expiries, converted
+/// to [`crate::queue::Group`] entries at open.
 pub(super) const LEASE_PER_JOB: u8 = 1;
+pub(super) const EXPIRY_PER_JOB: u8 = 2;
 
-pub(super) fn lease_key(at: u64, key: u64) -> [u8; 17] {
-    timer_key_raw(LEASES, at, key)
+/// A `timers` key of a group entry (kind byte = the group's number).
+pub(super) fn group_key(group: Group, at: u64, key: u64) -> [u8; 17] {
+    timer_key_raw(group as u8, at, key)
 }
 
-/// A lease deadline entry's seqs: u64be each.
+/// A group entry's seqs: u64be each.
 pub(super) fn seqs_of(value: &[u8]) -> Vec<u64> {
     value
         .chunks_exact(8)

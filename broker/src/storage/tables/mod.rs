@@ -14,7 +14,8 @@
 //!   ready         qkey . !(priority ^ sign) u32be . seq  -
 //!   by_state      qkey . 0xff . seq (every job)           -
 //!                 qkey . Dead u8 . seq (dead jobs)        -
-//!   timers        kind u8 . at u64be . seq              -
+//!   timers        kind u8 . at u64be . seq              -      (Timer: scheduled, webhooks)
+//!                 kind u8 . at u64be . key u64be        seqs   (Group: lease calls, expiries)
 //!   dedup         qkey . idempotency key                DedupEntry
 //!   dedup_expiry  at . qkey . idempotency key           -
 //!   workers       worker id                             WorkerInfo
@@ -32,7 +33,7 @@ use redb::{ReadableTable, Table, TableDefinition};
 
 use super::decode;
 use crate::queue::{
-    Counters, DedupEntry, Job, JobState, QueueInfo, Tables, TablesRead, Timer, WebhookEvent,
+    Counters, DedupEntry, Group, Job, JobState, QueueInfo, Tables, TablesRead, Timer, WebhookEvent,
     WorkerInfo,
 };
 
@@ -97,34 +98,38 @@ pub fn relist_jobs(txn: &redb::WriteTransaction) -> Result<u64, anyhow::Error> {
     Ok(n)
 }
 
-/// Format 2 to 3: turns the lease deadline entry of each leased job (`timers` kind 1,
-/// keyed by seq) into an entry of its own (kind 4, keyed by the job's lease id; a lease
-/// call of format 3 files all its jobs in one). Returns the leases converted. Job
-/// records need no conversion: one without inline blobs (`record.rs`) is format 2's.
-pub fn regroup_leases(txn: &redb::WriteTransaction) -> Result<u64, anyhow::Error> {
+/// Format 2 to 3: turns the per-job lease deadline entries (`timers` kind 1, keyed by
+/// seq) and expiry entries (kind 2) into [`Group`] entries of one job each (a lease
+/// call or an applied entry of format 3 files its jobs in one). Returns the entries
+/// converted. Job records need no conversion: one without inline blobs
+/// (`record.rs`) is format 2's.
+pub fn regroup_timers(txn: &redb::WriteTransaction) -> Result<u64, anyhow::Error> {
     let jobs = txn.open_table(JOBS)?;
     let mut timers = txn.open_table(TIMERS)?;
     let start = [LEASE_PER_JOB];
-    let old: Vec<(u64, u64)> = timers
+    let old: Vec<(u8, u64, u64)> = timers
         .range::<&[u8]>(start.as_slice()..)?
         .map(|item| item.map(|(k, _)| k.value().to_vec()))
-        .take_while(|k| k.as_ref().map_or(true, |k| k[0] == LEASE_PER_JOB))
-        .map(|k| k.map(|k| (u64_at(&k, 1), u64_at(&k, 9))))
+        .take_while(|k| k.as_ref().map_or(true, |k| k[0] <= EXPIRY_PER_JOB))
+        .map(|k| k.map(|k| (k[0], u64_at(&k, 1), u64_at(&k, 9))))
         .collect::<Result<_, _>>()?;
     let mut n = 0;
-    for (at, seq) in old {
-        timers.remove(timer_key_raw(LEASE_PER_JOB, at, seq).as_slice())?;
-        let Some(v) = jobs.get(seq.to_be_bytes().as_slice())? else {
-            continue;
+    for (kind, at, seq) in old {
+        timers.remove(timer_key_raw(kind, at, seq).as_slice())?;
+        let new = if kind == EXPIRY_PER_JOB {
+            group_key(Group::Expiring, at, seq)
+        } else {
+            let Some(v) = jobs.get(seq.to_be_bytes().as_slice())? else {
+                continue;
+            };
+            let job = decode_job(v.value()).map_err(anyhow::Error::msg)?;
+            let Some(lease) = job.held_lease() else {
+                continue;
+            };
+            group_key(Group::Lease, at, lease.id)
         };
-        let job = decode_job(v.value()).map_err(anyhow::Error::msg)?;
-        if let Some(lease) = job.held_lease() {
-            timers.insert(
-                lease_key(at, lease.id).as_slice(),
-                seq.to_be_bytes().as_slice(),
-            )?;
-            n += 1;
-        }
+        timers.insert(new.as_slice(), seq.to_be_bytes().as_slice())?;
+        n += 1;
     }
     Ok(n)
 }

@@ -205,17 +205,17 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> TablesRead for DiskTables<T
         .map(|(k, _)| (u64_at(&k, 1), u64_at(&k, 9)))
         .collect()
     }
-    fn lease_deadline_first(&self) -> Option<u64> {
-        let start = lease_key(0, 0);
+    fn group_first(&self, group: Group) -> Option<u64> {
+        let start = group_key(group, 0, 0);
         let (k, _) = self
-            .scan(&self.h.timers, &start, 1, "timers", |k| k[0] == LEASES)
+            .scan(&self.h.timers, &start, 1, "timers", |k| k[0] == group as u8)
             .pop()?;
         Some(u64_at(&k, 1))
     }
-    fn lease_deadlines_due(&self, now: u64, limit: usize) -> Vec<(u64, u64, Vec<u64>)> {
-        let start = lease_key(0, 0);
+    fn groups_due(&self, group: Group, now: u64, limit: usize) -> Vec<(u64, u64, Vec<u64>)> {
+        let start = group_key(group, 0, 0);
         self.scan(&self.h.timers, &start, limit, "timers", |k| {
-            k[0] == LEASES && u64_at(k, 1) <= now
+            k[0] == group as u8 && u64_at(k, 1) <= now
         })
         .into_iter()
         .map(|(k, v)| (u64_at(&k, 1), u64_at(&k, 9), seqs_of(&v)))

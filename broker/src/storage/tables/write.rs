@@ -160,8 +160,8 @@ impl<'txn> Tables for DiskTables<W<'txn>> {
     fn timer_remove(&mut self, timer: Timer, at: u64, seq: u64) {
         self.del_raw(|h| &mut h.timers, &timer_key(timer, at, seq), "timers");
     }
-    fn lease_deadline_insert(&mut self, at: u64, key: u64, seqs: &[u64]) {
-        let k = lease_key(at, key);
+    fn group_insert(&mut self, group: Group, at: u64, key: u64, seqs: &[u64]) {
+        let k = group_key(group, at, key);
         let held = match self.h.timers.get(k.as_slice()) {
             Ok(v) => v.map(|g| seqs_of(g.value())),
             Err(e) => {
@@ -174,8 +174,8 @@ impl<'txn> Tables for DiskTables<W<'txn>> {
         let value: Vec<u8> = all.iter().flat_map(|s| s.to_be_bytes()).collect();
         self.put_raw(|h| &mut h.timers, &k, &value, "timers");
     }
-    fn lease_deadline_remove(&mut self, at: u64, key: u64) {
-        self.del_raw(|h| &mut h.timers, &lease_key(at, key), "timers");
+    fn group_remove(&mut self, group: Group, at: u64, key: u64) {
+        self.del_raw(|h| &mut h.timers, &group_key(group, at, key), "timers");
     }
     fn put_dedup(&mut self, queue: &str, key: &str, entry: &DedupEntry) {
         let k = dedup_key(queue, key);
