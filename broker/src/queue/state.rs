@@ -546,13 +546,22 @@ impl<T: Tables> State<T> {
     }
 
     /// Changes a worker's count of jobs in hand.
+    ///
+    /// Runs for every job leased and settled, so it reads the record once and changes
+    /// it in place (no second copy for the idle index's old key).
     fn worker_holds(&mut self, worker_id: &str, delta: i64) {
-        let Some(old) = self.t.worker(worker_id) else {
+        let Some(mut w) = self.t.worker(worker_id) else {
             return;
         };
-        let mut new = old.clone();
-        new.jobs_in_hand = new.jobs_in_hand.saturating_add_signed(delta);
-        self.save_worker(worker_id, Some(&old), &new);
+        let was_idle = w.jobs_in_hand == 0;
+        w.jobs_in_hand = w.jobs_in_hand.saturating_add_signed(delta);
+        let idle = w.jobs_in_hand == 0;
+        if was_idle && !idle {
+            self.t.idle_worker_remove(w.forget_at_ms(), worker_id);
+        } else if idle && !was_idle {
+            self.t.idle_worker_insert(w.forget_at_ms(), worker_id);
+        }
+        self.t.put_worker(worker_id, &w);
     }
 
     /// Stores a worker, keeping the idle index (workers holding nothing, by the time

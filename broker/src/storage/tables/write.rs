@@ -197,7 +197,13 @@ impl<'txn> Tables for DiskTables<W<'txn>> {
         self.del_raw(|h| &mut h.dedup, &k, "dedup");
     }
     fn put_worker(&mut self, id: &str, info: &WorkerInfo) {
-        self.workers.insert(id.to_string(), Some(info.clone()));
+        // Every leased and settled job changes its worker's count: no new key then.
+        match self.workers.get_mut(id) {
+            Some(slot) => *slot = Some(info.clone()),
+            None => {
+                self.workers.insert(id.to_string(), Some(info.clone()));
+            }
+        }
     }
     fn delete_worker(&mut self, id: &str) {
         self.workers.insert(id.to_string(), None);
