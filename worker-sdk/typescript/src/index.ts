@@ -14,7 +14,7 @@
 //   errors.ts   error classes mapped from gRPC codes; PermanentError, RetryableError
 //   proto.ts    the service definitions, loaded from the package's proto/ at run time
 
-export { Client, type ClientOptions, type RawCallOptions, type TlsOptions } from "./client.js";
+export { Client, type ClientOptions, type RawCallOptions, type TlsOptions, type WorkConn } from "./client.js";
 export {
   ConfigError,
   FailedPreconditionError,
@@ -43,4 +43,4 @@ export {
   type Payload,
 } from "./options.js";
 export type { ClusterStatus, QueueStats, WorkerInfo } from "./proto.js";
-export { Worker, type Report, type WorkerOptions } from "./worker.js";
+export { Worker, type Protocol, type Report, type WorkerOptions } from "./worker.js";
