@@ -8,7 +8,8 @@
 // Layout:
 //   client.ts   connections, leader discovery, retries across nodes, producer and admin calls
 //   options.ts  enqueue options, batch jobs, JobInfo
-//   worker.ts   the lease loop and graceful shutdown
+//   worker.ts   the job loops (Work session by default, or Lease polls) and graceful shutdown
+//   session.ts  the Work stream's plumbing: settles by seq, reading pushes, resume helpers
 //   runner.ts   one job's life: lease keeper, handler, ack/nack
 //   job.ts      what handlers see and return
 //   errors.ts   error classes mapped from gRPC codes; PermanentError, RetryableError
