@@ -335,3 +335,56 @@ test("a cut connection: the worker resumes its session, the session adopts the h
     assert.equal(calls["Lease"] ?? 0, 0, JSON.stringify(calls));
   });
 });
+
+test("a broker restart under a stream worker: a fresh session, and every job succeeds", async () => {
+  // The broker is killed mid-run and started again on its data dir (same ports): the
+  // session cannot be resumed (it lived in the dead process), so the worker opens a
+  // fresh one, settles what it held, and every job ends SUCCEEDED.
+  await withBroker([], async (b, client) => {
+    const ids = (
+      await client.enqueueBatch(Array.from({ length: 30 }, (_, i) => ({ queue: "k", payload: String(i), jobType: "t" })))
+    ).map((e) => e.jobId);
+    /** @type {string[]} */
+    const done = [];
+    let gate = latch();
+    gate.open();
+    const workerClient = new Client(b.addr);
+    const worker = new Worker(workerClient, {
+      queues: "k",
+      concurrency: 3,
+      visibilityTimeoutMs: 2000,
+      handlers: {
+        t: async (job) => {
+          await gate.opened;
+          done.push(job.id);
+        },
+      },
+    });
+    const run = worker.runUntil();
+    try {
+      await eventually("a few jobs done before the restart", () => done.length >= 5);
+      gate = latch();
+      await b.node.kill();
+      b.node.launch();
+      await b.node.ready();
+      gate.open();
+      await eventually(
+        "every job to succeed after the restart",
+        async () => (await Promise.all(ids.map((id) => client.getJob(id)))).every((j) => j.state === "SUCCEEDED"),
+        60_000,
+      );
+    } finally {
+      gate.open();
+      worker.shutdown();
+    }
+    const report = await run.finally(() => workerClient.close());
+    assert.ok(report.leaseCalls >= 2, `a second session after the restart: ${JSON.stringify(report)}`);
+    assert.equal((await client.queueStats("k")).leased, 0);
+    // The restarted node's counters: the worker came back on a Work session.
+    const calls = await eventually("a Work session counted after the restart", async () => {
+      const c = await rpcCalls(b.node);
+      return (c["Work"] ?? 0) >= 1 ? c : undefined;
+    }, 10_000);
+    assert.equal(calls["Lease"] ?? 0, 0, JSON.stringify(calls));
+  });
+});
