@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { createConnection, createServer } from "node:net";
 import { test } from "node:test";
 
-import { Client, ConfigError, PermanentError, RetryableError, Worker } from "../dist/index.js";
+import { Client, ConfigError, JobCancelledError, PermanentError, RetryableError, Worker } from "../dist/index.js";
 import { eventually, startBroker } from "./broker.mjs";
 
 const UNARY = ["Lease", "Ack", "Nack", "ExtendLease"];
@@ -231,6 +231,41 @@ test("extensions on the stream keep a long job's lease, with its progress", asyn
     assert.equal(report.succeeded, 1);
     const job = await client.getJob(jobId);
     assert.deepEqual([job.state, job.result.toString(), job.attempt, job.expirations], ["SUCCEEDED", "finished", 1, 0]);
+    await assertUsedTheStream(b.node, 1);
+  });
+});
+
+test("a cancel reaches the handler through a stream extension's answer as JobCancelledError", async () => {
+  await withBroker([], async (b, client) => {
+    const { jobId } = await client.enqueue("c", "x", { jobType: "t" });
+    const started = latch();
+    /** @type {unknown} */
+    let reason;
+    // Extended every 200 ms: the answer to the first extension after the cancel says
+    // FAILED_PRECONDITION with reason "cancelled".
+    const worker = new Worker(client, {
+      queues: "c",
+      maxJobs: 1,
+      visibilityTimeoutMs: 600,
+      handlers: {
+        t: (job) => {
+          started.open();
+          return new Promise((_resolve, reject) => {
+            job.signal.addEventListener("abort", () => {
+              reason = job.signal.reason;
+              reject(job.signal.reason);
+            });
+          });
+        },
+      },
+    });
+    const run = worker.runUntil();
+    await started.opened;
+    await client.cancelJob(jobId);
+    const report = await run;
+    assert.ok(reason instanceof JobCancelledError, String(reason));
+    assert.deepEqual([report.succeeded, report.failed, report.abandoned], [0, 0, 1]);
+    assert.equal((await client.getJob(jobId)).state, "CANCELLED");
     await assertUsedTheStream(b.node, 1);
   });
 });
