@@ -11,7 +11,8 @@
 //   sdk        4 Workers (each with its own Client) in this process, concurrency 100
 //   sdk-procs  4 worker processes, one Worker each, concurrency 100 (uses every core)
 //   raw        4 loops of Lease(max 100) + concurrent Acks through Client.call, no Worker
-// Env: BENCH_JOBS (100000), BENCH_WORKERS (4), BENCH_CONCURRENCY (100), BENCH_PREFETCH (0).
+// Env: BENCH_JOBS (100000), BENCH_WORKERS (4), BENCH_CONCURRENCY (100), BENCH_PREFETCH (0),
+// BENCH_PROTOCOL (stream; or poll) for the Workers of sdk and sdk-procs.
 
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
@@ -23,6 +24,7 @@ const JOBS = Number(process.env["BENCH_JOBS"] ?? 100_000);
 const WORKERS = Number(process.env["BENCH_WORKERS"] ?? 4);
 const CONCURRENCY = Number(process.env["BENCH_CONCURRENCY"] ?? 100);
 const PREFETCH = Number(process.env["BENCH_PREFETCH"] ?? 0);
+const PROTOCOL = process.env["BENCH_PROTOCOL"] === "poll" ? "poll" : "stream";
 const QUEUE = "bench";
 
 /**
@@ -35,6 +37,7 @@ async function child(addr) {
     queues: QUEUE,
     concurrency: CONCURRENCY,
     prefetch: PREFETCH,
+    protocol: PROTOCOL,
     pollWaitMs: 1000,
     handlers: { bench: () => undefined },
   });
@@ -80,6 +83,7 @@ async function runSdk(addr) {
         queues: QUEUE,
         concurrency: CONCURRENCY,
         prefetch: PREFETCH,
+        protocol: PROTOCOL,
         pollWaitMs: 1000,
         handlers: { bench: () => undefined },
       }),
@@ -170,6 +174,7 @@ async function round(mode) {
       workers: WORKERS,
       concurrency: CONCURRENCY,
       prefetch: PREFETCH,
+      protocol: mode === "raw" ? "poll" : PROTOCOL,
       jobs_per_s: Math.round((JOBS / ms) * 1000),
       seconds: ms / 1000,
       jobs_per_lease: Number((sum("leased") / Math.max(1, leaseCalls)).toFixed(1)),

@@ -41,7 +41,17 @@ import {
   type NewJob,
   type Payload,
 } from "./options.js";
-import { method, type ClusterStatus, type MethodName, type Methods, type QueueStats, type WorkerInfo } from "./proto.js";
+import {
+  method,
+  type ClusterStatus,
+  type MethodName,
+  type Methods,
+  type QueueStats,
+  type WorkerInfo,
+  type WorkOpened,
+  type WorkRequest,
+  type WorkResponse,
+} from "./proto.js";
 
 const MAX_MESSAGE = 64 << 20;
 
@@ -81,6 +91,19 @@ export interface RawCallOptions {
 
 /** Leader, term, members and log indexes, as the answering node sees them. */
 export type { ClusterStatus, QueueStats, WorkerInfo };
+
+/** A `Work` stream just opened (`Client.openWork`). */
+export interface WorkConn {
+  /** Index of the node it runs on (a resume must come back to it). */
+  node: number;
+  /**
+   * The call, paused after the first answer: attach a `data` listener and `resume()`
+   * it to read pushes and answers; `write` requests, `end()` half-closes.
+   */
+  call: grpc.ClientDuplexStream<WorkRequest, WorkResponse>;
+  /** The session's first answer. */
+  opened: WorkOpened;
+}
 
 interface Node {
   addr: string;
@@ -270,6 +293,83 @@ export class Client {
     if (!leader) return;
     const pos = this.nodes.findIndex((n) => n.bare === bareAddr(leader.addr));
     if (pos >= 0) this.current = pos;
+  }
+
+  /**
+   * Opens a `Work` session (what `Worker` uses by default): sends `open` (a
+   * `WorkRequest` with `open` set) and waits up to `callTimeoutMs` for `WorkOpened`.
+   * `node`: the index of the node to open it on (a resume must go back to the node of
+   * the session), else the current one (the leader once known). One attempt:
+   * UNAVAILABLE, a connection failure or no answer in time throw `UnavailableError` and
+   * move later calls to the next node; any other status throws its error (`NotFoundError`
+   * for a resume the node does not know).
+   */
+  async openWork(open: WorkRequest, node?: number): Promise<WorkConn> {
+    if (this.closed) throw new ConfigError("the client is closed");
+    let idx: number;
+    if (node === undefined) {
+      if (!this.leaderKnown) {
+        this.leaderKnown = true;
+        await this.preferLeader();
+      }
+      idx = this.current % this.nodes.length;
+    } else {
+      idx = node % this.nodes.length;
+    }
+    const n = this.nodes[idx] as Node;
+    const def = method("Work");
+    const call = n.channel.makeBidiStreamRequest(
+      def.path,
+      def.requestSerialize,
+      def.responseDeserialize,
+      this.metadata(),
+      {},
+    ) as grpc.ClientDuplexStream<WorkRequest, WorkResponse>;
+    const first = await new Promise<{ ok: WorkResponse } | { error: unknown } | { timeout: true }>((resolve) => {
+      const timer = setTimeout(() => finish({ timeout: true }), this.callTimeoutMs);
+      const onData = (msg: WorkResponse) => {
+        // Later messages wait for the caller's reader.
+        call.pause();
+        finish({ ok: msg });
+      };
+      const onError = (error: unknown) => finish({ error });
+      const onEnd = () => finish({ error: new TaskraftError("the Work stream ended before it opened") });
+      const finish = (r: { ok: WorkResponse } | { error: unknown } | { timeout: true }) => {
+        clearTimeout(timer);
+        call.off("data", onData);
+        call.off("error", onError);
+        call.off("end", onEnd);
+        resolve(r);
+      };
+      call.on("data", onData);
+      call.on("error", onError);
+      call.on("end", onEnd);
+      call.write(open);
+    });
+    // The reader watches for errors from here on; this listener only keeps one that comes
+    // before it (or after a cancel) from going unhandled.
+    call.on("error", () => {});
+    let why: string;
+    if ("ok" in first) {
+      if (first.ok.opened) {
+        return { node: idx, call, opened: first.ok.opened };
+      }
+      call.cancel();
+      throw new TaskraftError(`the Work session's first answer must be WorkOpened, got ${first.ok.kind ?? "nothing"}`);
+    } else if ("timeout" in first) {
+      call.cancel();
+      why = `no answer to Work within ${this.callTimeoutMs} ms`;
+    } else {
+      const code = grpcCode(first.error);
+      if (code === undefined) throw first.error;
+      const e = first.error as grpc.ServiceError;
+      if (code !== grpc.status.UNAVAILABLE) throw fromServiceError(e);
+      why = e.details || e.message;
+    }
+    // Like a unary call's UNAVAILABLE: later calls go to the next node.
+    this.leaderKnown = false;
+    if (this.current % this.nodes.length === idx) this.current = (idx + 1) % this.nodes.length;
+    throw new UnavailableError(n.addr, why);
   }
 
   /** Closes every connection. In-flight calls fail. */

@@ -93,29 +93,36 @@ export class ConfigError extends TaskraftError {}
 
 /** Classifies a gRPC error that is not retried by the client. */
 export function fromServiceError(e: grpc.ServiceError): TaskraftError {
-  const message = e.details || e.message;
-  switch (e.code) {
+  return fromStatus(e.code, e.details || e.message, e.metadata?.get(REASON_KEY)[0]?.toString() ?? "");
+}
+
+/**
+ * Classifies a status code with its message and `taskraft-reason` (FAILED_PRECONDITION
+ * only): what a unary call's error or a `Work` stream's answer (`WorkAnswer.code`,
+ * `message`, `reason`) says, as the same error either way.
+ */
+export function fromStatus(code: grpc.status, message: string, reason = ""): TaskraftError {
+  switch (code) {
     case grpc.status.INVALID_ARGUMENT:
     case grpc.status.OUT_OF_RANGE:
-      return new InvalidArgumentError(`invalid argument: ${message}`, e.code);
+      return new InvalidArgumentError(`invalid argument: ${message}`, code);
     case grpc.status.NOT_FOUND:
-      return new NotFoundError(`not found: ${message}`, e.code);
+      return new NotFoundError(`not found: ${message}`, code);
     case grpc.status.FAILED_PRECONDITION: {
-      const reason = e.metadata?.get(REASON_KEY)[0]?.toString() ?? "";
-      if (reason === "cancelled") return new JobCancelledError(`job cancelled: ${message}`, e.code);
-      if (reason === "stale-lease") return new LeaseLostError(`lease lost: ${message}`, e.code);
-      return new FailedPreconditionError(`failed precondition: ${message}`, e.code);
+      if (reason === "cancelled") return new JobCancelledError(`job cancelled: ${message}`, code);
+      if (reason === "stale-lease") return new LeaseLostError(`lease lost: ${message}`, code);
+      return new FailedPreconditionError(`failed precondition: ${message}`, code);
     }
     case grpc.status.UNAUTHENTICATED:
     case grpc.status.PERMISSION_DENIED:
       return new UnauthenticatedError(
         `unauthenticated: ${message} (set the token the broker was started with)`,
-        e.code,
+        code,
       );
     case grpc.status.DEADLINE_EXCEEDED:
       return new TimeoutError(message);
     default:
-      return new ServerError(`server error (${grpc.status[e.code] ?? e.code}): ${message}`, e.code);
+      return new ServerError(`server error (${grpc.status[code] ?? code}): ${message}`, code);
   }
 }
 

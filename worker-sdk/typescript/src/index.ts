@@ -8,13 +8,14 @@
 // Layout:
 //   client.ts   connections, leader discovery, retries across nodes, producer and admin calls
 //   options.ts  enqueue options, batch jobs, JobInfo
-//   worker.ts   the lease loop and graceful shutdown
+//   worker.ts   the job loops (Work session by default, or Lease polls) and graceful shutdown
+//   session.ts  the Work stream's plumbing: settles by seq, reading pushes, resume helpers
 //   runner.ts   one job's life: lease keeper, handler, ack/nack
 //   job.ts      what handlers see and return
 //   errors.ts   error classes mapped from gRPC codes; PermanentError, RetryableError
 //   proto.ts    the service definitions, loaded from the package's proto/ at run time
 
-export { Client, type ClientOptions, type RawCallOptions, type TlsOptions } from "./client.js";
+export { Client, type ClientOptions, type RawCallOptions, type TlsOptions, type WorkConn } from "./client.js";
 export {
   ConfigError,
   FailedPreconditionError,
@@ -43,4 +44,4 @@ export {
   type Payload,
 } from "./options.js";
 export type { ClusterStatus, QueueStats, WorkerInfo } from "./proto.js";
-export { Worker, type Report, type WorkerOptions } from "./worker.js";
+export { Worker, type Protocol, type Report, type WorkerOptions } from "./worker.js";

@@ -69,3 +69,7 @@ export type { Worker__Output as WorkerInfo } from "./gen/taskraft/v1/Worker.js";
 export type { Job__Output as WireJob } from "./gen/taskraft/v1/Job.js";
 export type { LeasedJob__Output as LeasedJob } from "./gen/taskraft/v1/LeasedJob.js";
 export type { EnqueueRequest } from "./gen/taskraft/v1/EnqueueRequest.js";
+export type { WorkRequest } from "./gen/taskraft/v1/WorkRequest.js";
+export type { WorkResponse__Output as WorkResponse } from "./gen/taskraft/v1/WorkResponse.js";
+export type { WorkOpened__Output as WorkOpened } from "./gen/taskraft/v1/WorkOpened.js";
+export type { WorkAnswer__Output as WorkAnswer } from "./gen/taskraft/v1/WorkAnswer.js";

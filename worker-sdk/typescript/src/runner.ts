@@ -9,6 +9,10 @@
 //  shutdown: not started yet ──> Nack retry_after 1 ms; still running when the drain
 //            deadline passes  ──> abort job.signal, Nack retry_after 1 ms
 //
+// With the stream protocol (session.ts) Ack, Nack and ExtendLease go up the Work stream
+// by seq while a session is up, and their answers throw the same errors as the unary
+// calls; a settle the stream could not answer (broken, UNAVAILABLE) is resent unary.
+//
 // JavaScript cannot kill a running function: when the worker stops waiting for a handler
 // (cancel, lost lease, drain deadline) it aborts `job.signal`, frees the run slot and
 // ignores whatever the handler does later.
@@ -26,6 +30,7 @@ import {
 import { Job, resultBytes, type Handler, type ProgressSink } from "./job.js";
 import type { Logger } from "./log.js";
 import type { LeasedJob } from "./proto.js";
+import type { Link } from "./session.js";
 import { Latch, type Semaphore } from "./sync.js";
 
 /** Outcome counters, shared by every job of a worker. */
@@ -49,6 +54,33 @@ export interface Shared {
   aborting: Latch;
   counters: Counters;
   logger: Logger;
+  /** The Work session's link (stream protocol), undefined for the poll protocol. */
+  link: Link | undefined;
+}
+
+type AckReq = { jobId: string; leaseId: string; result: Buffer };
+type NackReq = { jobId: string; leaseId: string; error: string; retryAfterMs: number; deadLetter: boolean };
+type ExtendReq = {
+  jobId: string;
+  leaseId: string;
+  visibilityTimeoutMs: number;
+  progress: number;
+  progressMessage: string;
+};
+
+async function ack(shared: Shared, req: AckReq): Promise<void> {
+  if (shared.link && (await shared.link.call({ ack: req }, shared.client.callTimeoutMs))) return;
+  await shared.client.call("Ack", req);
+}
+
+async function nack(shared: Shared, req: NackReq): Promise<void> {
+  if (shared.link && (await shared.link.call({ nack: req }, shared.client.callTimeoutMs))) return;
+  await shared.client.call("Nack", req);
+}
+
+async function extend(shared: Shared, req: ExtendReq, timeoutMs: number, signal: AbortSignal): Promise<void> {
+  if (shared.link && (await shared.link.call({ extend: req }, timeoutMs, signal))) return;
+  await shared.client.call("ExtendLease", req, { timeoutMs, signal });
 }
 
 type LeaseEnd = { kind: "cancelled"; error: TaskraftError } | { kind: "lost"; error: TaskraftError };
@@ -117,11 +149,11 @@ async function settle(shared: Shared, leased: LeasedJob, outcome: Outcome): Prom
   const log = shared.logger;
   const ids = { jobId: leased.jobId, attempt: leased.attempt };
   const base = { jobId: leased.jobId, leaseId: leased.leaseId };
-  let nack: { error: string; retryAfterMs: number; deadLetter: boolean };
+  let req: { error: string; retryAfterMs: number; deadLetter: boolean };
   switch (outcome.kind) {
     case "done":
       try {
-        await shared.client.call("Ack", { ...base, result: outcome.result });
+        await ack(shared, { ...base, result: outcome.result });
         c.succeeded++;
         log.debug("acked", ids);
       } catch (e) {
@@ -134,7 +166,7 @@ async function settle(shared: Shared, leased: LeasedJob, outcome: Outcome): Prom
       const permanent = e instanceof PermanentError;
       log.info("handler failed", { ...ids, error: errorText(e), permanent });
       c.failed++;
-      nack = {
+      req = {
         error: errorText(e),
         retryAfterMs: e instanceof RetryableError ? (e.retryAfterMs ?? 0) : 0,
         deadLetter: permanent,
@@ -149,11 +181,11 @@ async function settle(shared: Shared, leased: LeasedJob, outcome: Outcome): Prom
     case "interrupted":
       c.abandoned++;
       // 1 ms, not 0: 0 would mean the broker's exponential backoff.
-      nack = { error: "worker shut down before the job finished", retryAfterMs: 1, deadLetter: false };
+      req = { error: "worker shut down before the job finished", retryAfterMs: 1, deadLetter: false };
       break;
   }
   try {
-    await shared.client.call("Nack", { ...base, ...nack });
+    await nack(shared, { ...base, ...req });
   } catch (e) {
     logSettleError(log, "nack", e, ids);
   }
@@ -221,8 +253,9 @@ class LeaseKeeper implements ProgressSink {
     this.last = Date.now();
     const { percent, message } = this.progress ?? { percent: 0, message: "" };
     try {
-      await this.shared.client.call(
-        "ExtendLease",
+      const timeoutMs = Math.max(this.every, 1000);
+      await extend(
+        this.shared,
         {
           jobId: this.leased.jobId,
           leaseId: this.leased.leaseId,
@@ -230,10 +263,8 @@ class LeaseKeeper implements ProgressSink {
           progress: percent,
           progressMessage: message,
         },
-        {
-          timeoutMs: Math.max(this.every, 1000),
-          signal: AbortSignal.any([ctl.signal, AbortSignal.timeout(this.shared.visibilityMs)]),
-        },
+        timeoutMs,
+        AbortSignal.any([ctl.signal, AbortSignal.timeout(this.shared.visibilityMs)]),
       );
     } catch (e) {
       if (this.stopped) return;

@@ -118,3 +118,44 @@ export class Latch<T = void> {
     });
   }
 }
+
+/**
+ * A FIFO of values put from callbacks (a stream's `data` events) and taken by one
+ * loop; `close` marks the end (after what was put).
+ */
+export class Mailbox<T> {
+  private readonly items: T[] = [];
+  private closed = false;
+  private wakers: Array<() => void> = [];
+
+  /** Adds a value (ignored once closed). */
+  put(v: T): void {
+    if (this.closed) return;
+    this.items.push(v);
+    this.wake();
+  }
+
+  /** No more values come. */
+  close(): void {
+    this.closed = true;
+    this.wake();
+  }
+
+  /** The next value, "empty" when none is there yet, "closed" when none will come. */
+  take(): T | "empty" | "closed" {
+    if (this.items.length > 0) return this.items.shift() as T;
+    return this.closed ? "closed" : "empty";
+  }
+
+  /** Resolves once a value is there or the mailbox is closed (at once if so already). */
+  ready(): Promise<void> {
+    if (this.items.length > 0 || this.closed) return Promise.resolve();
+    return new Promise<void>((resolve) => this.wakers.push(resolve));
+  }
+
+  private wake(): void {
+    const w = this.wakers;
+    this.wakers = [];
+    for (const f of w) f();
+  }
+}

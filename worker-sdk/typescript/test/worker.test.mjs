@@ -236,6 +236,8 @@ test("a lease lost while extensions failed aborts the handler's signal with Leas
   const started = latch();
   const aborted = latch();
   const worker = new Worker(flaky, {
+    // The partition above cuts the unary ExtendLease: the poll protocol's extensions.
+    protocol: "poll",
     queues: "w-lost",
     maxJobs: 1,
     visibilityTimeoutMs: 300,
