@@ -11,6 +11,7 @@ use super::job::{Job, JobState, Lease, INLINE_BLOB_MAX};
 use super::retry::backoff_delay_ms;
 use super::state::{check_lease, State};
 use super::tables::{Group, Tables};
+
 use super::transition::TransitionKind;
 
 impl<T: Tables> State<T> {
@@ -236,26 +237,13 @@ impl<T: Tables> State<T> {
     /// (whole deadline entries; their jobs may have been acked or extended since).
     pub(crate) fn expire_leases(&mut self, budget: usize) {
         let now = self.c.now_ms;
-        let mut read = 0;
-        while read < budget {
-            let due = self.t.groups_due(Group::Lease, now, 64);
-            if due.is_empty() {
-                return;
+        self.drain_due(Group::Lease, budget, |s, job| {
+            let due = job.held_lease().is_some_and(|l| l.deadline_ms <= now);
+            if due {
+                s.expire_lease(job);
             }
-            for (at, key, seqs) in due {
-                read += seqs.len().max(1);
-                for seq in seqs {
-                    let Some(job) = self.t.job(seq) else { continue };
-                    if job.held_lease().is_some_and(|l| l.deadline_ms <= now) {
-                        self.expire_lease(job);
-                    }
-                }
-                self.t.group_remove(Group::Lease, at, key);
-                if read >= budget {
-                    return;
-                }
-            }
-        }
+            due
+        });
     }
 
     /// A lease ran out: the delivery counts as an attempt that ended by timeout.

@@ -11,28 +11,13 @@ impl<T: Tables> State<T> {
     /// workers; returns how many jobs were removed.
     pub(crate) fn sweep_retention(&mut self, budget: usize) -> usize {
         let now = self.c.now_ms;
-        let mut removed = 0;
-        let mut read = 0;
-        'entries: while read < budget {
-            let due = self.t.groups_due(Group::Expiring, now, 64);
-            if due.is_empty() {
-                break;
+        let removed = self.drain_due(Group::Expiring, budget, |s, job| {
+            let due = job.state.is_terminal() && job.expires_at_ms <= now;
+            if due {
+                s.remove(job);
             }
-            for (at, key, seqs) in due {
-                read += seqs.len().max(1);
-                for seq in seqs {
-                    let Some(job) = self.t.job(seq) else { continue };
-                    if job.state.is_terminal() && job.expires_at_ms <= now {
-                        self.remove(job);
-                        removed += 1;
-                    }
-                }
-                self.t.group_remove(Group::Expiring, at, key);
-                if read >= budget {
-                    break 'entries;
-                }
-            }
-        }
+            due
+        });
         for _ in 0..budget {
             match self.t.dedup_expiry_first() {
                 Some((t, queue, key)) if t <= now => self.t.delete_dedup(&queue, &key, t),

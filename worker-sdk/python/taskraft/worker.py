@@ -520,8 +520,12 @@ class Worker:
                 self._fatal = e
                 self._stop.set()
                 return None
-            except UnavailableError as e:
-                if tried is not None and time.monotonic() < tried[2]:
+            except TaskraftError as e:
+                if (
+                    isinstance(e, UnavailableError)
+                    and tried is not None
+                    and time.monotonic() < tried[2]
+                ):
                     # The connection may be back soon: the broker keeps the session's
                     # jobs for 3 s.
                     log.debug("resuming the work session failed; trying again: %s", e)
@@ -529,14 +533,6 @@ class Worker:
                         return None
                     resume = tried
                     continue
-                if tried is not None:
-                    log.warning("cannot resume the work session; opening a fresh one: %s", e)
-                    continue
-                log.warning("opening a work session failed, retrying in 1 s: %s", e)
-                if not await _first(asyncio.sleep(1.0), stop):
-                    return None
-                continue
-            except TaskraftError as e:
                 # NOT_FOUND for a resume: its leases ended, or it ran elsewhere.
                 if tried is not None:
                     log.warning("cannot resume the work session; opening a fresh one: %s", e)
