@@ -25,7 +25,7 @@ import taskraft
 from brokers import BrokerNode
 from conftest import WorkerThread
 from taskraft import Job, JobState
-from util import eventually
+from util import assert_lease_outlives_first_deadline, eventually
 
 WORK = "Work"
 UNARY = ("Lease", "Ack", "Nack", "ExtendLease")
@@ -166,11 +166,7 @@ def test_heartbeats_on_the_stream_keep_a_long_jobs_lease(
                                           handlers={"t": slow}))
         eventually(lambda: client.get_job(job_id).progress == 60, what="progress 60")
         assert client.get_job(job_id).progress_message == "most of it"
-        # A deadline this far out was granted after the first one had passed: the lease
-        # outlived its visibility timeout on extensions alone.
-        first_deadline = client.get_job(job_id).lease_deadline_ms
-        eventually(lambda: client.get_job(job_id).lease_deadline_ms >= first_deadline + 3000,
-                   what="an extension granted after the first deadline")
+        assert_lease_outlives_first_deadline(client, job_id, visibility_ms=3000)
         release.set()
         report = wt.join()
         assert report.succeeded == 1

@@ -17,7 +17,7 @@ import taskraft
 from brokers import BrokerNode
 from conftest import WorkerThread
 from taskraft import Job, JobState
-from util import eventually
+from util import assert_lease_outlives_first_deadline, eventually
 
 HERE = Path(__file__).resolve().parent
 
@@ -124,12 +124,7 @@ def test_lease_is_extended_and_progress_reported_while_a_sync_handler_runs(
     wt = start_worker(taskraft.Worker(client, queue, max_jobs=1, visibility_timeout=3, handlers={"t": slow}))
     eventually(lambda: client.get_job(job_id).progress == 40, what="progress 40")
     assert client.get_job(job_id).progress_message == "step 2 of 5"
-    # Outlive the first deadline: an extension sets the deadline one visibility timeout
-    # past the broker's time, and none is granted on a lease that ran out, so a deadline
-    # this far out was granted after the first one had passed.
-    first_deadline = client.get_job(job_id).lease_deadline_ms
-    eventually(lambda: client.get_job(job_id).lease_deadline_ms >= first_deadline + 3000,
-               what="an extension granted after the first deadline")
+    assert_lease_outlives_first_deadline(client, job_id, visibility_ms=3000)
     release.set()
     wt.join()
     job = client.get_job(job_id)
