@@ -446,3 +446,97 @@ async fn work_session_on_a_follower_processes_every_job() {
     let s = stats(&mut l, "wf").await;
     assert_eq!((s.succeeded, s.ready, s.leased), (50, 0, 0));
 }
+
+/// A follower forwards its clients' writes to the leader on one long-lived stream: many
+/// concurrent writes share it, and each gets its own answer (its own job id, or its own
+/// error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_a_follower_share_one_forwarding_stream_and_each_gets_its_own_answer() {
+    let cluster = InProcCluster::start(3, |_| {}).await;
+    let leader = cluster.wait_leader().await;
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let c = cluster.clients(follower).await;
+    let calls = (0..300).map(|i| {
+        let mut c = c.clone();
+        async move {
+            c.broker
+                .enqueue(job("fwd", &format!("p{i}")))
+                .await
+                .map(|r| r.into_inner().job_id)
+        }
+    });
+    let ids = futures::future::join_all(calls).await;
+    let ids: std::collections::HashSet<String> = ids
+        .into_iter()
+        .map(|r| r.expect("a forwarded enqueue"))
+        .collect();
+    assert_eq!(ids.len(), 300, "every enqueue got its own job id");
+    // An answer that is an error reaches its own caller: a lease on a job id that does
+    // not exist, among writes that succeed.
+    let (mut c2, mut c3) = (c.clone(), c.clone());
+    let (bad, good) = tokio::join!(
+        c2.broker.ack(pb::AckRequest {
+            job_id: "no-such-job".into(),
+            lease_id: "0000000000000001".into(),
+            result: Default::default(),
+        }),
+        c3.broker.enqueue(job("fwd", "last")),
+    );
+    assert_eq!(bad.unwrap_err().code(), Code::NotFound);
+    good.expect("the write next to the failed one");
+    let mut l = cluster.clients(leader).await;
+    assert_eq!(stats(&mut l, "fwd").await.ready, 301);
+    assert_eq!(
+        cluster.node(follower).node.forwarding_streams_opened(),
+        1,
+        "301 writes on one stream"
+    );
+}
+
+/// A forwarded write whose caller gave up is not written later: the follower cancels
+/// it on its stream, so the leader drops it before proposing, as it drops its own
+/// callers' abandoned writes. The leader is cut off from both followers (it cannot
+/// commit, and with 1 s heartbeats nobody campaigns within the test), so proposals
+/// wait; the node's request timeout is 60 s, so without the cancellation every one of
+/// them would still be proposed once the leader can commit again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_whose_caller_gave_up_is_not_written_when_quorum_returns() {
+    let cluster = InProcCluster::start(3, |c| {
+        c.heartbeat = Duration::from_secs(1);
+        c.request_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let leader = cluster.wait_leader().await;
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let mut f = cluster.clients(follower).await;
+    f.broker.enqueue(job("warm", "x")).await.expect("warm-up");
+    // The leader's own messages are dropped: no append reaches a follower.
+    cluster.node(leader).node.peers().isolate();
+    let calls = 8;
+    for i in 0..calls {
+        let mut req = tonic::Request::new(job("ghost", &format!("g{i}")));
+        req.set_timeout(Duration::from_millis(300));
+        let res = tokio::time::timeout(Duration::from_secs(2), f.broker.enqueue(req)).await;
+        assert!(
+            !matches!(res, Ok(Ok(_))),
+            "an enqueue succeeded without quorum"
+        );
+    }
+    cluster.heal();
+    let mut l = cluster.clients(leader).await;
+    eventually("a write commits after quorum returned", SOON, || {
+        let mut l = l.clone();
+        async move { l.broker.enqueue(job("marker", "m")).await.ok() }
+    })
+    .await;
+    let stored = stats(&mut l, "ghost").await.ready;
+    assert!(
+        stored <= 2,
+        "{stored} of {calls} abandoned forwarded enqueues were written after quorum returned"
+    );
+    assert_eq!(
+        cluster.node(follower).node.forwarding_streams_opened(),
+        1,
+        "the stream outlived the stall"
+    );
+}

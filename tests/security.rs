@@ -5,7 +5,9 @@
 use std::net::SocketAddr;
 
 use taskraft_broker::queue::Command;
-use taskraft_broker::storage::encode;
+use taskraft_broker::raft::forward::{ForwardMsg, ForwardReply};
+use taskraft_broker::raft::proposer::ProposeError;
+use taskraft_broker::storage::{decode, encode};
 use taskraft_proto::raft::raft_peer_client::RaftPeerClient;
 use taskraft_proto::raft::RaftMessage;
 use taskraft_proto::v1 as pb;
@@ -47,7 +49,31 @@ async fn every_peer_rpc(addr: SocketAddr, metadata: &[(&'static str, String)]) -
     codes.push(err(c.install_snapshot(msg(vec![1, 2, 3], metadata)).await));
     codes.push(err(c.propose(msg(vec![1, 2, 3], metadata)).await));
     codes.push(err(c.read_index(msg(vec![], metadata)).await));
+    codes.push(
+        match c
+            .forward(forward_stream(vec![vec![1, 2, 3]], metadata))
+            .await
+        {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        },
+    );
     codes
+}
+
+/// A `Forward` call carrying `messages`, then half-closed.
+fn forward_stream(
+    messages: Vec<Vec<u8>>,
+    metadata: &[(&'static str, String)],
+) -> tonic::Request<impl futures::Stream<Item = RaftMessage>> {
+    let items = messages
+        .into_iter()
+        .map(|data| RaftMessage { data: data.into() });
+    let mut req = tonic::Request::new(futures::stream::iter(items));
+    for (k, v) in metadata {
+        req.metadata_mut().insert(*k, v.parse().unwrap());
+    }
+    req
 }
 
 async fn secured_cluster() -> InProcCluster {
@@ -182,7 +208,7 @@ async fn forwarded_commands_are_checked_again_by_the_leader() {
         nested.extend_from_slice(&[batch, 1]);
     }
     nested.extend_from_slice(&encode(&Command::Tick).unwrap());
-    let err = c.propose(msg(nested, &secret)).await.unwrap_err();
+    let err = c.propose(msg(nested.clone(), &secret)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
     let ok = Command::Pause {
@@ -197,6 +223,56 @@ async fn forwarded_commands_are_checked_again_by_the_leader() {
     far.metadata_mut()
         .insert("grpc-timeout", "18446744073709551615S".parse().unwrap());
     c.propose(far).await.expect("a huge grpc-timeout is served");
+    c.read_index(msg(vec![], &secret))
+        .await
+        .expect("the leader still serves");
+
+    // The same on the `Forward` stream: each proposal answered on its own.
+    let proposals = [too_many_queues, Command::Tick, ok];
+    let messages = proposals
+        .iter()
+        .enumerate()
+        .map(|(i, cmd)| {
+            let id = i as u64 + 1;
+            encode(&ForwardMsg::Propose {
+                id,
+                timeout_ms: 5_000,
+                cmd,
+            })
+            .unwrap()
+        })
+        .collect();
+    let mut replies = c
+        .forward(forward_stream(messages, &secret))
+        .await
+        .expect("a Forward stream opens")
+        .into_inner();
+    let mut answers = std::collections::BTreeMap::new();
+    while let Some(m) = replies.message().await.expect("the stream ends cleanly") {
+        let r: ForwardReply = decode(&m.data).expect("a forwarded reply");
+        answers.insert(r.id, r.reply);
+    }
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    for id in [1, 2] {
+        match &answers[&id] {
+            Err(ProposeError::Unavailable(m)) => assert!(m.contains("refused"), "{m}"),
+            other => panic!("proposal {id} was not refused: {other:?}"),
+        }
+    }
+    assert!(answers[&3].is_ok(), "{:?}", answers[&3]);
+    // An undecodable message ends the stream with INVALID_ARGUMENT: the million nested
+    // batches as a proposal (variant 0, id 1, 1 ms), and bytes that are no message.
+    let mut deep = vec![0, 1, 1];
+    deep.extend_from_slice(&nested);
+    for bad in [deep, vec![0xff; 16]] {
+        let mut replies = c
+            .forward(forward_stream(vec![bad], &secret))
+            .await
+            .expect("a Forward stream opens")
+            .into_inner();
+        let err = replies.message().await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    }
     c.read_index(msg(vec![], &secret))
         .await
         .expect("the leader still serves");

@@ -162,13 +162,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let admin = AdminServer::new(AdminService::new(node.clone(), config.token.clone()))
         .max_decoding_message_size(max_msg)
         .max_encoding_message_size(max_msg);
-    let peer = RaftPeerServer::new(PeerService::new(node.clone(), config.api.clone()))
-        .max_decoding_message_size(MAX_PEER_MESSAGE)
-        .max_encoding_message_size(MAX_PEER_MESSAGE);
-
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
     let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
+    let peer = RaftPeerServer::new(
+        PeerService::new(node.clone(), config.api.clone()).with_stop(peer_stop_rx.clone()),
+    )
+    .max_decoding_message_size(MAX_PEER_MESSAGE)
+    .max_encoding_message_size(MAX_PEER_MESSAGE);
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -174,6 +174,9 @@ pub struct PeerPool {
     clients: Mutex<HashMap<String, PeerClient>>,
     cut: Mutex<HashSet<String>>,
     isolated: AtomicBool,
+    /// Bumped by [`PeerPool::reset_connections`]: long-lived streams opened before are
+    /// replaced too (`forward.rs`).
+    generation: AtomicU64,
 }
 
 impl PeerPool {
@@ -191,6 +194,7 @@ impl PeerPool {
             clients: Mutex::new(HashMap::new()),
             cut: Mutex::new(HashSet::new()),
             isolated: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -200,6 +204,12 @@ impl PeerPool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many times the connections were reset.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// An endpoint for `addr` (host:port) of another node: `https://` with the cluster
@@ -238,7 +248,8 @@ impl PeerPool {
         self.cut.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    fn is_cut(&self, addr: &str) -> bool {
+    /// True while messages to `addr` are dropped (fault tests).
+    pub fn is_cut(&self, addr: &str) -> bool {
         self.isolated.load(Ordering::SeqCst)
             || self
                 .cut

@@ -1,33 +1,53 @@
 //! Server side of the peer service (`taskraft.raft.v1.RaftPeer`): hands Raft messages
-//! to openraft, and serves forwarded writes and read-index requests on the leader.
+//! to openraft, and serves forwarded writes (unary `Propose`, or a follower's `Forward`
+//! stream, see `forward.rs`) and read-index requests on the leader.
 //!
 //! It runs on its own listener (`--peer-listen`), behind the cluster secret
 //! (`peer_auth.rs`), never on the client port. Messages are size-capped by tonic before
 //! decoding ([`super::network::MAX_PEER_MESSAGE`]), commands cannot nest batches
 //! (`queue/command.rs`), and a forwarded write is checked again with the API's limits.
 
+use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use taskraft_proto::raft::raft_peer_server::RaftPeer;
 use taskraft_proto::raft::RaftMessage;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
+use super::forward::{ForwardMsg, ForwardReply};
 use super::node::{ProposeError, RaftNode};
 use super::wire::{decode, encode};
 use crate::api::ApiSettings;
-use crate::queue::Command;
+use crate::queue::{Command, Reply};
 
 /// The peer service of one node.
 pub struct PeerService {
     node: Arc<RaftNode>,
     settings: ApiSettings,
+    /// Becomes true when the node stops: `Forward` streams then take nothing new.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl PeerService {
     /// Serves `node`; forwarded writes are held to the API's limits in `settings`.
     pub fn new(node: Arc<RaftNode>, settings: ApiSettings) -> Self {
-        Self { node, settings }
+        Self {
+            node,
+            settings,
+            stop: tokio::sync::watch::channel(false).1,
+        }
+    }
+
+    /// Ends the `Forward` streams when `stop` becomes true (the server's graceful stop
+    /// waits for every open stream, and a follower never closes its own).
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = stop;
+        self
     }
 }
 
@@ -43,6 +63,93 @@ fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status
 fn parse<T: serde::de::DeserializeOwned>(req: Request<RaftMessage>) -> Result<T, Status> {
     decode(&req.into_inner().data)
         .map_err(|e| Status::invalid_argument(format!("undecodable peer message: {e}")))
+}
+
+/// Proposes a forwarded command (already checked) if this node leads.
+async fn propose_forwarded(
+    node: &RaftNode,
+    cmd: Command,
+    deadline: Instant,
+) -> Result<Reply, ProposeError> {
+    if let Command::Enqueue(_) = &cmd {
+        node.disk()
+            .check_enqueue()
+            .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
+    }
+    if !node.is_leader() {
+        return Err(ProposeError::NotLeader);
+    }
+    node.propose_local(cmd, deadline).await
+}
+
+/// Serves one follower's `Forward` stream until it ends: each proposal runs on its own
+/// task (the proposer batches them), a `Cancel` drops its task, and a stream that
+/// breaks drops all of them, as a reset unary call would. A follower that half-closes
+/// (it opened a newer stream), or this node stopping, ends the stream once what it
+/// carries is answered.
+async fn serve_forward_stream(
+    node: Arc<RaftNode>,
+    settings: ApiSettings,
+    mut inbound: Streaming<RaftMessage>,
+    out: mpsc::UnboundedSender<Result<RaftMessage, Status>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut running: JoinSet<u64> = JoinSet::new();
+    let mut handles: HashMap<u64, AbortHandle> = HashMap::new();
+    loop {
+        tokio::select! {
+            Ok(_) = stop.wait_for(|stop| *stop) => break,
+            msg = inbound.message() => {
+                let msg = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    // The follower is gone; dropping `running` aborts the rest.
+                    Err(_) => return,
+                };
+                match decode::<ForwardMsg<Command>>(&msg.data) {
+                    Ok(ForwardMsg::Propose { id, timeout_ms, cmd }) => {
+                        let wait = std::time::Duration::from_millis(timeout_ms).min(MAX_PEER_DEADLINE);
+                        let deadline = Instant::now() + wait;
+                        if let Err(e) = crate::api::validate::forwarded(&cmd, &settings, node.now_ms()) {
+                            let refused = ProposeError::Unavailable(format!("forwarded command refused: {e}"));
+                            let _ = out.send(reply_message(id, Err(refused)));
+                            continue;
+                        }
+                        let (node, out) = (node.clone(), out.clone());
+                        let handle = running.spawn(async move {
+                            let reply = propose_forwarded(&node, cmd, deadline).await;
+                            let _ = out.send(reply_message(id, reply));
+                            id
+                        });
+                        handles.insert(id, handle);
+                    }
+                    Ok(ForwardMsg::Cancel { id }) => {
+                        if let Some(h) = handles.remove(&id) {
+                            h.abort();
+                        }
+                    }
+                    Err(e) => {
+                        let _ = out.send(Err(Status::invalid_argument(format!(
+                            "undecodable forwarded message: {e}"
+                        ))));
+                        return;
+                    }
+                }
+            }
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok(id) = done {
+                    handles.remove(&id);
+                }
+            }
+        }
+    }
+    while running.join_next().await.is_some() {}
+}
+
+fn reply_message(id: u64, reply: Result<Reply, ProposeError>) -> Result<RaftMessage, Status> {
+    let data = encode(&ForwardReply { id, reply })
+        .map_err(|e| Status::internal(format!("encoding a forwarded reply: {e}")))?;
+    Ok(RaftMessage { data: data.into() })
 }
 
 fn deadline_of<T>(req: &Request<T>) -> Instant {
@@ -80,18 +187,28 @@ impl RaftPeer for PeerService {
         let cmd: Command = parse(req)?;
         crate::api::validate::forwarded(&cmd, &self.settings, self.node.now_ms())
             .map_err(|e| Status::invalid_argument(format!("forwarded command refused: {e}")))?;
-        let disk = match &cmd {
-            Command::Enqueue(_) => self.node.disk().check_enqueue(),
-            _ => Ok(()),
-        };
-        let res = if let Err(e) = disk {
-            Err(ProposeError::Unavailable(e.to_string()))
-        } else if self.node.is_leader() {
-            self.node.propose_local(cmd, deadline).await
-        } else {
-            Err(ProposeError::NotLeader)
-        };
-        reply(&res)
+        reply(&propose_forwarded(&self.node, cmd, deadline).await)
+    }
+
+    type ForwardStream =
+        Pin<Box<dyn futures::Stream<Item = Result<RaftMessage, Status>> + Send + 'static>>;
+
+    async fn forward(
+        &self,
+        req: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        let (out, rx) = mpsc::unbounded_channel();
+        let task = serve_forward_stream(
+            self.node.clone(),
+            self.settings.clone(),
+            req.into_inner(),
+            out,
+            self.stop.clone(),
+        );
+        tokio::spawn(task.instrument(tracing::info_span!("forward_stream")));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
     }
 
     async fn campaign(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

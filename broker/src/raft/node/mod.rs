@@ -91,6 +91,8 @@ pub struct RaftNode {
     log: LogStore,
     /// Peer connections (also the test router that can cut links).
     pool: Arc<PeerPool>,
+    /// Writes sent to the leader when this node follows.
+    forwarder: super::forward::Forwarder,
     proposer: super::proposer::Proposer,
     /// The proposer's task, until the server takes it to watch it.
     proposer_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -191,6 +193,7 @@ impl RaftNode {
             raft,
             read_side,
             log,
+            forwarder: super::forward::Forwarder::new(pool.clone()),
             pool,
             time,
             warming: tokio::sync::Mutex::new(()),
@@ -356,6 +359,12 @@ impl RaftNode {
     /// Peer connections: TLS reloads go through them, and tests cut links with them.
     pub fn peers(&self) -> &Arc<PeerPool> {
         &self.pool
+    }
+
+    /// Streams opened to forward writes to a leader since start (tests: concurrent
+    /// writes on a follower share one).
+    pub fn forwarding_streams_opened(&self) -> u64 {
+        self.forwarder.streams_opened()
     }
 
     /// Reports every log append commit's duration to `observer` (metrics).

@@ -1,5 +1,6 @@
 //! Proposing: on the leader through the proposer (`proposer.rs`), on a follower by
-//! forwarding the command to the leader over the peer service.
+//! forwarding the command to the leader over the peer service (its `Forward` stream,
+//! `forward.rs`).
 
 use super::*;
 
@@ -75,6 +76,8 @@ impl RaftNode {
         self.proposer.propose(cmd, deadline).await
     }
 
+    /// Forwards to the leader on the follower's stream to it (`forward.rs`), or with a
+    /// unary `Propose` to a leader that does not serve the stream.
     async fn forward(
         &self,
         leader: NodeId,
@@ -82,9 +85,23 @@ impl RaftNode {
         deadline: Instant,
     ) -> Result<Reply, ProposeError> {
         let addr = self.node_addr(leader).ok_or(ProposeError::NotLeader)?;
+        match self.forwarder.forward(leader, &addr, cmd, deadline).await {
+            Ok(reply) => reply,
+            Err(Some(not_sent)) => Err(not_sent),
+            Err(None) => self.forward_unary(leader, &addr, cmd, deadline).await,
+        }
+    }
+
+    async fn forward_unary(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        cmd: &Command,
+        deadline: Instant,
+    ) -> Result<Reply, ProposeError> {
         let mut client = self
             .pool
-            .client(&addr)
+            .client(addr)
             .map_err(|_| ProposeError::NotLeader)?;
         let data = encode(cmd).map_err(|e| ProposeError::Unavailable(e.to_string()))?;
         let mut req = tonic::Request::new(RaftMessage { data: data.into() });
