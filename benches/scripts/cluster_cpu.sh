@@ -7,6 +7,8 @@
 #   benches/scripts/cluster_cpu.sh target/release/taskraft target/release/taskraft-bench lifecycle
 #   -> lifecycle 7700 leader=3 f:4.50 f:4.51 L:8.47     (jobs/s, then CPU s per node: f follower, L leader)
 #
+# With SPREAD=1 the bench's calls go to all three nodes (followers forward to the leader).
+#
 # Uses cluster3.sh (fixed ports 17101-17303, data in /tmp/c3) and stops the nodes after.
 set -euo pipefail
 BIN=${1:?usage: cluster_cpu.sh TASKRAFT TASKRAFT-BENCH SCENARIO [ARGS...]}
@@ -27,7 +29,9 @@ done
 cpu() { awk '{print $14+$15}' "/proc/$(cat /tmp/c3/pid$1)/stat"; }
 declare -A before
 for n in 1 2 3; do before[$n]=$(cpu $n); done
-out=$("$BENCH" "$@" --server "127.0.0.1:1710$leader" 2>&1 |
+target=(--server "127.0.0.1:1710$leader")
+if [ -n "${SPREAD:-}" ]; then target=(--servers "127.0.0.1:17101,127.0.0.1:17102,127.0.0.1:17103"); fi
+out=$("$BENCH" "$@" "${target[@]}" 2>&1 |
   grep -E "^(enqueue|enqueue-batch|lifecycle) " | awk '{print $1, $6}' | tr '\n' ' ')
 tck=$(getconf CLK_TCK)
 line="${out}leader=$leader"

@@ -353,3 +353,77 @@ async fn read_replies(link: Arc<Link>, mut inbound: tonic::Streaming<RaftMessage
     tracing::debug!(addr, why, "forwarding stream ended");
     link.close(&format!("{why}; the write may or may not have applied"));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::network::Resolver;
+    use std::sync::atomic::AtomicUsize;
+    use taskraft_proto::raft::raft_peer_server::{RaftPeer, RaftPeerServer};
+    use tonic::{Request, Response, Status, Streaming};
+
+    /// A peer of an older version: it knows no `Forward` (every call is answered as an
+    /// unknown method would be), and counts the attempts.
+    struct OldPeer(Arc<AtomicUsize>);
+
+    type Unary = Result<Response<RaftMessage>, Status>;
+    fn old() -> Status {
+        Status::unimplemented("unknown method")
+    }
+
+    #[tonic::async_trait]
+    impl RaftPeer for OldPeer {
+        async fn append_entries(&self, _: Request<RaftMessage>) -> Unary {
+            Err(old())
+        }
+        async fn vote(&self, _: Request<RaftMessage>) -> Unary {
+            Err(old())
+        }
+        async fn install_snapshot(&self, _: Request<RaftMessage>) -> Unary {
+            Err(old())
+        }
+        async fn propose(&self, _: Request<RaftMessage>) -> Unary {
+            Err(old())
+        }
+        async fn read_index(&self, _: Request<RaftMessage>) -> Unary {
+            Err(old())
+        }
+        async fn campaign(&self, _: Request<RaftMessage>) -> Unary {
+            Err(old())
+        }
+        async fn cluster_time(&self, _: Request<RaftMessage>) -> Unary {
+            Err(old())
+        }
+        type ForwardStream = tokio_stream::wrappers::ReceiverStream<Result<RaftMessage, Status>>;
+        async fn forward(
+            &self,
+            _: Request<Streaming<RaftMessage>>,
+        ) -> Result<Response<Self::ForwardStream>, Status> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Err(old())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_leader_without_forward_is_sent_unary_calls_from_then_on() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let server = tonic::transport::Server::builder()
+            .add_service(RaftPeerServer::new(OldPeer(attempts.clone())))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        let server = tokio::spawn(server);
+        let pool = PeerPool::new(None, None, Resolver::system()).unwrap();
+        let forwarder = Forwarder::new(pool);
+        let cmd = Command::Pause { queue: "q".into() };
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        for _ in 0..3 {
+            let r = forwarder.forward(1, &addr, &cmd, deadline).await;
+            assert!(matches!(r, Err(None)), "not told to use Propose: {r:?}");
+        }
+        assert!(forwarder.is_unary_only(&addr));
+        assert_eq!(attempts.load(Ordering::SeqCst), 1, "the stream was tried once");
+        assert_eq!(forwarder.streams_opened(), 0);
+        server.abort();
+    }
+}
