@@ -422,7 +422,11 @@ mod tests {
             assert!(matches!(r, Err(None)), "not told to use Propose: {r:?}");
         }
         assert!(forwarder.is_unary_only(&addr));
-        assert_eq!(attempts.load(Ordering::SeqCst), 1, "the stream was tried once");
+        assert_eq!(
+            attempts.load(Ordering::SeqCst),
+            1,
+            "the stream was tried once"
+        );
         assert_eq!(forwarder.streams_opened(), 0);
         server.abort();
     }
