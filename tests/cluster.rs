@@ -523,13 +523,8 @@ async fn a_forwarded_write_whose_caller_gave_up_is_not_written_when_quorum_retur
         );
     }
     cluster.heal();
-    let mut l = cluster.clients(leader).await;
-    eventually("a write commits after quorum returned", SOON, || {
-        let mut l = l.clone();
-        async move { l.broker.enqueue(job("marker", "m")).await.ok() }
-    })
-    .await;
-    let stored = stats(&mut l, "ghost").await.ready;
+    let l = cluster.clients(leader).await;
+    let stored = ready_after_a_write_commits(&l, "ghost").await;
     assert!(
         stored <= 2,
         "{stored} of {calls} abandoned forwarded enqueues were written after quorum returned"

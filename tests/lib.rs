@@ -635,6 +635,17 @@ pub async fn stats(c: &mut Clients, queue: &str) -> pb::QueueStats {
         .into_inner()
 }
 
+/// Jobs ready in `queue` once a new write has committed through `c` (so everything
+/// before it in the log has applied): what abandoned writes left behind after a stall.
+pub async fn ready_after_a_write_commits(c: &Clients, queue: &str) -> u64 {
+    eventually("a write commits after quorum returned", SOON, || {
+        let mut c = c.clone();
+        async move { c.broker.enqueue(job("marker", "m")).await.ok() }
+    })
+    .await;
+    stats(&mut c.clone(), queue).await.ready
+}
+
 /// The two ends of a `Work` call a test drives by hand: requests go up the sender,
 /// answers come down the stream. Dropping the sender half-closes the call (the session
 /// then gives back what it holds).
