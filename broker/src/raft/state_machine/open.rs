@@ -4,11 +4,7 @@ use super::*;
 
 pub(super) fn open_store(path: &Path, verify: bool) -> anyhow::Result<Database> {
     use anyhow::Context;
-    let db = redb::Builder::new()
-        .set_cache_size(CACHE_BYTES)
-        .set_check_integrity_on_open(verify)
-        .create(path)
-        .map_err(|e| crate::storage::open_error(e, "the state store", path))?;
+    let db = crate::storage::open_redb(path, CACHE_BYTES, verify, "the state store")?;
     create_all(&db).with_context(|| format!("creating tables in {}", path.display()))?;
     check_format(&db, path)?;
     Ok(db)
