@@ -131,6 +131,40 @@ impl Sessions {
     fn is_closing(&self) -> bool {
         *self.closing.borrow()
     }
+
+    /// Parks a broken session under `id`. When `cap` sessions are parked already, the
+    /// one parked first is taken out and returned, for its leases to end now: a node
+    /// keeps a bounded number of broken sessions whatever its workers do.
+    fn park_bounded(
+        &self,
+        id: String,
+        worker_id: String,
+        queues: Vec<String>,
+        holdings: Holdings,
+        cap: usize,
+    ) -> Option<ParkedSession> {
+        let order = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut sessions = lock(&self.parked);
+        let evicted = if sessions.len() >= cap {
+            let oldest = sessions
+                .iter()
+                .min_by_key(|(_, p)| p.order)
+                .map(|(id, _)| id.clone());
+            oldest.and_then(|id| sessions.remove(&id))
+        } else {
+            None
+        };
+        sessions.insert(
+            id,
+            ParkedSession {
+                worker_id,
+                queues,
+                holdings,
+                order,
+            },
+        );
+        evicted
+    }
 }
 
 /// Serves one `Work` call (see the module doc).
@@ -421,29 +455,13 @@ fn park(service: &BrokerService, id: String, lease: pb::LeaseRequest, holdings: 
         return; // nobody can resume here; the worker settles through another node
     }
     let registry = service.sessions().clone();
-    let order = registry.next.fetch_add(1, Ordering::Relaxed);
-    let evicted = {
-        let mut sessions = lock(&registry.parked);
-        let evicted = if sessions.len() >= MAX_PARKED {
-            let oldest = sessions
-                .iter()
-                .min_by_key(|(_, p)| p.order)
-                .map(|(id, _)| id.clone());
-            oldest.and_then(|id| sessions.remove(&id))
-        } else {
-            None
-        };
-        sessions.insert(
-            id.clone(),
-            ParkedSession {
-                worker_id: lease.worker_id,
-                queues: lease.queues,
-                holdings,
-                order,
-            },
-        );
-        evicted
-    };
+    let evicted = registry.park_bounded(
+        id.clone(),
+        lease.worker_id,
+        lease.queues,
+        holdings,
+        MAX_PARKED,
+    );
     tracing::info!(grace = ?RESUME_GRACE, "work stream broke: its leases are kept for a resume");
     if let Some(old) = evicted {
         let service = service.clone();
@@ -625,4 +643,47 @@ fn with_cred<T>(msg: T, cred: &Arc<Credential>) -> Request<T> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holding(job: &str, lease: u64) -> Holdings {
+        let h = Holdings::default();
+        lock(&h.held).insert(job.to_string(), lease);
+        h
+    }
+
+    /// The bound on parked sessions (MAX_PARKED in production) evicts in parking
+    /// order, hands back the evicted session's leases to be ended, and keeps the rest
+    /// resumable.
+    #[test]
+    fn a_full_registry_evicts_the_session_parked_first_with_its_leases() {
+        let sessions = Sessions::default();
+        let park = |id: &str, job: &str, lease: u64| {
+            sessions.park_bounded(
+                id.into(),
+                format!("w-{id}"),
+                vec!["q".into()],
+                holding(job, lease),
+                3,
+            )
+        };
+        assert!(park("b", "job-b", 2).is_none());
+        assert!(park("a", "job-a", 1).is_none());
+        assert!(park("c", "job-c", 3).is_none());
+        assert_eq!(sessions.parked(), 3);
+
+        let evicted = park("d", "job-d", 4).expect("the fourth evicts one");
+        assert_eq!(evicted.worker_id, "w-b", "b was parked first");
+        assert_eq!(evicted.holdings.take_held(), vec![("job-b".to_string(), 2)]);
+        assert_eq!(sessions.parked(), 3);
+
+        let evicted = park("e", "job-e", 5).expect("the fifth evicts one");
+        assert_eq!(evicted.worker_id, "w-a", "then a, parked second");
+        let left: std::collections::BTreeSet<String> =
+            lock(&sessions.parked).keys().cloned().collect();
+        assert_eq!(left, ["c", "d", "e"].map(String::from).into());
+    }
 }
