@@ -165,8 +165,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
     let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
+    // The leader holds what followers forward to the same rules as its own clients' calls.
+    let forward_check = {
+        let api = config.api.clone();
+        Arc::new(move |cmd: &crate::queue::Command, now_ms: u64| {
+            crate::api::validate::forwarded(cmd, &api, now_ms).map_err(|e| e.to_string())
+        })
+    };
     let peer = RaftPeerServer::new(
-        PeerService::new(node.clone(), config.api.clone()).with_stop(peer_stop_rx.clone()),
+        PeerService::new(node.clone(), forward_check).with_stop(peer_stop_rx.clone()),
     )
     .max_decoding_message_size(MAX_PEER_MESSAGE)
     .max_encoding_message_size(MAX_PEER_MESSAGE);

@@ -22,23 +22,28 @@ use tracing::Instrument;
 use super::forward::{ForwardMsg, ForwardReply};
 use super::node::{ProposeError, RaftNode};
 use super::wire::{decode, encode};
-use crate::api::ApiSettings;
 use crate::queue::{Command, Reply};
+
+/// Checks a command a follower forwarded before this leader proposes it, given the
+/// replicated time: the public API's rules (`api::validate::forwarded`), passed in by
+/// `server.rs` so that the Raft layer does not depend on the API layer. An `Err`
+/// names what is wrong.
+pub type ForwardCheck = Arc<dyn Fn(&Command, u64) -> Result<(), String> + Send + Sync>;
 
 /// The peer service of one node.
 pub struct PeerService {
     node: Arc<RaftNode>,
-    settings: ApiSettings,
+    check: ForwardCheck,
     /// Becomes true when the node stops: `Forward` streams then take nothing new.
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl PeerService {
-    /// Serves `node`; forwarded writes are held to the API's limits in `settings`.
-    pub fn new(node: Arc<RaftNode>, settings: ApiSettings) -> Self {
+    /// Serves `node`; forwarded writes must pass `check`.
+    pub fn new(node: Arc<RaftNode>, check: ForwardCheck) -> Self {
         Self {
             node,
-            settings,
+            check,
             stop: tokio::sync::watch::channel(false).1,
         }
     }
@@ -89,7 +94,7 @@ async fn propose_forwarded(
 /// carries is answered.
 async fn serve_forward_stream(
     node: Arc<RaftNode>,
-    settings: ApiSettings,
+    check: ForwardCheck,
     mut inbound: Streaming<RaftMessage>,
     out: mpsc::UnboundedSender<Result<RaftMessage, Status>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -110,7 +115,7 @@ async fn serve_forward_stream(
                     Ok(ForwardMsg::Propose { id, timeout_ms, cmd }) => {
                         let wait = std::time::Duration::from_millis(timeout_ms).min(MAX_PEER_DEADLINE);
                         let deadline = Instant::now() + wait;
-                        if let Err(e) = crate::api::validate::forwarded(&cmd, &settings, node.now_ms()) {
+                        if let Err(e) = check(&cmd, node.now_ms()) {
                             let refused = ProposeError::Unavailable(format!("forwarded command refused: {e}"));
                             let _ = out.send(reply_message(id, Err(refused)));
                             continue;
@@ -185,7 +190,7 @@ impl RaftPeer for PeerService {
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let deadline = deadline_of(&req);
         let cmd: Command = parse(req)?;
-        crate::api::validate::forwarded(&cmd, &self.settings, self.node.now_ms())
+        (self.check)(&cmd, self.node.now_ms())
             .map_err(|e| Status::invalid_argument(format!("forwarded command refused: {e}")))?;
         reply(&propose_forwarded(&self.node, cmd, deadline).await)
     }
@@ -200,7 +205,7 @@ impl RaftPeer for PeerService {
         let (out, rx) = mpsc::unbounded_channel();
         let task = serve_forward_stream(
             self.node.clone(),
-            self.settings.clone(),
+            self.check.clone(),
             req.into_inner(),
             out,
             self.stop.clone(),
