@@ -251,8 +251,7 @@ async fn run(cli: Cli) -> Result<bool> {
             ));
             serve_args.push("--snapshot-max-age=10s".into());
         }
-        let n = node.insert(spawn::SpawnedNode::start(&bin, &serve_args)?);
-        n.wait_ready().await?;
+        let n = node.insert(spawn::SpawnedNode::start(&bin, &serve_args).await?);
         vec![n.addr.to_string()]
     } else if cli.servers.is_empty() {
         vec![cli.server.clone()]

@@ -58,29 +58,67 @@ pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn free_addr() -> Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
-    l.local_addr().context("reading the bound port")
+/// `n` distinct free loopback addresses. The listeners are held until all are
+/// bound, so no two are the same port; they are released before the child binds them,
+/// so another process can still take one meanwhile: [`START_ATTEMPTS`] covers that.
+fn free_addrs(n: usize) -> Result<Vec<SocketAddr>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").context("binding a free loopback port"))
+        .collect::<Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().context("reading the bound port"))
+        .collect()
 }
 
+/// Starts of a spawned node (or cluster) on fresh ports before giving up, when a child
+/// exits because another process took one of its ports between our pick and its bind.
+const START_ATTEMPTS: usize = 3;
+
 impl SpawnedNode {
-    /// Starts `bin serve` with `extra` flags appended.
-    pub fn start(bin: &Path, extra: &[String]) -> Result<Self> {
-        Self::start_at(bin, extra, free_addr()?, free_addr()?)
+    /// Starts `bin serve` with `extra` flags appended, on fresh ports, and waits until
+    /// it is ready; starts it again on other ports if one was taken meanwhile.
+    pub async fn start(bin: &Path, extra: &[String]) -> Result<Self> {
+        let mut attempt = 1;
+        loop {
+            let [addr, peer, http] = free_addrs(3)?[..] else {
+                unreachable!("free_addrs(3) returns 3 addresses")
+            };
+            let mut node = Self::launch_at(bin, extra, addr, peer, http)?;
+            match node.wait_ready().await {
+                Ok(()) => return Ok(node),
+                Err(e) if attempt < START_ATTEMPTS && node.port_was_taken() => {
+                    eprintln!(
+                        "spawned node lost a port to another process, starting it again: {e:#}"
+                    );
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
-    /// Starts `bin serve` listening on `addr` for clients and `peer` for peers.
-    pub fn start_at(
+    /// True when the child exited because an address it was given was in use.
+    fn port_was_taken(&mut self) -> bool {
+        self.exited().is_some() && {
+            let log = self.log_last(60);
+            log.contains("binding") && log.contains("Address already in use")
+        }
+    }
+
+    /// Starts `bin serve` listening on `addr` for clients, `peer` for peers and `http`
+    /// for HTTP.
+    fn launch_at(
         bin: &Path,
         extra: &[String],
         addr: SocketAddr,
         peer: SocketAddr,
+        http: SocketAddr,
     ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("taskraft-bench-")
             .tempdir()
             .context("creating a temp data dir")?;
-        let http = free_addr()?;
         let mut args = vec![
             "serve".to_string(),
             "--listen".into(),
@@ -239,19 +277,39 @@ pub struct SpawnedCluster {
 }
 
 impl SpawnedCluster {
-    /// Starts `n` nodes, each with `--id`, the shared `--peers`, and `extra` flags.
+    /// Starts `n` nodes, each with `--id`, the shared `--peers`, and `extra` flags, and
+    /// waits until each is ready; starts them all again on other ports if a port was
+    /// taken meanwhile (every node's `--peers` names every port).
     pub async fn start(bin: &Path, n: usize, extra: &[String]) -> Result<Self> {
-        let addrs = (0..n)
-            .map(|_| Ok((free_addr()?, free_addr()?)))
-            .collect::<Result<Vec<_>>>()?;
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(bin, n, extra).await {
+                Ok(cluster) => return Ok(cluster),
+                Err((e, taken)) if taken && attempt < START_ATTEMPTS => {
+                    eprintln!("a spawned node lost a port to another process, starting the cluster again: {e:#}");
+                    attempt += 1;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt of [`start`](Self::start): the error, and whether a node lost a port.
+    async fn start_once(
+        bin: &Path,
+        n: usize,
+        extra: &[String],
+    ) -> std::result::Result<Self, (anyhow::Error, bool)> {
+        let ports = free_addrs(3 * n).map_err(|e| (e, false))?;
+        let addrs: Vec<_> = ports.chunks(3).map(|c| (c[0], c[1], c[2])).collect();
         let peers = addrs
             .iter()
             .enumerate()
-            .map(|(i, (a, p))| format!("{}={a}/{p}", i + 1))
+            .map(|(i, (a, p, _))| format!("{}={a}/{p}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
         let mut nodes = Vec::new();
-        for (i, (addr, peer)) in addrs.iter().enumerate() {
+        for (i, (addr, peer, http)) in addrs.iter().enumerate() {
             let mut args = vec![
                 "--id".to_string(),
                 (i + 1).to_string(),
@@ -259,10 +317,14 @@ impl SpawnedCluster {
                 peers.clone(),
             ];
             args.extend(extra.iter().cloned());
-            nodes.push(SpawnedNode::start_at(bin, &args, *addr, *peer)?);
+            let node = SpawnedNode::launch_at(bin, &args, *addr, *peer, *http);
+            nodes.push(node.map_err(|e| (e, false))?);
         }
-        for node in &mut nodes {
-            node.wait_ready().await?;
+        for i in 0..nodes.len() {
+            if let Err(e) = nodes[i].wait_ready().await {
+                let taken = nodes.iter_mut().any(SpawnedNode::port_was_taken);
+                return Err((e, taken));
+            }
         }
         Ok(Self { nodes })
     }
