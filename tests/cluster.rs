@@ -298,6 +298,7 @@ async fn follower_behind_a_burst_of_big_batches_catches_up_from_the_log() {
     let cluster = InProcCluster::start(3, |c| {
         c.snapshot_every = 100_000;
         c.keep_logs = 100_000;
+        c.keep_log_bytes = u64::MAX;
         c.api.max_payload = 64 << 10;
     })
     .await;

@@ -170,3 +170,78 @@ async fn sigterm_drains_and_exits_cleanly() {
         node.log_tail()
     );
 }
+
+/// The log kept behind a snapshot is bounded in bytes (`--keep-log-mb`), not only in
+/// entries (`--keep-logs`): big batches are purged down to the byte bound, and a node
+/// SIGKILLed after such purges restarts with every job and payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_behind_a_snapshot_is_bounded_in_bytes_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let flags = [
+        "--snapshot-every",
+        "5",
+        "--keep-logs",
+        "1000",
+        "--keep-log-mb",
+        "1",
+    ];
+    let mut node = ProcessNode::spawn(&data, &flags).await;
+    node.wait_ready().await;
+    let mut c = node.clients().await;
+
+    // 30 sequential calls of 20 jobs x 30 KiB: 30 entries of about 600 KiB, where
+    // 1000 kept entries would keep them all.
+    let mut payloads = BTreeMap::new();
+    for b in 0..30 {
+        let jobs: Vec<_> = (0..20)
+            .map(|i| {
+                job(
+                    "big-log",
+                    &format!("{b:02}-{i:02}-{}", "x".repeat(30 << 10)),
+                )
+            })
+            .collect();
+        let ids = c
+            .broker
+            .enqueue_batch(pb::EnqueueBatchRequest { jobs: jobs.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        for (r, j) in ids.into_iter().zip(jobs) {
+            payloads.insert(r.job_id, j.payload);
+        }
+    }
+    let gauge = |body: &str, name: &str| -> Option<u64> {
+        body.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    // At most one 600 KiB entry stays behind the last snapshot (1 MiB), plus the
+    // entries after it (under 5).
+    let http = node.http;
+    let (snapshot, entries) = eventually(
+        "a snapshot past the burst and the log purged to 1 MiB behind it",
+        SOON,
+        || async move {
+            let body = http_get(http, "/metrics").await?.1;
+            let snapshot = gauge(&body, "taskraft_raft_snapshot_index")?;
+            let entries = gauge(&body, "taskraft_raft_log_entries")?;
+            (snapshot >= 25 && entries <= 8).then_some((snapshot, entries))
+        },
+    )
+    .await;
+    eprintln!("snapshot at {snapshot}, {entries} log entries kept");
+
+    node.kill9();
+    node.restart().await;
+    node.wait_ready().await;
+    let mut c = node.clients().await;
+    assert_eq!(stats(&mut c, "big-log").await.ready, 600);
+    for (id, payload) in &payloads {
+        assert_eq!(&get_job(&mut c, id).await.payload, payload, "job {id}");
+    }
+}

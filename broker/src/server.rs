@@ -102,6 +102,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tls: tls.clone(),
         request_timeout: config.request_timeout,
         keep_logs: config.keep_logs,
+        keep_log_bytes: config.keep_log_bytes,
         heartbeat: config.heartbeat,
         resolver: config.resolver.clone(),
         clock: config.clock.clone(),

@@ -124,6 +124,10 @@ pub struct ServeArgs {
     /// up to 4 MiB.)
     #[arg(long, env = "TASKRAFT_KEEP_LOGS", default_value_t = 100)]
     pub keep_logs: u64,
+    /// At most this many MiB of those entries: an entry holds from a hundred bytes to
+    /// 4 MiB, so a count alone kept up to 400 MiB of log behind every snapshot.
+    #[arg(long, env = "TASKRAFT_KEEP_LOG_MB", default_value_t = 32)]
+    pub keep_log_mb: u64,
     /// Raft heartbeat interval. A follower that hears nothing for 8 heartbeats (the
     /// leader lease) plus a random 4-8 more starts an election.
     #[arg(long, env = "TASKRAFT_HEARTBEAT", default_value = "100ms", value_parser = humantime::parse_duration)]
@@ -313,6 +317,7 @@ impl ServeArgs {
             verify_on_start: self.verify_on_start,
             snapshot_every: self.snapshot_every,
             keep_logs: self.keep_logs,
+            keep_log_bytes: self.keep_log_mb.saturating_mul(1 << 20),
             snapshot_max_age: self.snapshot_max_age,
             heartbeat: self.heartbeat,
             webhook_secret: self.webhook_secret.filter(|s| !s.is_empty()),

@@ -78,6 +78,8 @@ pub struct Config {
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot.
     pub keep_logs: u64,
+    /// Bytes of those entries kept at most.
+    pub keep_log_bytes: u64,
     /// Snapshot at least this often while entries come in.
     pub snapshot_max_age: Duration,
     /// Raft heartbeat.
@@ -123,6 +125,7 @@ impl Config {
             verify_on_start: true,
             snapshot_every: 5_000,
             keep_logs: 100,
+            keep_log_bytes: 32 << 20,
             snapshot_max_age: Duration::from_secs(10),
             heartbeat: Duration::from_millis(100),
             webhook_secret: None,

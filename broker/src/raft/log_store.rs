@@ -19,7 +19,7 @@
 // openraft's traits fix the (large) error type; boxing it here would only add a copy.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +74,10 @@ struct Inner {
     /// Bytes of entries appended since the store was opened (the snapshot trigger
     /// compares it with its value at the last snapshot).
     appended_bytes: AtomicU64,
+    /// Index and encoded size of each entry appended since the store was opened and
+    /// not purged or truncated since, oldest first: what [`LogStore::purge_point`]
+    /// weighs. Bounded by the entries between two snapshots plus the kept tail.
+    sizes: Mutex<VecDeque<(u64, u64)>>,
     tx: Mutex<mpsc::Sender<Op>>,
 }
 
@@ -104,6 +108,7 @@ impl LogStore {
             observer: Mutex::new(None),
             pending: Mutex::new(BTreeMap::new()),
             appended_bytes: AtomicU64::new(0),
+            sizes: Mutex::new(VecDeque::new()),
             tx: Mutex::new(tx),
         });
         let weak = Arc::downgrade(&inner);
@@ -116,6 +121,22 @@ impl LogStore {
     /// Bytes of entries appended since the store was opened.
     pub fn appended_bytes(&self) -> u64 {
         self.inner.appended_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The index to purge the log up to (inclusive) so that of the entries up to
+    /// `snapshot` at most `keep_entries` and at most `keep_bytes` bytes stay, or `None`
+    /// when they fit already. openraft's `max_in_snapshot_log_to_keep` counts entries
+    /// only, and an entry holds from a hundred bytes to 4 MiB: 100 entries of big
+    /// batches kept about 280 MiB (and, with redb's rounding of large values, 450 MiB
+    /// of file) behind every snapshot. Entries appended before this process started
+    /// are not weighed (their sizes are not known without reading them).
+    pub fn purge_point(&self, snapshot: u64, keep_entries: u64, keep_bytes: u64) -> Option<u64> {
+        purge_point(
+            lock(&self.inner.sizes).iter().copied(),
+            snapshot,
+            keep_entries,
+            keep_bytes,
+        )
     }
 
     /// Reports every append commit's duration to `observer` (metrics).
@@ -156,6 +177,24 @@ impl LogStore {
         };
         decode(v.value()).map(Some).map_err(read_err)
     }
+}
+
+/// [`LogStore::purge_point`] over `(index, bytes)` pairs in index order.
+fn purge_point(
+    sizes: impl DoubleEndedIterator<Item = (u64, u64)>,
+    snapshot: u64,
+    keep_entries: u64,
+    keep_bytes: u64,
+) -> Option<u64> {
+    let (mut kept, mut bytes) = (0u64, 0u64);
+    for (index, size) in sizes.rev().skip_while(|(i, _)| *i > snapshot) {
+        if kept >= keep_entries || bytes + size > keep_bytes {
+            return Some(index);
+        }
+        kept += 1;
+        bytes += size;
+    }
+    None
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -397,11 +436,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 pending.insert(id.index, (*id, bytes.clone()));
             }
         }
+        {
+            let mut sizes = lock(&self.inner.sizes);
+            for (id, bytes) in &rows {
+                sizes.push_back((id.index, bytes.len() as u64));
+            }
+        }
         self.send(Op::Append { rows, callback })
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         lock(&self.inner.pending).retain(|i, _| *i < log_id.index);
+        lock(&self.inner.sizes).retain(|(i, _)| *i < log_id.index);
         let (done, rx) = tokio::sync::oneshot::channel();
         self.send(Op::Truncate {
             from: log_id.index,
@@ -420,6 +466,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })?;
         rx.await.map_err(write_err)?.map_err(write_err)?;
         lock(&self.inner.pending).retain(|i, _| *i > log_id.index);
+        let mut sizes = lock(&self.inner.sizes);
+        while sizes.front().is_some_and(|(i, _)| *i <= log_id.index) {
+            sizes.pop_front();
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::purge_point;
+
+    /// Entries 1..=10 of 10 bytes, then 11..=12 of 100 bytes; the snapshot covers 12.
+    fn sizes() -> Vec<(u64, u64)> {
+        (1..=10)
+            .map(|i| (i, 10))
+            .chain([(11, 100), (12, 100)])
+            .collect()
+    }
+
+    #[test]
+    fn the_kept_tail_is_bounded_by_entries_and_by_bytes() {
+        let at =
+            |snapshot, entries, bytes| purge_point(sizes().into_iter(), snapshot, entries, bytes);
+        // Everything fits.
+        assert_eq!(at(12, 100, 1_000), None);
+        // The count binds: keep 12, 11, 10; purge up to 9.
+        assert_eq!(at(12, 3, 1_000), Some(9));
+        // The bytes bind: 12 and 11 are 200 bytes; 10 would make 210.
+        assert_eq!(at(12, 100, 200), Some(10));
+        assert_eq!(at(12, 100, 209), Some(10));
+        assert_eq!(at(12, 100, 210), Some(9));
+        // An entry bigger than the whole budget is not kept.
+        assert_eq!(at(12, 100, 50), Some(12));
+        // Only entries the snapshot covers count: with the snapshot at 10, 11 and 12
+        // are not weighed and 1..=10 fit in 100 bytes.
+        assert_eq!(at(10, 100, 100), None);
+        assert_eq!(at(10, 5, 100), Some(5));
+        // Nothing known.
+        assert_eq!(purge_point(std::iter::empty(), 12, 1, 1), None);
     }
 }

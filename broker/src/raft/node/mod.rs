@@ -67,6 +67,8 @@ pub struct NodeOptions {
     pub request_timeout: Duration,
     /// Entries kept behind a snapshot.
     pub keep_logs: u64,
+    /// Most bytes of those entries (`--keep-log-mb`): `run_compactor` purges the rest.
+    pub keep_log_bytes: u64,
     /// Raft heartbeat interval.
     pub heartbeat: Duration,
     /// How peer host names are resolved (the system's resolver outside tests).
@@ -106,6 +108,8 @@ pub struct RaftNode {
     disk: Arc<crate::storage::disk::DiskGuard>,
     request_timeout: Duration,
     heartbeat: Duration,
+    /// `--keep-log-mb` in bytes, for `run_compactor`.
+    keep_log_bytes: u64,
 }
 
 /// True when a peer call failed before the request could reach the peer (connection
@@ -241,6 +245,7 @@ impl RaftNode {
             )),
             request_timeout: opts.request_timeout,
             heartbeat: opts.heartbeat,
+            keep_log_bytes: opts.keep_log_bytes,
         });
         node.form_cluster(&opts).await?;
         Ok(node)

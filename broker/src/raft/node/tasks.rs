@@ -37,22 +37,43 @@ impl RaftNode {
         let mut last = Instant::now();
         let mut behind_since: Option<Instant> = None;
         let mut bytes_at_last = self.log.appended_bytes();
+        let keep_entries = self.raft.config().max_in_snapshot_log_to_keep;
+        let mut purged_to = 0;
         let mut interval = tokio::time::interval(
             (max_age / 4).clamp(Duration::from_millis(100), Duration::from_millis(500)),
         );
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
-            let (applied, snap, follower_behind) = {
+            let (applied, snap, follower_behind, least_matched) = {
                 let m = self.raft.metrics();
                 let m = m.borrow();
                 let snap = m.snapshot.map_or(0, |l| l.index);
-                let behind = m.replication.as_ref().is_some_and(|r| {
+                // On the leader: the lowest index every follower has.
+                let least = m.replication.as_ref().map(|r| {
                     r.values()
-                        .any(|matched| matched.map_or(0, |l| l.index) < snap)
+                        .map(|matched| matched.map_or(0, |l| l.index))
+                        .min()
+                        .unwrap_or(u64::MAX)
                 });
-                (m.last_applied.map_or(0, |l| l.index), snap, behind)
+                let behind = least.is_some_and(|l| l < snap);
+                (m.last_applied.map_or(0, |l| l.index), snap, behind, least)
             };
+            // Purge what openraft's entry count keeps beyond `keep_log_bytes`, but on
+            // the leader never past what a follower still needs from the log (it
+            // would need a snapshot instead).
+            if let Some(point) = self
+                .log
+                .purge_point(snap, keep_entries, self.keep_log_bytes)
+            {
+                let point = least_matched.map_or(point, |l| point.min(l));
+                if point > purged_to {
+                    purged_to = point;
+                    if let Err(e) = self.raft.trigger().purge_log(point).await {
+                        tracing::warn!(error = %e, "could not trigger a log purge");
+                    }
+                }
+            }
             let held = match (follower_behind, behind_since) {
                 (false, _) => {
                     behind_since = None;
