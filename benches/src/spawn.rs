@@ -75,27 +75,41 @@ fn free_addrs(n: usize) -> Result<Vec<SocketAddr>> {
 /// exits because another process took one of its ports between our pick and its bind.
 const START_ATTEMPTS: usize = 3;
 
+/// Runs `start` (one attempt on fresh ports, failing with the error and whether a child
+/// lost a port) until it succeeds, fails otherwise, or [`START_ATTEMPTS`] are used up.
+async fn with_fresh_ports<T, F, Fut>(what: &str, mut start: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, (anyhow::Error, bool)>>,
+{
+    let mut attempt = 1;
+    loop {
+        match start().await {
+            Ok(started) => return Ok(started),
+            Err((e, true)) if attempt < START_ATTEMPTS => {
+                eprintln!("{what} lost a port to another process, starting again: {e:#}");
+                attempt += 1;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 impl SpawnedNode {
     /// Starts `bin serve` with `extra` flags appended, on fresh ports, and waits until
     /// it is ready; starts it again on other ports if one was taken meanwhile.
     pub async fn start(bin: &Path, extra: &[String]) -> Result<Self> {
-        let mut attempt = 1;
-        loop {
-            let [addr, peer, http] = free_addrs(3)?[..] else {
+        with_fresh_ports("the spawned node", || async {
+            let [addr, peer, http] = free_addrs(3).map_err(|e| (e, false))?[..] else {
                 unreachable!("free_addrs(3) returns 3 addresses")
             };
-            let mut node = Self::launch_at(bin, extra, addr, peer, http)?;
+            let mut node = Self::launch_at(bin, extra, addr, peer, http).map_err(|e| (e, false))?;
             match node.wait_ready().await {
-                Ok(()) => return Ok(node),
-                Err(e) if attempt < START_ATTEMPTS && node.port_was_taken() => {
-                    eprintln!(
-                        "spawned node lost a port to another process, starting it again: {e:#}"
-                    );
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
+                Ok(()) => Ok(node),
+                Err(e) => Err((e, node.port_was_taken())),
             }
-        }
+        })
+        .await
     }
 
     /// True when the child exited because an address it was given was in use.
@@ -281,17 +295,7 @@ impl SpawnedCluster {
     /// waits until each is ready; starts them all again on other ports if a port was
     /// taken meanwhile (every node's `--peers` names every port).
     pub async fn start(bin: &Path, n: usize, extra: &[String]) -> Result<Self> {
-        let mut attempt = 1;
-        loop {
-            match Self::start_once(bin, n, extra).await {
-                Ok(cluster) => return Ok(cluster),
-                Err((e, taken)) if taken && attempt < START_ATTEMPTS => {
-                    eprintln!("a spawned node lost a port to another process, starting the cluster again: {e:#}");
-                    attempt += 1;
-                }
-                Err((e, _)) => return Err(e),
-            }
-        }
+        with_fresh_ports("the spawned cluster", || Self::start_once(bin, n, extra)).await
     }
 
     /// One attempt of [`start`](Self::start): the error, and whether a node lost a port.

@@ -431,14 +431,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .appended_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
         {
-            let mut pending = lock(&self.inner.pending);
+            let (mut pending, mut sizes) = (lock(&self.inner.pending), lock(&self.inner.sizes));
             for (id, bytes) in &rows {
                 pending.insert(id.index, (*id, bytes.clone()));
-            }
-        }
-        {
-            let mut sizes = lock(&self.inner.sizes);
-            for (id, bytes) in &rows {
                 sizes.push_back((id.index, bytes.len() as u64));
             }
         }
