@@ -97,13 +97,15 @@ pub async fn restore(config: &Config, from: &Path) -> anyhow::Result<Restored> {
         .await
         .with_context(|| format!("loading the backup {}", from.display()))?;
     let mut log = LogStore::open(&config.data_dir.join("raft-log.redb"))?;
-    log.save_vote(&Vote::new(applied.leader_id.term, config.id))
-        .await
-        .context("writing the vote")?;
     log.purge(applied).await.context("writing the log start")?;
     log.save_committed(Some(applied))
         .await
         .context("writing the committed position")?;
+    // Last: the vote is fsynced before it is answered, and the log writer keeps the
+    // order of writes, so the committed position (not waited for) is on disk with it.
+    log.save_vote(&Vote::new(applied.leader_id.term, config.id))
+        .await
+        .context("writing the vote")?;
     tracing::info!(
         node_id = config.id,
         applied_index = applied.index,

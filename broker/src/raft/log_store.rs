@@ -9,8 +9,10 @@
 //! acknowledged before it is on disk.
 //!
 //! Every write (append, vote, committed pointer, truncate, purge) goes through the same
-//! writer queue, so write I/O stays in the order openraft issued it. The committed
-//! pointer is fsynced like the vote (see `save_committed` for why).
+//! writer queue, so write I/O stays in the order openraft issued it. The vote and the
+//! meta keys ride in the same transaction as the appends queued with them (see
+//! [`Group`]): the vote is durable before it is answered, the committed pointer is not
+//! waited for (see `save_committed` for why that is safe).
 //!
 //! The file is never compacted (that needs exclusive access and would stall appends):
 //! redb reuses the pages a purge frees, and snapshots are taken often enough (by entry
@@ -47,10 +49,11 @@ enum Op {
     Meta {
         key: &'static str,
         bytes: Vec<u8>,
-        /// Fsync before answering. Both the vote and the committed pointer need it
-        /// today; the flag keeps the writer able to batch a future non-critical key.
+        /// Fsync before answering (the vote); the committed pointer is not (see
+        /// `save_committed`).
         durable: bool,
-        done: tokio::sync::oneshot::Sender<Result<(), String>>,
+        /// Answered once written; `None` when nobody waits.
+        done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
     },
     Truncate {
         from: u64,
@@ -161,7 +164,7 @@ impl LogStore {
             key,
             bytes,
             durable,
-            done,
+            done: Some(done),
         })?;
         rx.await.map_err(write_err)?.map_err(write_err)
     }
@@ -201,8 +204,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The writer thread: drains the queue, writes consecutive appends in one fsynced
-/// transaction, runs other ops in order.
+/// Writes that share one transaction and one fsync: the appends and the meta keys
+/// (vote, committed pointer) queued between two truncates or purges. Appends and keys
+/// never depend on each other's order: they are different keys, and the whole group
+/// becomes durable at once. A group of non-durable keys alone is committed without
+/// fsync (the next durable commit carries it).
+#[derive(Default)]
+struct Group {
+    appends: AppendBatch,
+    metas: Vec<MetaWrite>,
+}
+
+/// A meta key written with a [`Group`].
+struct MetaWrite {
+    key: &'static str,
+    bytes: Vec<u8>,
+    durable: bool,
+    done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+}
+
+/// The writer thread: drains the queue, writes consecutive appends and meta keys in
+/// one fsynced transaction, runs truncates and purges in order between them.
 fn writer(inner: std::sync::Weak<Inner>, rx: mpsc::Receiver<Op>) {
     while let Ok(first) = rx.recv() {
         let Some(inner) = inner.upgrade() else { return };
@@ -210,33 +232,56 @@ fn writer(inner: std::sync::Weak<Inner>, rx: mpsc::Receiver<Op>) {
         while let Ok(op) = rx.try_recv() {
             ops.push(op);
         }
-        let mut batch: AppendBatch = Vec::new();
+        let mut group = Group::default();
         for op in ops {
             match op {
-                Op::Append { rows, callback } => batch.push((rows, callback)),
+                Op::Append { rows, callback } => group.appends.push((rows, callback)),
+                Op::Meta {
+                    key,
+                    bytes,
+                    durable,
+                    done,
+                } => group.metas.push(MetaWrite {
+                    key,
+                    bytes,
+                    durable,
+                    done,
+                }),
                 other => {
-                    flush_appends(&inner, std::mem::take(&mut batch));
+                    flush_group(&inner, std::mem::take(&mut group));
                     run_other(&inner, other);
                 }
             }
         }
-        flush_appends(&inner, batch);
+        flush_group(&inner, group);
     }
 }
 
-fn flush_appends(inner: &Inner, batch: AppendBatch) {
-    if batch.is_empty() {
+fn flush_group(inner: &Inner, group: Group) {
+    let Group { appends, metas } = group;
+    if appends.is_empty() && metas.is_empty() {
         return;
     }
+    let durable = !appends.is_empty() || metas.iter().any(|m| m.durable);
     let started = Instant::now();
     let res = (|| -> Result<(), redb::Error> {
-        let txn = inner.db.begin_write()?;
-        {
+        let mut txn = inner.db.begin_write()?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)?;
+        }
+        if !appends.is_empty() {
             let mut table = txn.open_table(LOG)?;
-            for (rows, _) in &batch {
+            for (rows, _) in &appends {
                 for (log_id, bytes) in rows {
                     table.insert(log_id.index, bytes.as_slice())?;
                 }
+            }
+        }
+        if !metas.is_empty() {
+            let mut table = txn.open_table(META)?;
+            // In queue order: a key written twice keeps its later value.
+            for m in &metas {
+                table.insert(m.key, m.bytes.as_slice())?;
             }
         }
         // Durability::Immediate (the default): commit returns after fsync.
@@ -248,7 +293,7 @@ fn flush_appends(inner: &Inner, batch: AppendBatch) {
         Ok(()) => {
             {
                 let mut pending = lock(&inner.pending);
-                for (rows, _) in &batch {
+                for (rows, _) in &appends {
                     for (log_id, _) in rows {
                         // Only if it is still the same entry (a truncate may have replaced it).
                         if pending
@@ -260,17 +305,25 @@ fn flush_appends(inner: &Inner, batch: AppendBatch) {
                     }
                 }
             }
-            if let Some(observe) = lock(&inner.observer).as_ref() {
-                observe(elapsed);
+            if !appends.is_empty() {
+                if let Some(observe) = lock(&inner.observer).as_ref() {
+                    observe(elapsed);
+                }
             }
-            for (_, cb) in batch {
+            for (_, cb) in appends {
                 cb.log_io_completed(Ok(()));
+            }
+            for done in metas.into_iter().filter_map(|m| m.done) {
+                let _ = done.send(Ok(()));
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, "log append failed");
-            for (_, cb) in batch {
+            tracing::error!(error = %e, "log write failed");
+            for (_, cb) in appends {
                 cb.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            }
+            for done in metas.into_iter().filter_map(|m| m.done) {
+                let _ = done.send(Err(e.to_string()));
             }
         }
     }
@@ -279,24 +332,7 @@ fn flush_appends(inner: &Inner, batch: AppendBatch) {
 fn run_other(inner: &Inner, op: Op) {
     let db = &inner.db;
     match op {
-        Op::Append { .. } => unreachable!("appends are batched"),
-        Op::Meta {
-            key,
-            bytes,
-            durable,
-            done,
-        } => {
-            let r = (|| -> Result<(), redb::Error> {
-                let mut txn = db.begin_write()?;
-                if !durable {
-                    txn.set_durability(redb::Durability::None)?;
-                }
-                txn.open_table(META)?.insert(key, bytes.as_slice())?;
-                txn.commit()?;
-                Ok(())
-            })();
-            let _ = done.send(r.map_err(|e| e.to_string()));
-        }
+        Op::Append { .. } | Op::Meta { .. } => unreachable!("written in groups"),
         Op::Truncate { from, done } => {
             let r = (|| -> Result<(), redb::Error> {
                 let txn = db.begin_write()?;
@@ -398,14 +434,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Durable, not carried by the next append: openraft 0.9 lets a leader that
-        // restarts retake leadership in its old term, and then it answers linearizable
-        // reads at this persisted index until its log is committed again. Written
-        // without fsync, a kill -9 right after the last write made a restarted leader
-        // serve the state from before that write (found by benches/scripts/big_blobs.py:
-        // an acked job read back as leased).
-        self.meta("committed", encode(&committed).map_err(write_err)?, true)
-            .await
+        // Queued, not awaited, and not fsynced on its own: it rides in the next group's
+        // transaction (durable when that group holds appends). openraft 0.9 awaits this
+        // call before every apply, so waiting here put an fsync between every commit
+        // advance and its apply. A pointer that lags after a crash is harmless:
+        // openraft starts from the later of it and the state machine's applied id, and
+        // a leader that retakes leadership in its old term after a restart reads no
+        // lower than the log's end at start (see `RaftNode::leader_read_index`; a
+        // lagging pointer there once made acked jobs read back as leased).
+        self.send(Op::Meta {
+            key: "committed",
+            bytes: encode(&committed).map_err(write_err)?,
+            durable: false,
+            done: None,
+        })
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

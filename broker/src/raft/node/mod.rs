@@ -110,6 +110,9 @@ pub struct RaftNode {
     heartbeat: Duration,
     /// `--keep-log-mb` in bytes, for `run_compactor`.
     keep_log_bytes: u64,
+    /// The term of the vote and the log's last index when this process opened the
+    /// store: see [`RaftNode::leader_read_index`].
+    restart_floor: (u64, u64),
 }
 
 /// True when a peer call failed before the request could reach the peer (connection
@@ -175,12 +178,16 @@ impl RaftNode {
         let read_side = sm.read_side();
         // Entries past the log's end now are appended while this process runs: applying
         // one anchors replicated time (see time.rs).
-        let live_after = {
+        let (live_after, open_term) = {
+            use openraft::storage::RaftLogStorage;
             let mut log = log.clone();
-            openraft::storage::RaftLogStorage::get_log_state(&mut log)
+            let last = log
+                .get_log_state()
                 .await?
                 .last_log_id
-                .map_or(0, |l| l.index)
+                .map_or(0, |l| l.index);
+            let term = log.read_vote().await?.map_or(0, |v| v.leader_id().term);
+            (last, term)
         };
         let stored_ms = read_side.read().state.now_ms();
         let time = Arc::new(ReplicatedTime::new(
@@ -246,6 +253,7 @@ impl RaftNode {
             request_timeout: opts.request_timeout,
             heartbeat: opts.heartbeat,
             keep_log_bytes: opts.keep_log_bytes,
+            restart_floor: (open_term, live_after),
         });
         node.form_cluster(&opts).await?;
         Ok(node)

@@ -32,9 +32,21 @@ impl RaftNode {
 
     /// On the leader: confirms leadership with a quorum and returns the index a read
     /// must observe.
+    ///
+    /// openraft's read index is the later of the committed index and the leader's first
+    /// entry of its term. A leader that restarts may retake leadership in its old term
+    /// (openraft 0.9 restores it at startup) with a committed index read from disk, and
+    /// that pointer is written lazily (`LogStore::save_committed`): it can lag writes
+    /// that were acknowledged before the crash. Every acknowledged write is in the log
+    /// it opened, so in the term it restarted in, a read waits for the log's last index
+    /// at start as well. A later term has a first entry of its own after all of it.
     pub async fn leader_read_index(&self, deadline: Instant) -> Result<u64, ProposeError> {
+        // The term before the check: leadership is confirmed in this term or a later one.
+        let term = self.raft.metrics().borrow().current_term;
+        let (open_term, open_last) = self.restart_floor;
+        let floor = if term == open_term { open_last } else { 0 };
         match tokio::time::timeout_at(deadline, self.raft.ensure_linearizable()).await {
-            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index)),
+            Ok(Ok(log_id)) => Ok(log_id.map_or(0, |l| l.index).max(floor)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
                 Err(ProposeError::NotLeader)
             }
