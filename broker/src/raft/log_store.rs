@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable};
@@ -35,8 +36,9 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::storage::{decode, encode, read_err, write_err, LOG, META};
 
-/// Encoded entries of one `append`, with their log ids.
-type Rows = Vec<(LogId, Vec<u8>)>;
+/// Encoded entries of one `append`, with their log ids. Shared (not copied) with the
+/// not-yet-flushed cache: an entry is tens of KiB to 4 MiB.
+type Rows = Vec<(LogId, Bytes)>;
 /// Appends waiting for the same fsync.
 type AppendBatch = Vec<(Rows, LogFlushed<TypeConfig>)>;
 
@@ -73,7 +75,7 @@ struct Inner {
     db: Database,
     observer: Mutex<Option<FsyncObserver>>,
     /// Entries appended but not yet on disk, by index.
-    pending: Mutex<BTreeMap<u64, (LogId, Vec<u8>)>>,
+    pending: Mutex<BTreeMap<u64, (LogId, Bytes)>>,
     /// Bytes of entries appended since the store was opened (the snapshot trigger
     /// compares it with its value at the last snapshot).
     appended_bytes: AtomicU64,
@@ -273,7 +275,7 @@ fn flush_group(inner: &Inner, group: Group) {
             let mut table = txn.open_table(LOG)?;
             for (rows, _) in &appends {
                 for (log_id, bytes) in rows {
-                    table.insert(log_id.index, bytes.as_slice())?;
+                    table.insert(log_id.index, bytes.as_ref())?;
                 }
             }
         }
@@ -362,17 +364,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        // Disk first, then the not-yet-flushed cache on top (it holds the newest entries).
-        let mut by_index: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-        {
-            let txn = self.inner.db.begin_read().map_err(read_err)?;
-            let table = txn.open_table(LOG).map_err(read_err)?;
-            for row in table.range(range.clone()).map_err(read_err)? {
-                let (k, v) = row.map_err(read_err)?;
-                by_index.insert(k.value(), v.value().to_vec());
-            }
-        }
-        {
+        // The not-yet-flushed cache first, then the disk for what it does not hold: the
+        // writer removes an entry from the cache only after its commit, so an entry
+        // flushed meanwhile is found on disk. The cache wins where both hold an index (a
+        // truncated and re-appended entry not flushed yet).
+        let pending: BTreeMap<u64, Bytes> = {
             let pending = lock(&self.inner.pending);
             let lo = match range.start_bound() {
                 Bound::Included(i) => Bound::Included(*i),
@@ -384,14 +380,26 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 Bound::Excluded(i) => Bound::Excluded(*i),
                 Bound::Unbounded => Bound::Unbounded,
             };
-            for (i, (_, bytes)) in pending.range((lo, hi)) {
-                by_index.insert(*i, bytes.clone());
+            pending
+                .range((lo, hi))
+                .map(|(i, (_, bytes))| (*i, bytes.clone()))
+                .collect()
+        };
+        let mut by_index: BTreeMap<u64, Entry> = BTreeMap::new();
+        {
+            let txn = self.inner.db.begin_read().map_err(read_err)?;
+            let table = txn.open_table(LOG).map_err(read_err)?;
+            for row in table.range(range.clone()).map_err(read_err)? {
+                let (k, v) = row.map_err(read_err)?;
+                if !pending.contains_key(&k.value()) {
+                    by_index.insert(k.value(), decode(v.value()).map_err(read_err)?);
+                }
             }
         }
-        by_index
-            .values()
-            .map(|b| decode(b).map_err(read_err))
-            .collect()
+        for (i, bytes) in pending {
+            by_index.insert(i, decode(&bytes).map_err(read_err)?);
+        }
+        Ok(by_index.into_values().collect())
     }
 }
 
@@ -465,7 +473,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let rows: Rows = entries
             .into_iter()
-            .map(|e| encode(&e).map(|b| (e.log_id, b)))
+            .map(|e| encode(&e).map(|b| (e.log_id, Bytes::from(b))))
             .collect::<Result<_, _>>()
             .map_err(write_err)?;
         let bytes: usize = rows.iter().map(|(_, b)| b.len()).sum();
