@@ -329,7 +329,9 @@ async fn leader_killed_right_after_acks_serves_them_after_restart() {
             .map(|_| {
                 let (mut r, stats, served) = (r.clone(), stats.clone(), served.clone());
                 tokio::spawn(async move {
-                    for _ in 0..2_000 {
+                    // Generous: waking followers may hold an election first.
+                    let until = std::time::Instant::now() + SOON;
+                    while std::time::Instant::now() < until {
                         if let Ok(s) = r.admin.get_queue_stats(stats.clone()).await {
                             served.lock().unwrap().push(s.into_inner());
                             return;
