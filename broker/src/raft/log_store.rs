@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,15 +48,7 @@ enum Op {
         rows: Rows,
         callback: LogFlushed<TypeConfig>,
     },
-    Meta {
-        key: &'static str,
-        bytes: Vec<u8>,
-        /// Fsync before answering (the vote); the committed pointer is not (see
-        /// `save_committed`).
-        durable: bool,
-        /// Answered once written; `None` when nobody waits.
-        done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
-    },
+    Meta(MetaWrite),
     Truncate {
         from: u64,
         done: tokio::sync::oneshot::Sender<Result<(), String>>,
@@ -155,19 +147,15 @@ impl LogStore {
             .map_err(|_| write_err("log writer thread stopped"))
     }
 
-    async fn meta(
-        &self,
-        key: &'static str,
-        bytes: Vec<u8>,
-        durable: bool,
-    ) -> Result<(), StorageError> {
+    /// Writes a meta key durably and waits for it.
+    async fn meta(&self, key: &'static str, bytes: Vec<u8>) -> Result<(), StorageError> {
         let (done, rx) = tokio::sync::oneshot::channel();
-        self.send(Op::Meta {
+        self.send(Op::Meta(MetaWrite {
             key,
             bytes,
-            durable,
+            durable: true,
             done: Some(done),
-        })?;
+        }))?;
         rx.await.map_err(write_err)?.map_err(write_err)
     }
 
@@ -217,11 +205,14 @@ struct Group {
     metas: Vec<MetaWrite>,
 }
 
-/// A meta key written with a [`Group`].
+/// A meta key, written with a [`Group`].
 struct MetaWrite {
     key: &'static str,
     bytes: Vec<u8>,
+    /// Fsync before answering (the vote); the committed pointer is not (see
+    /// `save_committed`).
     durable: bool,
+    /// Answered once written; `None` when nobody waits.
     done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
@@ -238,17 +229,7 @@ fn writer(inner: std::sync::Weak<Inner>, rx: mpsc::Receiver<Op>) {
         for op in ops {
             match op {
                 Op::Append { rows, callback } => group.appends.push((rows, callback)),
-                Op::Meta {
-                    key,
-                    bytes,
-                    durable,
-                    done,
-                } => group.metas.push(MetaWrite {
-                    key,
-                    bytes,
-                    durable,
-                    done,
-                }),
+                Op::Meta(m) => group.metas.push(m),
                 other => {
                     flush_group(&inner, std::mem::take(&mut group));
                     run_other(&inner, other);
@@ -334,7 +315,7 @@ fn flush_group(inner: &Inner, group: Group) {
 fn run_other(inner: &Inner, op: Op) {
     let db = &inner.db;
     match op {
-        Op::Append { .. } | Op::Meta { .. } => unreachable!("written in groups"),
+        Op::Append { .. } | Op::Meta(_) => unreachable!("written in groups"),
         Op::Truncate { from, done } => {
             let r = (|| -> Result<(), redb::Error> {
                 let txn = db.begin_write()?;
@@ -369,19 +350,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         // flushed meanwhile is found on disk. The cache wins where both hold an index (a
         // truncated and re-appended entry not flushed yet).
         let pending: BTreeMap<u64, Bytes> = {
-            let pending = lock(&self.inner.pending);
-            let lo = match range.start_bound() {
-                Bound::Included(i) => Bound::Included(*i),
-                Bound::Excluded(i) => Bound::Excluded(*i),
-                Bound::Unbounded => Bound::Unbounded,
-            };
-            let hi = match range.end_bound() {
-                Bound::Included(i) => Bound::Included(*i),
-                Bound::Excluded(i) => Bound::Excluded(*i),
-                Bound::Unbounded => Bound::Unbounded,
-            };
-            pending
-                .range((lo, hi))
+            let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+            lock(&self.inner.pending)
+                .range(bounds)
                 .map(|(i, (_, bytes))| (*i, bytes.clone()))
                 .collect()
         };
@@ -433,8 +404,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.meta("vote", encode(vote).map_err(write_err)?, true)
-            .await
+        self.meta("vote", encode(vote).map_err(write_err)?).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -450,12 +420,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // a leader that retakes leadership in its old term after a restart reads no
         // lower than the log's end at start (see `RaftNode::leader_read_index`; a
         // lagging pointer there once made acked jobs read back as leased).
-        self.send(Op::Meta {
+        self.send(Op::Meta(MetaWrite {
             key: "committed",
             bytes: encode(&committed).map_err(write_err)?,
             durable: false,
             done: None,
-        })
+        }))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
