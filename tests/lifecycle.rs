@@ -681,3 +681,54 @@ async fn sigkill_in_the_middle_of_a_backoff_keeps_the_retry_schedule() {
     assert_eq!(again.len(), 1, "the retry is leasable by its time");
     assert_eq!((&again[0].job_id, again[0].attempt), (&id, 2));
 }
+
+/// `stop` returns only once the node has let go of its data files: an embedding
+/// program (or a test) that starts a node again on the same dir right away must not
+/// find them still locked by a handle the old node drops on another task a moment
+/// later (openraft drops the state machine on its own worker after `Raft::shutdown`
+/// returns, and an apply or commit on a blocking thread may still hold the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_has_let_go_of_its_data_files() {
+    let mut node = InProcNode::start().await;
+    let mut acked = 0;
+    for round in 0..10 {
+        let c = node.clients().await;
+        // Writers still sending when the node stops: applies are in flight.
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let mut c = c.clone();
+                tokio::spawn(async move {
+                    let mut ok = 0u64;
+                    for i in 0.. {
+                        match c
+                            .broker
+                            .enqueue(job("files", &format!("{round}-{w}-{i}")))
+                            .await
+                        {
+                            Ok(_) => ok += 1,
+                            Err(_) => break,
+                        }
+                    }
+                    ok
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        node.stop().await;
+        for file in ["raft-log.redb", "state.redb"] {
+            let path = node.dir.path().join(file);
+            let db = taskraft_broker::storage::open_redb(&path, 1 << 20, false, file);
+            assert!(
+                db.is_ok(),
+                "round {round}: {file} still held after stop: {:?}",
+                db.err()
+            );
+        }
+        for w in writers {
+            acked += w.await.unwrap();
+        }
+        node.restart().await;
+    }
+    let mut c = node.clients().await;
+    assert!(stats(&mut c, "files").await.ready >= acked);
+}

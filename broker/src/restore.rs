@@ -38,7 +38,7 @@ pub struct Restored {
 
 /// Restores the backup at `from` into `config.data_dir`, which must not hold a node yet.
 pub async fn restore(config: &Config, from: &Path) -> anyhow::Result<Restored> {
-    for f in ["raft-log.redb", "state.redb"] {
+    for f in [crate::storage::LOG_FILE, crate::storage::STATE_FILE] {
         let p = config.data_dir.join(f);
         if p.exists() {
             bail!(
@@ -96,7 +96,7 @@ pub async fn restore(config: &Config, from: &Path) -> anyhow::Result<Restored> {
     sm.install_snapshot(&meta, Box::new(SnapshotData::from_file(file)))
         .await
         .with_context(|| format!("loading the backup {}", from.display()))?;
-    let mut log = LogStore::open(&config.data_dir.join("raft-log.redb"))?;
+    let mut log = LogStore::open(&config.data_dir.join(crate::storage::LOG_FILE))?;
     log.purge(applied).await.context("writing the log start")?;
     log.save_committed(Some(applied))
         .await

@@ -31,6 +31,11 @@ use crate::tls::{incoming, Port};
 mod watchers;
 use watchers::{listen_hangup, reload_on_sighup, report_health};
 
+/// Longest wait at shutdown for the stores to be closed by the tasks that still hold
+/// them (an apply or a commit under way takes milliseconds; a snapshot being written
+/// for a follower can take seconds).
+const STORES_RELEASED_LIMIT: Duration = Duration::from_secs(10);
+
 /// A node that is serving.
 pub struct Running {
     /// Bound gRPC address.
@@ -57,6 +62,8 @@ pub struct Running {
     drain_limit: Duration,
     /// `Work` sessions, ended first at shutdown (they would hold the drain open).
     work_sessions: Arc<crate::api::work_stream::Sessions>,
+    /// Where the stores live: shutdown returns once they are closed.
+    data_dir: std::path::PathBuf,
 }
 
 /// Starts a node and returns once it is listening.
@@ -295,6 +302,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         background,
         drain_limit: config.request_timeout + Duration::from_secs(5),
         work_sessions,
+        data_dir: config.data_dir.clone(),
     })
 }
 
@@ -344,10 +352,21 @@ impl Running {
             }
         }
         let peer = (&mut self.peer).await;
+        let (id, dir) = (self.node.id(), std::mem::take(&mut self.data_dir));
+        // The node's last handles on its stores go with it, some on other tasks and
+        // blocking threads a moment later: return once they have, so that a node started
+        // on this dir right after (a restart in the same process) can open them.
+        drop(self);
+        for file in [crate::storage::LOG_FILE, crate::storage::STATE_FILE] {
+            let path = dir.join(file);
+            if !crate::storage::wait_released(&path, STORES_RELEASED_LIMIT).await {
+                tracing::warn!(node_id = id, path = %path.display(), limit = ?STORES_RELEASED_LIMIT, "store still open after the node stopped");
+            }
+        }
         grpc.context("gRPC server task")?.context("gRPC server")?;
         peer.context("peer server task")?.context("peer server")?;
         http.context("HTTP server task")?.context("HTTP server")?;
-        tracing::info!(node_id = self.node.id(), "node stopped");
+        tracing::info!(node_id = id, "node stopped");
         Ok(())
     }
 

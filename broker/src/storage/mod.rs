@@ -2,10 +2,11 @@
 //! that reaches disk or the wire between peers (postcard, a compact serde format).
 //!
 //! Two database files live in the data dir:
-//! - `raft-log.redb`: the Raft log, the vote and the committed pointer. Every append is
-//!   one write transaction with `Durability::Immediate` (fsync before the callback).
-//! - `snapshot.redb`: the latest state-machine snapshot (written when openraft builds or
-//!   installs one).
+//! - [`LOG_FILE`]: the Raft log, the vote and the committed pointer. Appends queued
+//!   together are one write transaction with `Durability::Immediate` (fsync before the
+//!   callback); see `raft::log_store`.
+//! - [`STATE_FILE`]: the state machine's tables (jobs, indexes, queues), applied into
+//!   and read from directly; snapshots are streamed from a read transaction of it.
 //!
 //! We do not use sled: its `flush` is not power-loss durable (it calls
 //! `sync_file_range`, not fsync), it has had no release since 2021, and openraft dropped
@@ -16,10 +17,16 @@ pub mod format;
 pub mod tables;
 
 use std::path::Path;
+use std::time::Duration;
 
 use openraft::{AnyError, StorageError, StorageIOError};
 use redb::{Database, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
+
+/// The Raft log's file in the data dir.
+pub const LOG_FILE: &str = "raft-log.redb";
+/// The state store's file in the data dir.
+pub const STATE_FILE: &str = "state.redb";
 
 /// Raft log entries by index.
 pub const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -63,6 +70,38 @@ pub fn open_redb(path: &Path, cache: usize, verify: bool, what: &str) -> anyhow:
         .set_cache_size(cache)
         .create(path)
         .map_err(|e| open_error(e, what, path))
+}
+
+/// Waits, at most `limit`, until nothing holds the redb file at `path` open, in this
+/// process or another, and says whether that happened. A stopped node's last handle on
+/// a store can go a moment after its stop returns: openraft drops the state machine on
+/// its own worker task after `Raft::shutdown`, and an apply or commit on a blocking
+/// thread holds the store until it ends. Starting a node on the dir before then fails
+/// with "Database already open". The probe is a read-only open, which takes redb's
+/// shared lock and writes nothing; any answer but "already open" (no file, a file that
+/// needs repair) means nothing holds it.
+pub async fn wait_released(path: &Path, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let probe = path.to_path_buf();
+        let held = tokio::task::spawn_blocking(move || {
+            matches!(
+                redb::Builder::new()
+                    .set_cache_size(VERIFY_CACHE_BYTES)
+                    .open_read_only(&probe),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+            )
+        })
+        .await
+        .unwrap_or(false);
+        if !held {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Opening a store failed: says which file, and for a damaged one what to do. With

@@ -145,7 +145,7 @@ async fn open_stores(
         );
         Ok(store)
     }
-    let log_path = dir.join("raft-log.redb");
+    let log_path = dir.join(crate::storage::LOG_FILE);
     let log = tokio::task::spawn_blocking(move || {
         timed("raft log", verify, || {
             LogStore::open_with(&log_path, verify)

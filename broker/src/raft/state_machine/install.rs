@@ -51,7 +51,7 @@ impl StateMachineStore {
                 txn.commit()?;
                 records
             };
-            let path = dir.join("state.redb");
+            let path = dir.join(crate::storage::STATE_FILE);
             std::fs::rename(&installing, &path)?;
             std::fs::File::open(&dir)?.sync_all()?;
             Ok((open_store(&path, false)?, records))

@@ -112,7 +112,7 @@ impl StateMachineStore {
     pub fn open_with(dir: &Path, verify: bool) -> anyhow::Result<Self> {
         use anyhow::Context;
         let old_format = dir.join("snapshot.redb");
-        let path = dir.join("state.redb");
+        let path = dir.join(crate::storage::STATE_FILE);
         anyhow::ensure!(
             !old_format.exists() || path.exists(),
             "{} was written by an older taskraft that kept the whole state in one snapshot \
