@@ -32,9 +32,10 @@ mod watchers;
 use watchers::{listen_hangup, reload_on_sighup, report_health};
 
 /// Longest wait at shutdown for the stores to be closed by the tasks that still hold
-/// them (an apply or a commit under way takes milliseconds; a snapshot being written
-/// for a follower can take seconds).
-const STORES_RELEASED_LIMIT: Duration = Duration::from_secs(10);
+/// them. An apply or a commit under way takes milliseconds. A connection that the
+/// drain limit gave up on (a client that never acknowledged the close) holds the node
+/// until that client goes, which may be never: shutdown does not wait for it.
+const STORES_RELEASED_LIMIT: Duration = Duration::from_secs(3);
 
 /// A node that is serving.
 pub struct Running {
@@ -357,10 +358,11 @@ impl Running {
         // blocking threads a moment later: return once they have, so that a node started
         // on this dir right after (a restart in the same process) can open them.
         drop(self);
+        let deadline = tokio::time::Instant::now() + STORES_RELEASED_LIMIT;
         for file in [crate::storage::LOG_FILE, crate::storage::STATE_FILE] {
             let path = dir.join(file);
-            if !crate::storage::wait_released(&path, STORES_RELEASED_LIMIT).await {
-                tracing::warn!(node_id = id, path = %path.display(), limit = ?STORES_RELEASED_LIMIT, "store still open after the node stopped");
+            if !crate::storage::wait_released(&path, deadline).await {
+                tracing::warn!(node_id = id, path = %path.display(), limit = ?STORES_RELEASED_LIMIT, "store still open after the node stopped (a connection the drain limit cut off still holds the node)");
             }
         }
         grpc.context("gRPC server task")?.context("gRPC server")?;

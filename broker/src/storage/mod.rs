@@ -72,7 +72,7 @@ pub fn open_redb(path: &Path, cache: usize, verify: bool, what: &str) -> anyhow:
         .map_err(|e| open_error(e, what, path))
 }
 
-/// Waits, at most `limit`, until nothing holds the redb file at `path` open, in this
+/// Waits, until `deadline` at most, until nothing holds the redb file at `path` open, in this
 /// process or another, and says whether that happened. A stopped node's last handle on
 /// a store can go a moment after its stop returns: openraft drops the state machine on
 /// its own worker task after `Raft::shutdown`, and an apply or commit on a blocking
@@ -80,8 +80,7 @@ pub fn open_redb(path: &Path, cache: usize, verify: bool, what: &str) -> anyhow:
 /// with "Database already open". The probe is a read-only open, which takes redb's
 /// shared lock and writes nothing; any answer but "already open" (no file, a file that
 /// needs repair) means nothing holds it.
-pub async fn wait_released(path: &Path, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
+pub async fn wait_released(path: &Path, deadline: tokio::time::Instant) -> bool {
     loop {
         let probe = path.to_path_buf();
         let held = tokio::task::spawn_blocking(move || {
