@@ -714,7 +714,9 @@ fn dockerfile_pins_the_workspace_toolchain_and_runs_unprivileged() {
 /// A client that opened an HTTP/2 connection and then stopped reading (hung, or its
 /// process stopped) cannot hold a node's shutdown: the drain ends after
 /// `--request-timeout` + 5 s. (HTTP/2's graceful close waits for the client to
-/// acknowledge the GOAWAY, which this one never does.)
+/// acknowledge the GOAWAY, which this one never does.) Nor does it keep the node alive
+/// after that: its connection is cut, and the node's store files are closed by the
+/// time the stop returns, with the client still there.
 #[tokio::test]
 async fn shutdown_is_not_held_by_a_client_that_never_answers() {
     use tokio::io::AsyncWriteExt;
@@ -738,5 +740,19 @@ async fn shutdown_is_not_held_by_a_client_that_never_answers() {
         "{:?}",
         started.elapsed()
     );
-    drop(stuck);
+    for file in ["raft-log.redb", "state.redb"] {
+        let path = node.dir.path().join(file);
+        let db = taskraft_broker::storage::open_redb(&path, 1 << 20, false, file);
+        assert!(db.is_ok(), "{file} still held after stop: {:?}", db.err());
+    }
+    // The cut reached the client: its read ends (the end of the stream, or a reset)
+    // instead of waiting for data that never comes.
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut stuck, &mut rest),
+    )
+    .await
+    .expect("the silent client's connection was closed")
+    .ok();
 }

@@ -17,6 +17,7 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod conns;
 pub mod deadline;
 pub mod dev;
 pub mod error;

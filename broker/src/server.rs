@@ -65,6 +65,8 @@ pub struct Running {
     work_sessions: Arc<crate::api::work_stream::Sessions>,
     /// Where the stores live: shutdown returns once they are closed.
     data_dir: std::path::PathBuf,
+    /// Open connections of the client, peer and HTTP listeners.
+    conns: Vec<crate::conns::Conns>,
 }
 
 /// Starts a node and returns once it is listening.
@@ -186,6 +188,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     )
     .max_decoding_message_size(MAX_PEER_MESSAGE)
     .max_encoding_message_size(MAX_PEER_MESSAGE);
+    // Open connections of each listener: shutdown cuts those its drain gave up on.
+    let grpc_incoming = incoming(listener, tls.clone().map(|t| (t, Port::Client)))?;
+    let peer_incoming = incoming(peer_listener, tls.clone().map(|t| (t, Port::Peer)))?;
+    let mut conns = vec![grpc_incoming.conns(), peer_incoming.conns()];
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -206,14 +212,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .add_service(admin)
             // `incoming` sets tcp_nodelay on each connection (the builder's does not apply
             // to a pre-bound listener; Nagle + delayed ACKs would add ~40 ms to replies).
-            .serve_with_incoming_shutdown(
-                incoming(listener, tls.clone().map(|t| (t, Port::Client)))?,
-                async move {
-                    let _ = stop_rx.await;
-                    let _ = http_stop_tx.send(true);
-                    let _ = peer_stop_tx.send(true);
-                },
-            ),
+            .serve_with_incoming_shutdown(grpc_incoming, async move {
+                let _ = stop_rx.await;
+                let _ = http_stop_tx.send(true);
+                let _ = peer_stop_tx.send(true);
+            }),
     );
     // The Raft peer service on its own listener, behind the cluster secret: client
     // credentials never reach it, and the client port does not serve it at all.
@@ -222,13 +225,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(InterceptedService::new(peer, peer_auth))
-            .serve_with_incoming_shutdown(
-                incoming(peer_listener, tls.clone().map(|t| (t, Port::Peer)))?,
-                async move {
-                    let mut rx = peer_stop_rx;
-                    let _ = rx.wait_for(|v| *v).await;
-                },
-            ),
+            .serve_with_incoming_shutdown(peer_incoming, async move {
+                let mut rx = peer_stop_rx;
+                let _ = rx.wait_for(|v| *v).await;
+            }),
     );
     let router = crate::http::router(
         node.clone(),
@@ -237,6 +237,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.http_auth_all,
     );
     let http_incoming = incoming(http_listener, tls.clone().map(|t| (t, Port::Http)))?;
+    conns.push(http_incoming.conns());
     let http = tokio::spawn(async move {
         let mut rx = http_stop_rx;
         axum::serve(http_incoming, router)
@@ -304,6 +305,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         drain_limit: config.request_timeout + Duration::from_secs(5),
         work_sessions,
         data_dir: config.data_dir.clone(),
+        conns,
     })
 }
 
@@ -353,6 +355,16 @@ impl Running {
             }
         }
         let peer = (&mut self.peer).await;
+        // Connections still open now are ones the drains gave up on (or that have not
+        // noticed yet): their tasks hold the node, so they are cut.
+        let cut: usize = self.conns.iter().map(|c| c.cut()).sum();
+        if cut > 0 {
+            tracing::info!(
+                node_id = self.node.id(),
+                connections = cut,
+                "cut connections left open after the drain"
+            );
+        }
         let (id, dir) = (self.node.id(), std::mem::take(&mut self.data_dir));
         // The node's last handles on its stores go with it, some on other tasks and
         // blocking threads a moment later: return once they have, so that a node started

@@ -31,6 +31,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::conns::{Accepted, Conns};
+
 /// A TLS handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -274,9 +276,17 @@ impl AsyncWrite for Conn {
 /// Accepted connections of one listener. Dropping it stops accepting (and closes the
 /// listener).
 pub struct Incoming {
-    rx: mpsc::Receiver<Conn>,
+    rx: mpsc::Receiver<Accepted>,
     local: SocketAddr,
     accept: tokio::task::JoinHandle<()>,
+    conns: Conns,
+}
+
+impl Incoming {
+    /// The connections accepted here and still open (a stopping node cuts them).
+    pub fn conns(&self) -> Conns {
+        self.conns.clone()
+    }
 }
 
 impl Drop for Incoming {
@@ -286,7 +296,7 @@ impl Drop for Incoming {
 }
 
 impl futures::Stream for Incoming {
-    type Item = io::Result<Conn>;
+    type Item = io::Result<Accepted>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.rx.poll_recv(cx).map(|c| c.map(Ok))
@@ -294,10 +304,10 @@ impl futures::Stream for Incoming {
 }
 
 impl axum::serve::Listener for Incoming {
-    type Io = Conn;
+    type Io = Accepted;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (Conn, SocketAddr) {
+    async fn accept(&mut self) -> (Accepted, SocketAddr) {
         loop {
             match self.rx.recv().await {
                 Some(c) => {
@@ -314,10 +324,13 @@ impl axum::serve::Listener for Incoming {
     }
 }
 
-/// Accepts on `listener`, with TLS for `port` when `tls` is set.
+/// Accepts on `listener`, with TLS for `port` when `tls` is set. Every connection is
+/// registered in the listener's [`Conns`] ([`Incoming::conns`]) while it is open.
 pub fn incoming(listener: TcpListener, tls: Option<(Arc<Tls>, Port)>) -> io::Result<Incoming> {
     let local = listener.local_addr()?;
     let (tx, rx) = mpsc::channel(256);
+    let conns = Conns::default();
+    let registry = conns.clone();
     let accept = tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -330,9 +343,11 @@ pub fn incoming(listener: TcpListener, tls: Option<(Arc<Tls>, Port)>) -> io::Res
                 }
             };
             let _ = tcp.set_nodelay(true);
+            let registration = registry.register();
             match &tls {
                 None => {
-                    if tx.send(Conn::Plain(tcp)).await.is_err() {
+                    let conn = Accepted::new(Conn::Plain(tcp), registration);
+                    if tx.send(conn).await.is_err() {
                         return;
                     }
                 }
@@ -342,7 +357,8 @@ pub fn incoming(listener: TcpListener, tls: Option<(Arc<Tls>, Port)>) -> io::Res
                     tokio::spawn(async move {
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                             Ok(Ok(s)) => {
-                                let _ = tx.send(Conn::Tls(Box::new(s.into()))).await;
+                                let conn = Conn::Tls(Box::new(s.into()));
+                                let _ = tx.send(Accepted::new(conn, registration)).await;
                             }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
@@ -354,5 +370,10 @@ pub fn incoming(listener: TcpListener, tls: Option<(Arc<Tls>, Port)>) -> io::Res
             }
         }
     });
-    Ok(Incoming { rx, local, accept })
+    Ok(Incoming {
+        rx,
+        local,
+        accept,
+        conns,
+    })
 }
