@@ -716,17 +716,23 @@ fn dockerfile_pins_the_workspace_toolchain_and_runs_unprivileged() {
 /// `--request-timeout` + 5 s. (HTTP/2's graceful close waits for the client to
 /// acknowledge the GOAWAY, which this one never does.) Nor does it keep the node alive
 /// after that: its connection is cut, and the node's store files are closed by the
-/// time the stop returns, with the client still there.
+/// time the stop returns, with the client still there. The same holds for one on the
+/// peer port.
 #[tokio::test]
 async fn shutdown_is_not_held_by_a_client_that_never_answers() {
     use tokio::io::AsyncWriteExt;
     let mut node = InProcNode::start_with(|c| c.request_timeout = Duration::from_secs(1)).await;
-    let mut stuck = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
-    // The client preface and an empty SETTINGS frame; then silence.
-    stuck
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .await
-        .unwrap();
+    let peer_addr = node.running.as_ref().expect("running").peer_addr;
+    let mut silent = Vec::new();
+    for addr in [node.addr(), peer_addr] {
+        let mut stuck = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The client preface and an empty SETTINGS frame; then silence.
+        stuck
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        silent.push(stuck);
+    }
     // Let the server take the connection in.
     let mut c = node.clients().await;
     c.broker.enqueue(job("drain", "x")).await.unwrap();
@@ -745,14 +751,16 @@ async fn shutdown_is_not_held_by_a_client_that_never_answers() {
         let db = taskraft_broker::storage::open_redb(&path, 1 << 20, false, file);
         assert!(db.is_ok(), "{file} still held after stop: {:?}", db.err());
     }
-    // The cut reached the client: its read ends (the end of the stream, or a reset)
+    // The cut reached the clients: their reads end (the end of the stream, or a reset)
     // instead of waiting for data that never comes.
-    let mut rest = Vec::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::io::AsyncReadExt::read_to_end(&mut stuck, &mut rest),
-    )
-    .await
-    .expect("the silent client's connection was closed")
-    .ok();
+    for mut stuck in silent {
+        let mut rest = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_end(&mut stuck, &mut rest),
+        )
+        .await
+        .expect("the silent client's connection was closed")
+        .ok();
+    }
 }

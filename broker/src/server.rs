@@ -309,6 +309,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
+/// Waits for a server task to end its graceful drain, until `deadline` at most; past
+/// that it is aborted and counts as stopped (its open connections are cut afterwards).
+async fn drained<E>(
+    what: &str,
+    task: &mut JoinHandle<Result<(), E>>,
+    deadline: tokio::time::Instant,
+) -> Result<Result<(), E>, tokio::task::JoinError> {
+    match tokio::time::timeout_at(deadline, &mut *task).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(
+                server = what,
+                "calls still open after the drain limit: closing them"
+            );
+            task.abort();
+            Ok(Ok(()))
+        }
+    }
+}
+
 impl Running {
     /// Stops accepting calls, waits for in-flight ones, and stops Raft. A leader then
     /// hands leadership to its most up-to-date follower (see `RaftNode::campaign`), so
@@ -324,22 +344,12 @@ impl Running {
         }
         // HTTP/2's graceful close waits for each client to acknowledge the GOAWAY: a
         // client that never does (hung, or its process stopped) must not keep the node
-        // from stopping, so the drain is bounded.
-        let grpc = match tokio::time::timeout(self.drain_limit, &mut self.grpc).await {
-            Ok(r) => r,
-            Err(_) => {
-                tracing::warn!(limit = ?self.drain_limit, "gRPC calls still open after the drain limit: closing them");
-                self.grpc.abort();
-                Ok(Ok(()))
-            }
-        };
-        let http = match tokio::time::timeout(self.drain_limit, &mut self.http).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.http.abort();
-                Ok(Ok(()))
-            }
-        };
+        // from stopping, so the drains are bounded, together, by one deadline (the
+        // connections left are cut below). The peer server began its drain with the
+        // others.
+        let drain_until = tokio::time::Instant::now() + self.drain_limit;
+        let grpc = drained("gRPC", &mut self.grpc, drain_until).await;
+        let http = drained("HTTP", &mut self.http, drain_until).await;
         let successor = self.node.successor(Duration::from_secs(1)).await;
         self.node.shutdown_raft().await;
         if let Some((to, addr)) = successor {
@@ -354,7 +364,7 @@ impl Running {
                 }
             }
         }
-        let peer = (&mut self.peer).await;
+        let peer = drained("peer", &mut self.peer, drain_until).await;
         // Connections still open now are ones the drains gave up on (or that have not
         // noticed yet): their tasks hold the node, so they are cut.
         let cut: usize = self.conns.iter().map(|c| c.cut()).sum();
