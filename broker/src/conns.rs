@@ -133,9 +133,7 @@ impl AsyncRead for Accepted {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
-        if let Err(e) = me.registration.check(cx) {
-            return Poll::Ready(Err(e));
-        }
+        me.registration.check(cx)?;
         Pin::new(&mut me.conn).poll_read(cx, buf)
     }
 }
@@ -147,9 +145,7 @@ impl AsyncWrite for Accepted {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
-        if let Err(e) = me.registration.check(cx) {
-            return Poll::Ready(Err(e));
-        }
+        me.registration.check(cx)?;
         Pin::new(&mut me.conn).poll_write(cx, buf)
     }
 
@@ -159,9 +155,7 @@ impl AsyncWrite for Accepted {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
-        if let Err(e) = me.registration.check(cx) {
-            return Poll::Ready(Err(e));
-        }
+        me.registration.check(cx)?;
         Pin::new(&mut me.conn).poll_write_vectored(cx, bufs)
     }
 
@@ -171,9 +165,7 @@ impl AsyncWrite for Accepted {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let me = self.get_mut();
-        if let Err(e) = me.registration.check(cx) {
-            return Poll::Ready(Err(e));
-        }
+        me.registration.check(cx)?;
         Pin::new(&mut me.conn).poll_flush(cx)
     }
 

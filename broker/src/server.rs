@@ -32,9 +32,8 @@ mod watchers;
 use watchers::{listen_hangup, reload_on_sighup, report_health};
 
 /// Longest wait at shutdown for the stores to be closed by the tasks that still hold
-/// them. An apply or a commit under way takes milliseconds. A connection that the
-/// drain limit gave up on (a client that never acknowledged the close) holds the node
-/// until that client goes, which may be never: shutdown does not wait for it.
+/// them: an apply or a commit under way, and the tasks of connections just cut, which
+/// take milliseconds. Whatever holds them longer is logged, not waited for.
 const STORES_RELEASED_LIMIT: Duration = Duration::from_secs(3);
 
 /// A node that is serving.
@@ -191,7 +190,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Open connections of each listener: shutdown cuts those its drain gave up on.
     let grpc_incoming = incoming(listener, tls.clone().map(|t| (t, Port::Client)))?;
     let peer_incoming = incoming(peer_listener, tls.clone().map(|t| (t, Port::Peer)))?;
-    let mut conns = vec![grpc_incoming.conns(), peer_incoming.conns()];
+    let http_incoming = incoming(http_listener, tls.clone().map(|t| (t, Port::Http)))?;
+    let conns = vec![
+        grpc_incoming.conns(),
+        peer_incoming.conns(),
+        http_incoming.conns(),
+    ];
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -236,8 +240,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         auth.clone(),
         config.http_auth_all,
     );
-    let http_incoming = incoming(http_listener, tls.clone().map(|t| (t, Port::Http)))?;
-    conns.push(http_incoming.conns());
     let http = tokio::spawn(async move {
         let mut rx = http_stop_rx;
         axum::serve(http_incoming, router)
@@ -384,7 +386,7 @@ impl Running {
         for file in [crate::storage::LOG_FILE, crate::storage::STATE_FILE] {
             let path = dir.join(file);
             if !crate::storage::wait_released(&path, deadline).await {
-                tracing::warn!(node_id = id, path = %path.display(), limit = ?STORES_RELEASED_LIMIT, "store still open after the node stopped (a connection the drain limit cut off still holds the node)");
+                tracing::warn!(node_id = id, path = %path.display(), limit = ?STORES_RELEASED_LIMIT, "store still open after the node stopped");
             }
         }
         grpc.context("gRPC server task")?.context("gRPC server")?;
