@@ -21,7 +21,8 @@ const RETENTION: Retention = Retention {
 
 fn new_job(i: usize) -> NewJob {
     NewJob {
-        id: format!("job-{i:08}"),
+        // Made at apply from the seq, as for every job the API enqueues.
+        id: String::new(),
         queue: "bench".into(),
         job_type: "bench".into(),
         payload: bytes::Bytes::from_static(&[b'x'; 64]),
@@ -39,7 +40,7 @@ fn new_job(i: usize) -> NewJob {
 fn enqueue(from: usize, n: usize, now_ms: u64) -> Envelope {
     Envelope {
         now_ms,
-        cmd: Command::Enqueue((from..from + n).map(new_job).collect()),
+        cmd: Command::EnqueueNumbered((from..from + n).map(new_job).collect()),
     }
 }
 
@@ -118,7 +119,7 @@ fn expired_state(n: usize) -> State<MemTables> {
     }
     s.apply(&Envelope {
         now_ms: 1_000,
-        cmd: Command::Enqueue(jobs),
+        cmd: Command::EnqueueNumbered(jobs),
     })
     .expect("enqueue");
     let mut leased = Vec::new();

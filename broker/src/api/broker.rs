@@ -75,7 +75,7 @@ impl BrokerService {
     ) -> Result<Vec<pb::EnqueueResponse>, BrokerError> {
         // This node's disk; the leader checks its own before it proposes (service.rs).
         self.node.disk().check_enqueue()?;
-        match self.node.propose(Command::Enqueue(jobs)).await? {
+        match self.node.propose(Command::EnqueueNumbered(jobs)).await? {
             Outcome::Enqueued(res) => Ok(res
                 .into_iter()
                 .map(|e| pb::EnqueueResponse {

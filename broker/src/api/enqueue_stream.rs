@@ -3,7 +3,7 @@
 //! A unary `Enqueue` costs an HTTP/2 request, the tower layers and a proposer command
 //! per job. Here one reader task takes each message as it arrives, validates it alone
 //! (a bad job is answered with its own code and the stream goes on), and packs the valid
-//! jobs that are already waiting into one `Command::Enqueue`, like `EnqueueBatch`, but
+//! jobs that are already waiting into one `Command::EnqueueNumbered`, like `EnqueueBatch`, but
 //! each job is answered by its `seq` once its entry is durable and applied. At most
 //! [`WINDOW`] jobs are in flight per stream; beyond that the reader stops reading, and
 //! HTTP/2 flow control holds the client back.
@@ -158,7 +158,7 @@ fn spawn_propose(service: &BrokerService, group: Vec<Pending>, tx: &Tx) {
     tokio::spawn(async move { propose(&service, group, &tx).await });
 }
 
-/// Proposes one group as one `Command::Enqueue` and answers each of its jobs.
+/// Proposes one group as one `Command::EnqueueNumbered` and answers each of its jobs.
 async fn propose(service: &BrokerService, group: Vec<Pending>, tx: &Tx) {
     if group.is_empty() {
         return;

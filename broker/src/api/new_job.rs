@@ -1,5 +1,5 @@
 //! Turning an `EnqueueRequest` into the core's [`NewJob`]: validation, the defaults of
-//! `taskraft serve`, the job id, trace context copied into headers, and the dedup key a
+//! `taskraft serve`, trace context copied into headers, and the dedup key a
 //! request id stands for.
 
 use std::time::Duration;
@@ -51,7 +51,8 @@ pub(super) fn new_job(
         }
     }
     Ok(NewJob {
-        id: uuid::Uuid::now_v7().to_string(),
+        // Made at apply from the job's seq (`queue/job_id.rs`).
+        id: String::new(),
         queue: call.queue,
         job_type: call.job_type,
         payload: call.payload,

@@ -310,9 +310,17 @@ pub fn lease_request(r: &pb::LeaseRequest) -> R {
     Ok(())
 }
 
-/// A job as a follower forwarded it (ids and defaults already resolved).
-fn new_job(j: &NewJob, settings: &ApiSettings, now_ms: u64) -> R {
-    job_id(&j.id)?;
+/// A job as a follower forwarded it (defaults already resolved; the id too, unless
+/// the leader makes it: `numbered`).
+fn new_job(j: &NewJob, numbered: bool, settings: &ApiSettings, now_ms: u64) -> R {
+    if !numbered {
+        job_id(&j.id)?;
+    } else if !j.id.is_empty() {
+        return Err(BrokerError::invalid(
+            "job_id",
+            "a job whose id the leader makes carries none",
+        ));
+    }
     queue_name("queue", &j.queue)?;
     blob("payload", j.payload.len(), settings.max_payload)?;
     text("job_type", &j.job_type, MAX_NAME)?;
@@ -332,7 +340,8 @@ fn new_job(j: &NewJob, settings: &ApiSettings, now_ms: u64) -> R {
 pub fn forwarded(cmd: &Command, settings: &ApiSettings, now_ms: u64) -> R {
     let max_payload = settings.max_payload;
     match cmd {
-        Command::Enqueue(jobs) => {
+        Command::Enqueue(jobs) | Command::EnqueueNumbered(jobs) => {
+            let numbered = matches!(cmd, Command::EnqueueNumbered(_));
             if jobs.is_empty() || jobs.len() > MAX_BATCH {
                 return Err(BrokerError::invalid(
                     "jobs",
@@ -341,7 +350,7 @@ pub fn forwarded(cmd: &Command, settings: &ApiSettings, now_ms: u64) -> R {
             }
             let mut total = 0;
             for j in jobs {
-                new_job(j, settings, now_ms)?;
+                new_job(j, numbered, settings, now_ms)?;
                 total += job_bytes(
                     j.payload.len(),
                     &[&j.job_type, &j.idempotency_key, &j.webhook_url],

@@ -9,7 +9,7 @@ use super::transition::TransitionKind;
 
 impl<T: Tables> State<T> {
     pub(crate) fn cancel(&mut self, job_id: &str) -> Reply {
-        let mut job = self.record(self.seq_of(job_id)?);
+        let mut job = self.find(job_id)?;
         if job.state.is_terminal() {
             return Err(CoreError::WrongState {
                 job_id: job_id.to_string(),
@@ -26,8 +26,8 @@ impl<T: Tables> State<T> {
     }
 
     pub(crate) fn retry(&mut self, job_id: &str) -> Reply {
-        let seq = self.seq_of(job_id)?;
-        let job = self.record(seq);
+        let job = self.find(job_id)?;
+        let seq = job.seq;
         if !matches!(job.state, JobState::Dead | JobState::Cancelled) {
             return Err(CoreError::WrongState {
                 job_id: job_id.to_string(),

@@ -97,13 +97,13 @@ impl<T: Tables> State<T> {
 
     /// The job a lease holder names, if the lease is its current one.
     fn held(&self, job_id: &str, lease_id: u64) -> Result<Job, CoreError> {
-        let job = self.record(self.seq_of(job_id)?);
+        let job = self.find(job_id)?;
         check_lease(&job, lease_id)?;
         Ok(job)
     }
 
     pub(crate) fn ack(&mut self, job_id: &str, lease_id: u64, result: &Bytes) -> Reply {
-        let mut job = self.record(self.seq_of(job_id)?);
+        let mut job = self.find(job_id)?;
         if job.state == JobState::Succeeded && job.ended_lease(lease_id) {
             // A retry of the ack that ended this lease (its answer was lost): the same
             // answer, and nothing changes (the first result stays).
@@ -137,7 +137,7 @@ impl<T: Tables> State<T> {
         backoff: Backoff,
     ) -> Reply {
         let now = self.c.now_ms;
-        let mut job = self.record(self.seq_of(job_id)?);
+        let mut job = self.find(job_id)?;
         if matches!(
             job.state,
             JobState::Ready | JobState::Scheduled | JobState::Dead

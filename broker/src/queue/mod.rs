@@ -9,6 +9,7 @@
 //! Where to find a rule:
 //! - `command.rs`: what is in the log and what applying it returns
 //! - `job.rs`: a job and its states
+//! - `job_id.rs`: ids made from the seq, so that they name their record
 //! - `tables.rs`: the tables the rules read and write, and the in-memory reference
 //! - `state.rs`: `apply`, the one place that moves a job between indexes, and reads
 //! - `lease.rs`: lease, ack, nack, extend, lease expiry
@@ -25,6 +26,7 @@
 pub mod admin;
 pub mod command;
 pub mod job;
+pub mod job_id;
 pub mod lease;
 pub mod outbox;
 pub mod retention;

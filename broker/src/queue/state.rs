@@ -19,6 +19,7 @@ use bytes::Bytes;
 
 use super::command::{Command, CoreError, Enqueued, Envelope, NewJob, Outcome, Reply};
 use super::job::{Job, JobDetail, JobState, INLINE_BLOB_MAX};
+use super::job_id;
 use super::stats::QueueStats;
 use super::tables::{Counters, DedupEntry, Group, MemTables, QueueInfo, Tables, TablesRead, Timer};
 use super::transition::{Transition, TransitionKind};
@@ -95,10 +96,21 @@ impl<T: TablesRead> State<T> {
         self.c.now_ms
     }
 
-    pub(crate) fn seq_of(&self, job_id: &str) -> Result<u64, CoreError> {
-        self.t
-            .seq_of(job_id)
-            .ok_or_else(|| CoreError::JobNotFound(job_id.to_string()))
+    /// The record of the job `id` names.
+    pub(crate) fn find(&self, id: &str) -> Result<Job, CoreError> {
+        self.lookup(id)
+            .ok_or_else(|| CoreError::JobNotFound(id.to_string()))
+    }
+
+    /// A numbered id ([`job_id`]) names its record by seq; any other id, or one that
+    /// only looks numbered, goes through the id index.
+    fn lookup(&self, id: &str) -> Option<Job> {
+        if let Some(job) = job_id::seq_in(id).and_then(|seq| self.t.job(seq)) {
+            if job.id == id {
+                return Some(job);
+            }
+        }
+        self.t.job(self.t.seq_of(id)?)
     }
 
     /// A job's record by seq; the caller got the seq from an index, so it exists.
@@ -134,14 +146,13 @@ impl<T: TablesRead> State<T> {
 
     /// One job by public id, with payload and result.
     pub fn job(&self, job_id: &str) -> Option<JobDetail> {
-        let job = self.t.job(self.t.seq_of(job_id)?)?;
-        Some(self.detail(job))
+        Some(self.detail(self.lookup(job_id)?))
     }
 
     /// One job's record by public id, without payload and result (cheaper than
     /// [`Self::job`] when only the state and counters matter).
     pub fn job_record(&self, job_id: &str) -> Option<Job> {
-        self.t.job(self.t.seq_of(job_id)?)
+        self.lookup(job_id)
     }
 
     /// Counts of one queue, or `None` when the queue has no jobs and no settings.
@@ -293,7 +304,10 @@ impl<T: Tables> State<T> {
                 cmds.iter().map(|c| self.execute(c)).collect(),
             )),
             Command::Enqueue(jobs) => Ok(Outcome::Enqueued(
-                jobs.iter().map(|j| self.enqueue(j)).collect(),
+                jobs.iter().map(|j| self.enqueue(j, false)).collect(),
+            )),
+            Command::EnqueueNumbered(jobs) => Ok(Outcome::Enqueued(
+                jobs.iter().map(|j| self.enqueue(j, true)).collect(),
             )),
             Command::Lease {
                 queues,
@@ -357,8 +371,15 @@ impl<T: Tables> State<T> {
         }
     }
 
-    fn enqueue(&mut self, new: &NewJob) -> Enqueued {
+    /// Adds one job; `numbered`: its id is made from its seq ([`Command::EnqueueNumbered`]).
+    fn enqueue(&mut self, new: &NewJob, numbered: bool) -> Enqueued {
         let now = self.c.now_ms;
+        let seq = self.c.next_seq;
+        let id = if numbered {
+            job_id::numbered(now, seq)
+        } else {
+            new.id.clone()
+        };
         if !new.idempotency_key.is_empty() {
             if let Some(d) = self.t.dedup(&new.queue, &new.idempotency_key) {
                 return Enqueued {
@@ -370,12 +391,11 @@ impl<T: Tables> State<T> {
                 &new.queue,
                 &new.idempotency_key,
                 &DedupEntry {
-                    job_id: new.id.clone(),
+                    job_id: id.clone(),
                     expires_at_ms: now.saturating_add(new.dedup_window_ms),
                 },
             );
         }
-        let seq = self.c.next_seq;
         self.c.next_seq += 1;
         self.c.jobs += 1;
         let run_at_ms = match new.due {
@@ -389,7 +409,7 @@ impl<T: Tables> State<T> {
         };
         let mut job = Job {
             seq,
-            id: new.id.clone(),
+            id,
             queue: new.queue.clone(),
             job_type: new.job_type.clone(),
             headers: new.headers.clone(),
@@ -417,14 +437,16 @@ impl<T: Tables> State<T> {
         } else {
             self.t.put_payload(seq, &new.payload);
         }
-        self.t.put_id(&job.id, seq);
+        if !numbered {
+            self.t.put_id(&job.id, seq);
+        }
         self.t.listed_insert(&job.queue, seq);
         self.file(&job);
         self.count(&job.queue, None, Some(target));
         self.t.put_job(&job);
         self.report(&job, TransitionKind::Enqueued);
         Enqueued {
-            job_id: new.id.clone(),
+            job_id: job.id,
             duplicate: false,
         }
     }
@@ -538,7 +560,9 @@ impl<T: Tables> State<T> {
         debug_assert!(job.state.is_terminal());
         self.unfile(&job);
         self.count(&job.queue, Some(job.state), None);
-        self.t.delete_id(&job.id);
+        if !job_id::names(&job.id, seq) {
+            self.t.delete_id(&job.id);
+        }
         self.t.listed_remove(&job.queue, seq);
         self.t.delete_job(&job);
         self.c.jobs = self.c.jobs.saturating_sub(1);

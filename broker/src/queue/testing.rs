@@ -103,10 +103,15 @@ impl Driver {
                 key,
             } => {
                 self.n += 1;
+                // Every other job gets its id at apply, from its seq: known from the
+                // reply ([`Self::observe`]).
+                let numbered = self.n.is_multiple_of(2);
                 let id = format!("j{}", self.n);
-                self.ids.push(id.clone());
-                Command::Enqueue(vec![NewJob {
-                    id: id.clone(),
+                if !numbered {
+                    self.ids.push(id.clone());
+                }
+                let job = NewJob {
+                    id: if numbered { String::new() } else { id.clone() },
                     queue: queue(q),
                     job_type: "t".into(),
                     // Every fourth payload is too big to live in the record.
@@ -130,7 +135,12 @@ impl Driver {
                     } else {
                         String::new()
                     },
-                }])
+                };
+                if numbered {
+                    Command::EnqueueNumbered(vec![job])
+                } else {
+                    Command::Enqueue(vec![job])
+                }
             }
             Op::Lease { queue: q, max, vis } => Command::Lease {
                 queues: vec![queue(q), queue((q + 1) % 3)],
@@ -207,8 +217,16 @@ impl Driver {
 
     /// Records what a reply handed out.
     pub fn observe(&mut self, reply: &Reply) {
-        if let Ok(Outcome::Leased(got)) = reply {
-            self.leases.extend(got.iter().cloned());
+        match reply {
+            Ok(Outcome::Leased(got)) => self.leases.extend(got.iter().cloned()),
+            Ok(Outcome::Enqueued(got)) => {
+                for e in got {
+                    if !e.duplicate && !self.ids.contains(&e.job_id) {
+                        self.ids.push(e.job_id.clone());
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }

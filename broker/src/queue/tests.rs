@@ -52,6 +52,59 @@ fn leased(reply: Reply) -> Vec<LeasedJob> {
     }
 }
 
+/// A job id made at apply names its job by seq, without the id index; an id that only
+/// decodes to a seq (another time's numbered id, or an API-chosen UUID with those bits)
+/// never finds another job's record, and an ack through a numbered id settles the job.
+#[test]
+fn a_numbered_id_finds_its_own_job_and_no_other() {
+    let mut s = State::new();
+    // An id chosen by a proposer (an older version's entry) shaped like the numbered
+    // id of seq 2 at time 5: the second job below has seq 2.
+    let chosen = job_id::numbered(5, 2);
+    s.apply(&at(1_000, Command::Enqueue(vec![new_job(&chosen, "q", 0)])))
+        .unwrap();
+    let reply = s.apply(&at(
+        1_000,
+        Command::EnqueueNumbered(vec![new_job("", "q", 0), new_job("", "q", 0)]),
+    ));
+    let ids: Vec<String> = match reply {
+        Ok(Outcome::Enqueued(e)) => e.into_iter().map(|e| e.job_id).collect(),
+        other => panic!("expected Enqueued, got {other:?}"),
+    };
+    let first_numbered = s.job(&ids[0]).expect("numbered id finds its job").job;
+    assert_eq!(job_id::seq_in(&ids[0]), Some(first_numbered.seq));
+    assert_eq!(ids[0], job_id::numbered(1_000, first_numbered.seq));
+    assert_eq!(s.job(&chosen).expect("indexed id").job.id, chosen);
+    assert_ne!(s.job(&chosen).unwrap().job.seq, first_numbered.seq);
+    assert!(s.job(&job_id::numbered(999, first_numbered.seq)).is_none());
+    assert!(matches!(
+        s.apply(&at(
+            1_001,
+            Command::Cancel {
+                job_id: job_id::numbered(999, 3)
+            }
+        )),
+        Err(CoreError::JobNotFound(_))
+    ));
+    assert_eq!(s.tables().ids.len(), 1, "only the chosen id is indexed");
+
+    let got = leased(s.apply(&at(1_002, lease_cmd(&["q"], 3, 30_000))));
+    for l in &got {
+        s.apply(&at(
+            1_003,
+            Command::Ack {
+                job_id: l.job_id.clone(),
+                lease_id: l.lease_id,
+                result: bytes::Bytes::new(),
+            },
+        ))
+        .unwrap();
+    }
+    for id in ids.iter().chain([&chosen]) {
+        assert_eq!(s.job(id).unwrap().job.state, JobState::Succeeded, "{id}");
+    }
+}
+
 /// A released job (its Lease reached nobody) is ready again at the front of its queue,
 /// with the attempt undone and the worker holding nothing; a release naming a lease that
 /// is no longer the job's (acked, or a stale id) changes nothing.
@@ -629,7 +682,12 @@ fn check_invariants(s: &State<MemTables>) {
             ),
             _ => {}
         }
-        assert_eq!(t.ids.get(&job.id), Some(&job.seq));
+        // A job is found by its id: through the index, or by the seq its id carries.
+        if job_id::names(&job.id, job.seq) {
+            assert_eq!(t.ids.get(&job.id), None, "a numbered id is not indexed");
+        } else {
+            assert_eq!(t.ids.get(&job.id), Some(&job.seq));
+        }
         // A blob is in the record or in its table, never both, never neither.
         assert_eq!(
             job.inline_payload.is_some(),
@@ -659,7 +717,12 @@ fn check_invariants(s: &State<MemTables>) {
         t.jobs.len(),
         "each job in one index, or leased, or finished"
     );
-    assert_eq!(t.ids.len(), t.jobs.len());
+    let indexed = t
+        .jobs
+        .values()
+        .filter(|j| !job_id::names(&j.id, j.seq))
+        .count();
+    assert_eq!(t.ids.len(), indexed);
     assert_eq!(s.job_count(), t.jobs.len() as u64);
     // Workers holding nothing, and only they, are in the idle index.
     for (id, w) in &t.workers {

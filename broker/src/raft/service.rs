@@ -76,7 +76,7 @@ async fn propose_forwarded(
     cmd: Command,
     deadline: Instant,
 ) -> Result<Reply, ProposeError> {
-    if let Command::Enqueue(_) = &cmd {
+    if let Command::Enqueue(_) | Command::EnqueueNumbered(_) = &cmd {
         node.disk()
             .check_enqueue()
             .map_err(|e| ProposeError::Unavailable(e.to_string()))?;

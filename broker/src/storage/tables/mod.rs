@@ -9,7 +9,7 @@
 //!   jobs          seq u64be                             Job (postcard), small blobs (`record.rs`)
 //!   payloads      seq                                   payload bytes (big ones)
 //!   results       seq                                   result bytes (big ones)
-//!   ids           job id                                seq
+//!   ids           job id (only ids without their seq)    seq
 //!   queues        name                                  QueueInfo
 //!   ready         qkey . !(priority ^ sign) u32be . seq  -
 //!   by_state      qkey . 0xff . seq (every job)           -
