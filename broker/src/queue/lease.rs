@@ -38,8 +38,8 @@ impl<T: Tables> State<T> {
                 continue;
             }
             // Leasing one job moves only that job, so the first `want` ready jobs can be
-            // read at once.
-            for seq in self.t.ready_first(name, want) {
+            // taken off the index at once.
+            for seq in self.t.ready_take(name, want) {
                 let lease_id = self.c.next_lease_id;
                 self.c.next_lease_id += 1;
                 seqs.push(seq);
@@ -54,7 +54,7 @@ impl<T: Tables> State<T> {
                     deadline_ms,
                     worker_id: worker_id.to_string(),
                 });
-                self.set_state(&mut job, JobState::Leased);
+                self.set_state_taken(&mut job, JobState::Leased);
                 let due_ms = job.created_at_ms.max(job.run_at_ms);
                 self.report(
                     &job,

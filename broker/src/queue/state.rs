@@ -519,19 +519,30 @@ impl<T: Tables> State<T> {
     /// for Scheduled, `lease` for Leased) and left alone those the current one keys on;
     /// terminal states get their finish and expiry times here.
     pub(crate) fn set_state(&mut self, job: &mut Job, to: JobState) {
-        self.move_job(job, to, false);
+        self.move_job(job, to, false, true);
+    }
+
+    /// [`Self::set_state`] for a ready job the caller already took off the ready index
+    /// ([`Tables::ready_take`]: a lease takes its jobs in one pass).
+    pub(crate) fn set_state_taken(&mut self, job: &mut Job, to: JobState) {
+        debug_assert_eq!(job.state, JobState::Ready);
+        self.move_job(job, to, false, false);
     }
 
     /// [`Self::set_state`] for an ack or nack: the lease that ended stays in the record
     /// (see [`Job::lease`]), so that a retry of the same call can be answered alike.
     pub(crate) fn end_lease(&mut self, job: &mut Job, to: JobState) {
-        self.move_job(job, to, true);
+        self.move_job(job, to, true, true);
     }
 
-    fn move_job(&mut self, job: &mut Job, to: JobState, keep_lease: bool) {
+    /// `filed`: the job is still in its current state's index (else the caller took it
+    /// out).
+    fn move_job(&mut self, job: &mut Job, to: JobState, keep_lease: bool, filed: bool) {
         let now = self.c.now_ms;
         let from = job.state;
-        self.unfile(job);
+        if filed {
+            self.unfile(job);
+        }
         if from.is_terminal() {
             job.finished_at_ms = 0;
             job.expires_at_ms = 0;

@@ -115,9 +115,6 @@ pub trait TablesRead {
     fn queue(&self, name: &str) -> Option<QueueInfo>;
     /// Every known queue, by name.
     fn queues(&self) -> Vec<(String, QueueInfo)>;
-    /// Seqs of the queue's next ready jobs (highest priority, then oldest), at most
-    /// `limit`: a lease of many jobs reads the index once, not once per job.
-    fn ready_first(&self, queue: &str, limit: usize) -> Vec<u64>;
     /// Seqs of a queue's jobs (every state), after `after`, in seq order, at most `limit`.
     fn listed_range(&self, queue: &str, after: Option<u64>, limit: usize) -> Vec<u64>;
     /// Seqs of a queue's dead jobs, after `after`, in seq order, at most `limit`.
@@ -172,6 +169,10 @@ pub trait Tables: TablesRead {
     fn ready_insert(&mut self, queue: &str, priority: i32, seq: u64);
     /// Unfiles a ready job.
     fn ready_remove(&mut self, queue: &str, priority: i32, seq: u64);
+    /// Takes the queue's next ready jobs (highest priority, then oldest) off the ready
+    /// index, at most `limit`, and returns their seqs: a lease of many jobs walks the
+    /// index once, not once per job.
+    fn ready_take(&mut self, queue: &str, limit: usize) -> Vec<u64>;
     /// Lists a job under its queue (once, when it is enqueued: a job's moves between
     /// states write no listing entry, which keeps a lease and an ack a few writes
     /// cheaper on disk).
@@ -287,14 +288,6 @@ impl TablesRead for MemTables {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
-    fn ready_first(&self, queue: &str, limit: usize) -> Vec<u64> {
-        self.ready
-            .range((queue.to_string(), (i64::MIN, 0))..)
-            .take_while(|(q, _)| q == queue)
-            .take(limit)
-            .map(|(_, (_, seq))| *seq)
-            .collect()
-    }
     fn listed_range(&self, queue: &str, after: Option<u64>, limit: usize) -> Vec<u64> {
         seq_range(&self.listed, queue, after, limit)
     }
@@ -392,6 +385,19 @@ impl Tables for MemTables {
     fn ready_remove(&mut self, queue: &str, priority: i32, seq: u64) {
         self.ready
             .remove(&(queue.to_string(), ready_order(priority, seq)));
+    }
+    fn ready_take(&mut self, queue: &str, limit: usize) -> Vec<u64> {
+        let taken: Vec<_> = self
+            .ready
+            .range((queue.to_string(), (i64::MIN, 0))..)
+            .take_while(|(q, _)| q == queue)
+            .take(limit)
+            .cloned()
+            .collect();
+        for k in &taken {
+            self.ready.remove(k);
+        }
+        taken.into_iter().map(|(_, (_, seq))| seq).collect()
     }
     fn listed_insert(&mut self, queue: &str, seq: u64) {
         self.listed.insert((queue.to_string(), seq));

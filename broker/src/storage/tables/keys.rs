@@ -82,6 +82,18 @@ pub(super) fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(a)
 }
 
+/// The first key after every key that starts with `prefix` (`None`: there is none).
+pub(super) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// Splits `qkey . rest` into the queue name and the rest.
 pub(super) fn split_qkey(b: &[u8]) -> Option<(String, &[u8])> {
     let len = *b.first()? as usize;

@@ -178,15 +178,6 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> TablesRead for DiskTables<T
     fn queues(&self) -> Vec<(String, QueueInfo)> {
         self.cached_all(&self.queues, &self.h.queues, "queues")
     }
-    fn ready_first(&self, queue: &str, limit: usize) -> Vec<u64> {
-        let prefix = qkey(queue);
-        self.scan(&self.h.ready, &prefix, limit, "ready", |k| {
-            k.starts_with(&prefix)
-        })
-        .into_iter()
-        .map(|(k, _)| u64_at(&k, k.len() - 8))
-        .collect()
-    }
     fn listed_range(&self, queue: &str, after: Option<u64>, limit: usize) -> Vec<u64> {
         self.marked_range(queue, LISTED, after, limit)
     }

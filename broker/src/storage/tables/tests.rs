@@ -41,3 +41,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn prefix_end_is_the_first_key_past_the_prefix() {
+    assert_eq!(prefix_end(b"\x02ab"), Some(b"\x02ac".to_vec()));
+    assert_eq!(prefix_end(b"\x02a\xff"), Some(b"\x02b".to_vec()));
+    assert_eq!(prefix_end(b"\x00"), Some(b"\x01".to_vec()));
+    assert_eq!(prefix_end(b"\xff\xff"), None);
+    // Every key of a queue is below it, the next queue's keys are not.
+    let end = prefix_end(&qkey("q1")).unwrap();
+    assert!(ready_key("q1", i32::MIN, u64::MAX).as_slice() < end.as_slice());
+    assert!(qkey("q2").as_slice() >= end.as_slice());
+}

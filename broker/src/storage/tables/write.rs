@@ -138,6 +138,47 @@ impl<'txn> Tables for DiskTables<W<'txn>> {
     fn ready_remove(&mut self, queue: &str, priority: i32, seq: u64) {
         self.del_raw(|h| &mut h.ready, &ready_key(queue, priority, seq), "ready");
     }
+    fn ready_take(&mut self, queue: &str, limit: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return out;
+        }
+        let start = qkey(queue);
+        // One cursor walks the index and removes what it yields: cheaper than a delete
+        // per job from the root. Entries past the `limit` read stay.
+        let failed = {
+            let taken = match prefix_end(&start) {
+                Some(end) => self
+                    .h
+                    .ready
+                    .extract_from_if::<&[u8], _>(start.as_slice()..end.as_slice(), every),
+                None => self
+                    .h
+                    .ready
+                    .extract_from_if::<&[u8], _>(start.as_slice().., every),
+            };
+            match taken {
+                Ok(iter) => {
+                    let mut failed = None;
+                    for item in iter.take(limit) {
+                        match item {
+                            Ok((k, _)) => out.push(u64_at(k.value(), k.value().len() - 8)),
+                            Err(e) => {
+                                failed = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    failed
+                }
+                Err(e) => Some(e.to_string()),
+            }
+        };
+        if let Some(e) = failed {
+            self.fail("ready", e);
+        }
+        out
+    }
     fn listed_insert(&mut self, queue: &str, seq: u64) {
         let k = state_key(queue, LISTED, seq);
         self.put_raw(|h| &mut h.by_state, &k, b"", "by_state");
@@ -229,4 +270,9 @@ impl<'txn> Tables for DiskTables<W<'txn>> {
     fn delete_webhook(&mut self, id: u64) {
         self.del_raw(|h| &mut h.outbox, &id.to_be_bytes(), "outbox");
     }
+}
+
+/// The predicate of an extraction that takes every entry it reads.
+fn every(_: &[u8], _: &[u8]) -> bool {
+    true
 }
