@@ -374,12 +374,6 @@ impl<T: Tables> State<T> {
     /// Adds one job; `numbered`: its id is made from its seq ([`Command::EnqueueNumbered`]).
     fn enqueue(&mut self, new: &NewJob, numbered: bool) -> Enqueued {
         let now = self.c.now_ms;
-        let seq = self.c.next_seq;
-        let id = if numbered {
-            job_id::numbered(now, seq)
-        } else {
-            new.id.clone()
-        };
         if !new.idempotency_key.is_empty() {
             if let Some(d) = self.t.dedup(&new.queue, &new.idempotency_key) {
                 return Enqueued {
@@ -387,6 +381,14 @@ impl<T: Tables> State<T> {
                     duplicate: true,
                 };
             }
+        }
+        let seq = self.c.next_seq;
+        let id = if numbered {
+            job_id::numbered(now, seq)
+        } else {
+            new.id.clone()
+        };
+        if !new.idempotency_key.is_empty() {
             self.t.put_dedup(
                 &new.queue,
                 &new.idempotency_key,

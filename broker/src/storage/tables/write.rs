@@ -1,5 +1,7 @@
 //! Writing the tables, inside the write transaction that applies entries.
 
+use std::ops::Bound;
+
 use super::*;
 
 impl<'txn> DiskTables<W<'txn>> {
@@ -144,37 +146,26 @@ impl<'txn> Tables for DiskTables<W<'txn>> {
             return out;
         }
         let start = qkey(queue);
+        let end = prefix_end(&start);
+        let range = (
+            Bound::Included(start.as_slice()),
+            end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+        );
         // One cursor walks the index and removes what it yields: cheaper than a delete
         // per job from the root. Entries past the `limit` read stay.
-        let failed = {
-            let taken = match prefix_end(&start) {
-                Some(end) => self
-                    .h
-                    .ready
-                    .extract_from_if::<&[u8], _>(start.as_slice()..end.as_slice(), every),
-                None => self
-                    .h
-                    .ready
-                    .extract_from_if::<&[u8], _>(start.as_slice().., every),
-            };
-            match taken {
-                Ok(iter) => {
-                    let mut failed = None;
-                    for item in iter.take(limit) {
-                        match item {
-                            Ok((k, _)) => out.push(u64_at(k.value(), k.value().len() - 8)),
-                            Err(e) => {
-                                failed = Some(e.to_string());
-                                break;
-                            }
-                        }
-                    }
-                    failed
-                }
-                Err(e) => Some(e.to_string()),
+        let taken = (|| {
+            for item in self
+                .h
+                .ready
+                .extract_from_if::<&[u8], _>(range, every)?
+                .take(limit)
+            {
+                let (k, _) = item?;
+                out.push(u64_at(k.value(), k.value().len() - 8));
             }
-        };
-        if let Some(e) = failed {
+            Ok::<_, redb::StorageError>(())
+        })();
+        if let Err(e) = taken {
             self.fail("ready", e);
         }
         out
