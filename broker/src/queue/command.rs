@@ -25,7 +25,10 @@ pub struct Envelope {
 /// A state change, decided by the leader and applied identically by every replica.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Command {
-    /// Adds jobs (one or a batch): all land in the same entry, so a batch is all or nothing.
+    /// Adds jobs (one or a batch) under the ids their proposer chose: all land in the
+    /// same entry, so a batch is all or nothing. The API now proposes
+    /// [`Command::EnqueueNumbered`]; this stays for entries already in logs and for
+    /// followers of the release before.
     Enqueue(Vec<NewJob>),
     /// Leases up to `max_jobs` ready jobs from `queues`, first queue first.
     Lease {
