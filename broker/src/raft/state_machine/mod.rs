@@ -28,15 +28,13 @@ use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StoredMembership};
-use redb::{
-    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, WriteTransaction,
-};
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
 use tokio::sync::{watch, Notify};
 
 use super::snapshot::{self, Dump, SnapshotData};
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::queue::{Outcome, Reply, State, Transition};
-use crate::storage::tables::{create_all, DiskTables, Handles};
+use crate::storage::tables::{create_all, DiskTables, Handles, LazyTable};
 use crate::storage::{read_err, write_err};
 
 mod install;
@@ -132,8 +130,7 @@ impl StateMachineStore {
         }
         let db = open_store(&path, verify)?;
         let applied = {
-            let txn = db.begin_read()?;
-            view_of(&txn)
+            view_of(db.begin_read()?)
                 .map_err(anyhow::Error::msg)?
                 .last_applied
                 .map_or(0, |l| l.index)

@@ -6,7 +6,7 @@ use super::*;
 /// The queue state as one read transaction sees it.
 pub struct ReadView {
     /// The queue state (reads only).
-    pub state: State<DiskTables<ReadOnlyTable<&'static [u8], &'static [u8]>>>,
+    pub state: State<DiskTables<LazyTable>>,
     /// Last applied log id in this view.
     pub last_applied: Option<LogId>,
 }
@@ -123,19 +123,20 @@ impl ReadSide {
     /// is at: what a backup streams (`raft::snapshot::dump_to`).
     pub fn backup_view(&self) -> Result<(ReadTransaction, Option<LogId>), String> {
         let txn = self.db().begin_read().map_err(|e| e.to_string())?;
-        let applied = view_of(&txn)?.last_applied;
+        let (applied, _) = applied_of(&txn).map_err(|e| format!("{e:#}"))?;
         Ok((txn, applied))
     }
 
     pub(super) fn try_read(&self) -> Result<ReadView, String> {
         let txn = self.db().begin_read().map_err(|e| e.to_string())?;
-        view_of(&txn)
+        view_of(txn)
     }
 }
 
-pub(super) fn view_of(txn: &ReadTransaction) -> Result<ReadView, String> {
-    let h = Handles::open(|def| txn.open_table(def)).map_err(|e| e.to_string())?;
-    let tables = DiskTables::new(h);
+/// A view of `txn`, whose tables open as they are first read: a long-polling Lease's
+/// re-check reads two of the fourteen.
+pub(super) fn view_of(txn: ReadTransaction) -> Result<ReadView, String> {
+    let tables = DiskTables::lazy(txn);
     let last_applied = tables.meta_get(APPLIED_KEY).flatten();
     if let Some(e) = tables.error() {
         return Err(e);
@@ -155,6 +156,6 @@ pub(super) fn empty_view() -> ReadView {
         .filter(|db| create_all(db).is_ok());
     let view = scratch
         .and_then(|db| db.begin_read().ok())
-        .and_then(|txn| view_of(&txn).ok());
+        .and_then(|txn| view_of(txn).ok());
     view.expect("an in-memory redb database can always be created and read")
 }

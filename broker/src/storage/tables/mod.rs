@@ -29,7 +29,9 @@
 use std::cell::RefCell;
 
 use bytes::Bytes;
-use redb::{ReadableTable, Table, TableDefinition};
+use std::sync::Arc;
+
+use redb::{ReadTransaction, ReadableTable, Table, TableDefinition};
 
 use super::decode;
 use crate::queue::{
@@ -143,6 +145,7 @@ pub fn test_store(path: &std::path::Path) -> redb::Database {
 }
 
 mod keys;
+mod lazy;
 mod read;
 mod record;
 #[cfg(test)]
@@ -151,6 +154,7 @@ mod write;
 
 pub use keys::COUNTERS_KEY;
 use keys::*;
+pub use lazy::{LazyTable, TableRead};
 use record::{decode_job, encode_job};
 
 /// Records of a name-keyed table changed in one transaction (`None`: deleted).
@@ -214,6 +218,20 @@ pub struct DiskTables<T> {
     readied: std::collections::HashMap<String, u32>,
     /// Encoding buffer of [`DiskTables::put`], reused for every record written.
     scratch: Vec<u8>,
+}
+
+impl DiskTables<LazyTable> {
+    /// The tables of a read view: each opened when first read ([`LazyTable`]).
+    pub fn lazy(txn: ReadTransaction) -> Self {
+        let txn = Arc::new(txn);
+        let h = Handles::open(|def| {
+            Ok::<_, std::convert::Infallible>(LazyTable::new(txn.clone(), def))
+        });
+        match h {
+            Ok(h) => Self::new(h),
+            Err(never) => match never {},
+        }
+    }
 }
 
 impl<T> DiskTables<T> {

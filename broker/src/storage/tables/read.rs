@@ -2,9 +2,9 @@
 
 use super::*;
 
-impl<T: ReadableTable<&'static [u8], &'static [u8]>> DiskTables<T> {
+impl<T: TableRead> DiskTables<T> {
     fn get_raw(&self, t: &T, key: &[u8], what: &str) -> Option<Vec<u8>> {
-        match t.get(key) {
+        match t.get_bytes(key) {
             Ok(v) => v.map(|g| g.value().to_vec()),
             Err(e) => {
                 self.fail(what, e);
@@ -15,7 +15,7 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> DiskTables<T> {
 
     /// Decodes a record straight from redb's page (no copy of the bytes first).
     fn get<V: serde::de::DeserializeOwned>(&self, t: &T, key: &[u8], what: &str) -> Option<V> {
-        let guard = match t.get(key) {
+        let guard = match t.get_bytes(key) {
             Ok(v) => v?,
             Err(e) => {
                 self.fail(what, e);
@@ -44,7 +44,7 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> DiskTables<T> {
         if limit == 0 {
             return out;
         }
-        let range = match t.range::<&[u8]>(start..) {
+        let range = match t.range_from(start) {
             Ok(r) => r,
             Err(e) => {
                 self.fail(what, e);
@@ -130,13 +130,13 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> DiskTables<T> {
     }
 }
 
-impl<T: ReadableTable<&'static [u8], &'static [u8]>> TablesRead for DiskTables<T> {
+impl<T: TableRead> TablesRead for DiskTables<T> {
     fn counters(&self) -> Counters {
         self.get(&self.h.meta, COUNTERS_KEY, "counters")
             .unwrap_or_default()
     }
     fn job(&self, seq: u64) -> Option<Job> {
-        let guard = match self.h.jobs.get(seq.to_be_bytes().as_slice()) {
+        let guard = match self.h.jobs.get_bytes(seq.to_be_bytes().as_slice()) {
             Ok(v) => v?,
             Err(e) => {
                 self.fail("jobs", e);
@@ -162,7 +162,7 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> TablesRead for DiskTables<T
             .unwrap_or_default()
     }
     fn seq_of(&self, job_id: &str) -> Option<u64> {
-        let guard = match self.h.ids.get(job_id.as_bytes()) {
+        let guard = match self.h.ids.get_bytes(job_id.as_bytes()) {
             Ok(v) => v?,
             Err(e) => {
                 self.fail("ids", e);

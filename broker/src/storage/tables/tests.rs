@@ -35,9 +35,13 @@ proptest! {
             prop_assert_eq!(format!("{want:?}"), format!("{got:?}"));
             prop_assert_eq!(want_moves, got_moves);
             driver.observe(&want);
-            let read = db.begin_read().unwrap();
-            let view = State::over(DiskTables::new(Handles::open(|d| read.open_table(d)).unwrap()));
+            // Read as the API does (tables opened as first read), and with every table
+            // opened up front.
+            let view = State::over(DiskTables::lazy(db.begin_read().unwrap()));
             prop_assert_eq!(observe(&mem, &driver.ids), observe(&view, &driver.ids));
+            let read = db.begin_read().unwrap();
+            let eager = State::over(DiskTables::new(Handles::open(|d| read.open_table(d)).unwrap()));
+            prop_assert_eq!(observe(&mem, &driver.ids), observe(&eager, &driver.ids));
         }
     }
 }
