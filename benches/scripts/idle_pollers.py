@@ -1,10 +1,13 @@
-"""Holds N idle long-polling Lease calls on queue 'idle' against ADDR until killed.
+"""Holds N idle workers on queue 'idle' against ADDR until killed.
 
-    python idle_pollers.py 127.0.0.1:7070 10000
+    python idle_pollers.py 127.0.0.1:7070 10000           # long-polling Lease calls
+    python idle_pollers.py 127.0.0.1:7070 10000 stream    # Work sessions
 
-Each call waits up to 20 s and is re-issued when answered; the calls are spread over
-one connection per 500 of them (a node allows 1,024 calls in flight per connection).
-Used by idle_pollers.sh (benches/README.md, "Idle long-polling workers").
+A long-polling call waits up to 20 s and is re-issued when answered. A Work session
+opens on 'idle', grants one credit (a worker with a free slot) and then only listens;
+one that ends is opened again. Either kind is spread over one connection per 500 of
+them (a node allows 1,024 calls in flight per connection). Used by idle_pollers.sh
+(benches/README.md, "Idle long-polling workers").
 """
 import asyncio, sys
 import grpc
@@ -17,10 +20,24 @@ async def poller(stub, i):
         except grpc.aio.AioRpcError:
             await asyncio.sleep(0.1)
 
-async def main(addr, n):
+async def session(stub, i):
+    async def requests():
+        yield pb.WorkRequest(open=pb.WorkOpen(queues=["idle"], worker_id=f"idle-{i}", visibility_timeout_ms=30000))
+        yield pb.WorkRequest(credit=1)
+        await asyncio.Event().wait()  # keep our side open
+    while True:
+        try:
+            async for _ in stub.Work(requests()):
+                pass
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.1)
+
+async def main(addr, n, kind):
     k = max(8, n // 500)
     chans = [grpc.aio.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(k)]
     stubs = [rpc.BrokerStub(c) for c in chans]
-    await asyncio.gather(*(poller(stubs[i % k], i) for i in range(n)))
+    worker = session if kind == "stream" else poller
+    await asyncio.gather(*(worker(stubs[i % k], i) for i in range(n)))
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "poll"))

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# idle_pollers.sh BIN N: enqueue jobs/s (taskraft-bench enqueue, 64 callers) against a
-# fresh node of BIN while N idle long-polling Lease calls wait on another queue
-# (idle_pollers.py, in the Python SDK's virtualenv: worker-sdk/python/.venv, which the
-# test command creates). Run from the repository root after `cargo build --release --bins`.
+# idle_pollers.sh BIN N [stream]: enqueue jobs/s (taskraft-bench enqueue, 64 callers)
+# against a fresh node of BIN while N idle long-polling Lease calls (or, with `stream`,
+# N idle Work sessions with a credit each) wait on another queue (idle_pollers.py, in
+# the Python SDK's virtualenv: worker-sdk/python/.venv, which the test command creates).
+# Prints the rate and the node's CPU time during the run. Run from the repository root
+# after `cargo build --release --bins`. BENCH_ARGS adds
+# arguments to the enqueue run (e.g. "--stream --concurrency 256 --jobs 100000").
 set -euo pipefail
-bin=$1; n=$2
+bin=$1; n=$2; kind=${3:-poll}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bench=$root/target/release/taskraft-bench
 python=$root/worker-sdk/python/.venv/bin/python
@@ -16,8 +19,20 @@ pid=$!
 trap 'kill -9 $pid 2>/dev/null; [ -n "${ipid:-}" ] && kill $ipid 2>/dev/null; rm -rf "$d"' EXIT
 for _ in $(seq 1 50); do curl -sf http://127.0.0.1:$hport/readyz >/dev/null && break; sleep 0.2; done
 if [ "$n" -gt 0 ]; then
-  "$python" "$root/benches/scripts/idle_pollers.py" 127.0.0.1:$port "$n" >"$d/idle.log" 2>&1 &
+  "$python" "$root/benches/scripts/idle_pollers.py" 127.0.0.1:$port "$n" "$kind" >"$d/idle.log" 2>&1 &
   ipid=$!
-  sleep 8
+  # Until the node knows all N workers (each registers with its first look), then a
+  # little longer for the waits to settle; at most a minute.
+  for _ in $(seq 1 60); do
+    known=$(curl -sf http://127.0.0.1:$hport/metrics | awk '$1 == "taskraft_workers" {print $2}')
+    [ "${known:-0}" -ge "$n" ] && break
+    sleep 1
+  done
+  echo "idle workers known to the node: ${known:-0} of $n" >&2
+  sleep 3
 fi
-"$bench" enqueue --server 127.0.0.1:$port | grep -E "^enqueue " | awk -v n="$n" '{print "idle", n, "enqueue jobs/s", $6}'
+cpu() { awk '{print $14 + $15}' /proc/$pid/stat; }   # the node's CPU time, in ticks
+before=$(cpu)
+rate=$("$bench" enqueue --server 127.0.0.1:$port ${BENCH_ARGS:-} | grep -E "^enqueue(-stream)? " | awk '{print $6}')
+ticks=$(( $(cpu) - before ))
+echo "idle $n $kind enqueue jobs/s $rate node CPU s $(awk -v t=$ticks -v hz=$(getconf CLK_TCK) 'BEGIN {printf "%.2f", t / hz}')"
