@@ -42,8 +42,10 @@ impl ReadSide {
         self.db.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// A read view as of the last applied batch. A storage failure yields an empty
-    /// view and is logged; the store is then failing for every caller.
+    /// A read view as of the last applied batch. A storage failure is logged: one that
+    /// keeps the view from opening (its transaction, its metadata) yields an empty view,
+    /// one met later reads as an empty table (see `DiskTables::fail`); the store is then
+    /// failing for every caller.
     pub fn read(&self) -> ReadView {
         match self.try_read() {
             Ok(v) => v,
@@ -134,7 +136,7 @@ impl ReadSide {
 }
 
 /// A view of `txn`, whose tables open as they are first read: a long-polling Lease's
-/// re-check reads two of the fourteen.
+/// look reads three of the fourteen.
 pub(super) fn view_of(txn: ReadTransaction) -> Result<ReadView, String> {
     let tables = DiskTables::lazy(txn);
     let last_applied = tables.meta_get(APPLIED_KEY).flatten();
