@@ -21,16 +21,18 @@ async def poller(stub, i):
             await asyncio.sleep(0.1)
 
 async def session(stub, i):
-    async def requests():
-        yield pb.WorkRequest(open=pb.WorkOpen(queues=["idle"], worker_id=f"idle-{i}", visibility_timeout_ms=30000))
-        yield pb.WorkRequest(credit=1)
-        await asyncio.Event().wait()  # keep our side open
     while True:
+        ended = asyncio.Event()
+        async def requests():
+            yield pb.WorkRequest(open=pb.WorkOpen(queues=["idle"], worker_id=f"idle-{i}", visibility_timeout_ms=30000))
+            yield pb.WorkRequest(credit=1)
+            await ended.wait()  # our side stays open until the session ends
         try:
             async for _ in stub.Work(requests()):
                 pass
         except grpc.aio.AioRpcError:
             pass
+        ended.set()
         await asyncio.sleep(0.1)
 
 async def main(addr, n, kind):
