@@ -276,8 +276,8 @@ impl Client {
         let give_up = Instant::now() + inner.retry_for;
         let mut backoff = Duration::from_millis(50);
         loop {
-            if !inner.leader_known.swap(true, Ordering::Relaxed) {
-                self.prefer_leader().await;
+            if !inner.leader_known.swap(true, Ordering::Relaxed) && !self.prefer_leader().await {
+                inner.leader_known.store(false, Ordering::Relaxed);
             }
             let idx = inner.current.load(Ordering::Relaxed) % inner.channels.len();
             let mut req = Request::new(msg.clone());
@@ -316,11 +316,13 @@ impl Client {
 
     /// Any node serves any call, but the leader serves it without a forwarding hop: ask
     /// the current node who leads and, if the leader is one of our addresses, use it.
-    /// Best effort: on any failure the current node stays.
-    async fn prefer_leader(&self) {
+    /// Best effort: on any failure the current node stays. False when the node knows no
+    /// leader yet (an election is under way): the next call asks again, so a client that
+    /// failed over during an election does not stay on a follower for good.
+    async fn prefer_leader(&self) -> bool {
         let inner = &self.inner;
         if inner.channels.len() < 2 {
-            return;
+            return true;
         }
         let idx = inner.current.load(Ordering::Relaxed) % inner.channels.len();
         let mut req = Request::new(pb::GetClusterStatusRequest {});
@@ -331,11 +333,11 @@ impl Client {
         let mut admin = AdminClient::new(inner.channels[idx].clone());
         let ask = admin.get_cluster_status(req);
         let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), ask).await else {
-            return;
+            return true;
         };
         let status = status.into_inner();
         let Some(leader) = status.nodes.iter().find(|n| n.id == status.leader_id) else {
-            return;
+            return false;
         };
         let bare = |a: &str| {
             a.trim_start_matches("http://")
@@ -349,6 +351,7 @@ impl Client {
         {
             inner.current.store(pos, Ordering::Relaxed);
         }
+        true
     }
 
     pub(crate) async fn broker<M, T, F, Fut>(
@@ -385,8 +388,9 @@ impl Client {
         let idx = match node {
             Some(i) => i % inner.channels.len(),
             None => {
-                if !inner.leader_known.swap(true, Ordering::Relaxed) {
-                    self.prefer_leader().await;
+                if !inner.leader_known.swap(true, Ordering::Relaxed) && !self.prefer_leader().await
+                {
+                    inner.leader_known.store(false, Ordering::Relaxed);
                 }
                 inner.current.load(Ordering::Relaxed) % inner.channels.len()
             }

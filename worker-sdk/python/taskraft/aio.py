@@ -319,7 +319,7 @@ class AsyncClient:
         while True:
             if not self._leader_known:
                 self._leader_known = True
-                await self._prefer_leader()
+                self._leader_known = await self._prefer_leader()
             idx = self._current
             method = pick(self._nodes[idx])
             try:
@@ -350,10 +350,14 @@ class AsyncClient:
             await asyncio.sleep(pause)
             backoff = min(backoff * 2, 1.0)
 
-    async def _prefer_leader(self) -> None:
+    async def _prefer_leader(self) -> bool:
         """Any node serves any call, but the leader serves it without a forwarding
         hop: ask the current node who leads and, if the leader is one of our
-        addresses, use it. Best effort: on any failure the current node stays."""
+        addresses, use it. Best effort: on any failure the current node stays.
+
+        False when the node answered that no leader is known (an election is under
+        way): the next call asks again, so a client that failed over during an election
+        does not stay on a follower for good."""
         node = self._nodes[self._current]
         try:
             status = await asyncio.wait_for(
@@ -363,14 +367,15 @@ class AsyncClient:
                 2.0,
             )
         except (grpc.aio.AioRpcError, asyncio.TimeoutError):
-            return
+            return True
         leader = next((n for n in status.nodes if n.id == status.leader_id), None)
         if leader is None:
-            return
+            return False
         for i, n in enumerate(self._nodes):
             if n.target == _bare(leader.addr):
                 self._current = i
-                return
+                break
+        return True
 
     # -- producer calls -------------------------------------------------------
 
@@ -617,7 +622,7 @@ class AsyncClient:
         if node is None:
             if not self._leader_known:
                 self._leader_known = True
-                await self._prefer_leader()
+                self._leader_known = await self._prefer_leader()
             idx = self._current
         else:
             idx = node % len(self._nodes)

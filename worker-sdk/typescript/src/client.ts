@@ -197,7 +197,7 @@ export class Client {
     for (;;) {
       if (!this.leaderKnown) {
         this.leaderKnown = true;
-        await this.preferLeader();
+        this.leaderKnown = await this.preferLeader();
       }
       const idx = this.current % this.nodes.length;
       let error: unknown;
@@ -278,21 +278,25 @@ export class Client {
 
   /**
    * Asks the current node who leads and, if the leader is one of our addresses, sends
-   * the next calls there. Best effort: on any failure the current node stays.
+   * the next calls there. Best effort: on any failure the current node stays. False
+   * when the node knows no leader yet (then the next call asks again).
    */
-  private async preferLeader(): Promise<void> {
-    if (this.nodes.length < 2) return;
+  private async preferLeader(): Promise<boolean> {
+    if (this.nodes.length < 2) return true;
     const idx = this.current % this.nodes.length;
     let status: ClusterStatus;
     try {
       status = (await this.attempt(idx, "GetClusterStatus", {}, 1000, {})) as ClusterStatus;
     } catch {
-      return;
+      return true;
     }
     const leader = status.nodes.find((n) => n.id === status.leaderId);
-    if (!leader) return;
+    // No leader known (an election is under way): the next call asks again, so a client
+    // that failed over during an election does not stay on a follower for good.
+    if (!leader) return false;
     const pos = this.nodes.findIndex((n) => n.bare === bareAddr(leader.addr));
     if (pos >= 0) this.current = pos;
+    return true;
   }
 
   /**
@@ -310,7 +314,7 @@ export class Client {
     if (node === undefined) {
       if (!this.leaderKnown) {
         this.leaderKnown = true;
-        await this.preferLeader();
+        this.leaderKnown = await this.preferLeader();
       }
       idx = this.current % this.nodes.length;
     } else {
