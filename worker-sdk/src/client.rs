@@ -276,9 +276,7 @@ impl Client {
         let give_up = Instant::now() + inner.retry_for;
         let mut backoff = Duration::from_millis(50);
         loop {
-            if !inner.leader_known.swap(true, Ordering::Relaxed) && !self.prefer_leader().await {
-                inner.leader_known.store(false, Ordering::Relaxed);
-            }
+            self.prefer_leader().await;
             let idx = inner.current.load(Ordering::Relaxed) % inner.channels.len();
             let mut req = Request::new(msg.clone());
             req.set_timeout(timeout);
@@ -314,15 +312,17 @@ impl Client {
         }
     }
 
-    /// Any node serves any call, but the leader serves it without a forwarding hop: ask
-    /// the current node who leads and, if the leader is one of our addresses, use it.
-    /// Best effort: on any failure the current node stays. False when the node knows no
-    /// leader yet (an election is under way): the next call asks again, so a client that
-    /// failed over during an election does not stay on a follower for good.
-    async fn prefer_leader(&self) -> bool {
+    /// Any node serves any call, but the leader serves it without a forwarding hop:
+    /// unless the leader is known, ask the current node who leads and, if the leader is
+    /// one of our addresses, use it. Best effort: on any failure the current node stays.
+    /// When the node knows no leader yet (an election is under way), the next call asks
+    /// again, so a client that failed over during an election does not stay on a
+    /// follower for good.
+    async fn prefer_leader(&self) {
         let inner = &self.inner;
-        if inner.channels.len() < 2 {
-            return true;
+        // One ask at a time.
+        if inner.leader_known.swap(true, Ordering::Relaxed) || inner.channels.len() < 2 {
+            return;
         }
         let idx = inner.current.load(Ordering::Relaxed) % inner.channels.len();
         let mut req = Request::new(pb::GetClusterStatusRequest {});
@@ -333,11 +333,12 @@ impl Client {
         let mut admin = AdminClient::new(inner.channels[idx].clone());
         let ask = admin.get_cluster_status(req);
         let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), ask).await else {
-            return true;
+            return;
         };
         let status = status.into_inner();
         let Some(leader) = status.nodes.iter().find(|n| n.id == status.leader_id) else {
-            return false;
+            inner.leader_known.store(false, Ordering::Relaxed);
+            return;
         };
         let bare = |a: &str| {
             a.trim_start_matches("http://")
@@ -351,7 +352,6 @@ impl Client {
         {
             inner.current.store(pos, Ordering::Relaxed);
         }
-        true
     }
 
     pub(crate) async fn broker<M, T, F, Fut>(
@@ -388,10 +388,7 @@ impl Client {
         let idx = match node {
             Some(i) => i % inner.channels.len(),
             None => {
-                if !inner.leader_known.swap(true, Ordering::Relaxed) && !self.prefer_leader().await
-                {
-                    inner.leader_known.store(false, Ordering::Relaxed);
-                }
+                self.prefer_leader().await;
                 inner.current.load(Ordering::Relaxed) % inner.channels.len()
             }
         };

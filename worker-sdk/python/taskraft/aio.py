@@ -317,9 +317,7 @@ class AsyncClient:
         give_up = time.monotonic() + self.config.retry_for
         backoff = 0.05
         while True:
-            if not self._leader_known:
-                self._leader_known = True
-                self._leader_known = await self._prefer_leader()
+            await self._prefer_leader()
             idx = self._current
             method = pick(self._nodes[idx])
             try:
@@ -350,14 +348,18 @@ class AsyncClient:
             await asyncio.sleep(pause)
             backoff = min(backoff * 2, 1.0)
 
-    async def _prefer_leader(self) -> bool:
+    async def _prefer_leader(self) -> None:
         """Any node serves any call, but the leader serves it without a forwarding
-        hop: ask the current node who leads and, if the leader is one of our
-        addresses, use it. Best effort: on any failure the current node stays.
+        hop: unless the leader is known, ask the current node who leads and, if the
+        leader is one of our addresses, use it. Best effort: on any failure the current
+        node stays.
 
-        False when the node answered that no leader is known (an election is under
-        way): the next call asks again, so a client that failed over during an election
-        does not stay on a follower for good."""
+        When the node answered that no leader is known (an election is under way), the
+        next call asks again, so a client that failed over during an election does not
+        stay on a follower for good."""
+        if self._leader_known:
+            return
+        self._leader_known = True  # one ask at a time
         node = self._nodes[self._current]
         try:
             status = await asyncio.wait_for(
@@ -367,15 +369,15 @@ class AsyncClient:
                 2.0,
             )
         except (grpc.aio.AioRpcError, asyncio.TimeoutError):
-            return True
+            return
         leader = next((n for n in status.nodes if n.id == status.leader_id), None)
         if leader is None:
-            return False
+            self._leader_known = False
+            return
         for i, n in enumerate(self._nodes):
             if n.target == _bare(leader.addr):
                 self._current = i
-                break
-        return True
+                return
 
     # -- producer calls -------------------------------------------------------
 
@@ -620,9 +622,7 @@ class AsyncClient:
         status raises its error (:class:`NotFoundError` for a resume the node does
         not know)."""
         if node is None:
-            if not self._leader_known:
-                self._leader_known = True
-                self._leader_known = await self._prefer_leader()
+            await self._prefer_leader()
             idx = self._current
         else:
             idx = node % len(self._nodes)

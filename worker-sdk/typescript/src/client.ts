@@ -195,10 +195,7 @@ export class Client {
     const giveUp = Date.now() + this.retryForMs;
     let backoff = 50;
     for (;;) {
-      if (!this.leaderKnown) {
-        this.leaderKnown = true;
-        this.leaderKnown = await this.preferLeader();
-      }
+      await this.preferLeader();
       const idx = this.current % this.nodes.length;
       let error: unknown;
       try {
@@ -277,26 +274,30 @@ export class Client {
   }
 
   /**
-   * Asks the current node who leads and, if the leader is one of our addresses, sends
-   * the next calls there. Best effort: on any failure the current node stays. False
-   * when the node knows no leader yet (then the next call asks again).
+   * Unless the leader is known, asks the current node who leads and, if the leader is
+   * one of our addresses, sends the next calls there. Best effort: on any failure the
+   * current node stays.
    */
-  private async preferLeader(): Promise<boolean> {
-    if (this.nodes.length < 2) return true;
+  private async preferLeader(): Promise<void> {
+    if (this.leaderKnown) return;
+    this.leaderKnown = true; // one ask at a time
+    if (this.nodes.length < 2) return;
     const idx = this.current % this.nodes.length;
     let status: ClusterStatus;
     try {
       status = (await this.attempt(idx, "GetClusterStatus", {}, 1000, {})) as ClusterStatus;
     } catch {
-      return true;
+      return;
     }
     const leader = status.nodes.find((n) => n.id === status.leaderId);
-    // No leader known (an election is under way): the next call asks again, so a client
-    // that failed over during an election does not stay on a follower for good.
-    if (!leader) return false;
+    if (!leader) {
+      // No leader known (an election is under way): the next call asks again, so a
+      // client that failed over during an election does not stay on a follower for good.
+      this.leaderKnown = false;
+      return;
+    }
     const pos = this.nodes.findIndex((n) => n.bare === bareAddr(leader.addr));
     if (pos >= 0) this.current = pos;
-    return true;
   }
 
   /**
@@ -312,10 +313,7 @@ export class Client {
     if (this.closed) throw new ConfigError("the client is closed");
     let idx: number;
     if (node === undefined) {
-      if (!this.leaderKnown) {
-        this.leaderKnown = true;
-        this.leaderKnown = await this.preferLeader();
-      }
+      await this.preferLeader();
       idx = this.current % this.nodes.length;
     } else {
       idx = node % this.nodes.length;

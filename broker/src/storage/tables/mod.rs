@@ -224,13 +224,10 @@ impl DiskTables<LazyTable> {
     /// The tables of a read view: each opened when first read ([`LazyTable`]).
     pub fn lazy(txn: ReadTransaction) -> Self {
         let txn = Arc::new(txn);
-        let h = Handles::open(|def| {
+        let Ok(h) = Handles::open(|def| {
             Ok::<_, std::convert::Infallible>(LazyTable::new(txn.clone(), def))
         });
-        match h {
-            Ok(h) => Self::new(h),
-            Err(never) => match never {},
-        }
+        Self::new(h)
     }
 }
 
