@@ -46,7 +46,6 @@ mod writer;
 
 use install::installing_path;
 use open::{applied_of, open_store};
-use read::view_of;
 pub use read::{ReadSide, ReadView, TransitionObserver};
 use writer::Writer;
 
@@ -129,12 +128,7 @@ impl StateMachineStore {
                 .with_context(|| format!("removing {}", installing.display()))?;
         }
         let db = open_store(&path, verify)?;
-        let applied = {
-            view_of(db.begin_read()?)
-                .map_err(anyhow::Error::msg)?
-                .last_applied
-                .map_or(0, |l| l.index)
-        };
+        let applied = applied_of(&db.begin_read()?)?.0.map_or(0, |l| l.index);
         Ok(Self {
             read_side: Arc::new(ReadSide {
                 db: RwLock::new(Arc::new(db)),

@@ -137,7 +137,7 @@ impl ReadSide {
 
 /// A view of `txn`, whose tables open as they are first read: a long-polling Lease's
 /// look reads three of the fourteen.
-pub(super) fn view_of(txn: ReadTransaction) -> Result<ReadView, String> {
+fn view_of(txn: ReadTransaction) -> Result<ReadView, String> {
     let tables = DiskTables::lazy(txn);
     let last_applied = tables.meta_get(APPLIED_KEY).flatten();
     if let Some(e) = tables.error() {
